@@ -1,0 +1,28 @@
+"""tvm_convt: PyTorch's ConvTranspose1d as an Apache TVM tensor expression.
+
+The public API: :func:`conv_transpose1d`, :class:`ConvTranspose1d`,
+:class:`CompiledConvTranspose1d`, :func:`compile`, and the parameter
+dataclass :class:`ConvTranspose1dParams`.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .params import ConvTranspose1dParams, Workload  # noqa: E402
+from .runtime import (  # noqa: E402
+    CompiledConvTranspose1d,
+    ConvTranspose1d,
+    compile,  # noqa: A004
+    conv_transpose1d,
+)
+
+__all__ = [
+    "CompiledConvTranspose1d",
+    "ConvTranspose1d",
+    "ConvTranspose1dParams",
+    "Workload",
+    "compile",
+    "conv_transpose1d",
+    "__version__",
+]

@@ -1,0 +1,161 @@
+"""Compiling a workload into a module, with an on-disk cache.
+
+:func:`compile` schedules the tensor expression (a tuned record when one is
+given, else the default rule for the target), builds it with ``tvm.compile``,
+and writes the shared library and its metadata sidecar into the cache. The
+cache key covers the scheduled program itself (its structural hash), the
+target and the TVM version, so a new schedule or compute never reuses a stale
+module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import te, tirx
+from tvm.target import Target
+
+from .compute import conv_transpose1d_te
+from .params import Workload
+from .schedule import default_schedule
+from .target import TargetLike, resolve_target, target_json, target_key
+
+METADATA_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModuleMetadata:
+    """What a compiled module computes and how it was made; stored as the ``.json`` sidecar."""
+
+    workload: Workload
+    target: str  # JSON, accepted by resolve_target
+    target_key: str
+    schedule: str  # "default:<rule>" or "tuned:<source>"
+    tvm_version: str
+    package_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": METADATA_FORMAT, "workload": self.workload.to_dict(),
+                "target": json.loads(self.target), "target_key": self.target_key,
+                "schedule": self.schedule, "tvm_version": self.tvm_version,
+                "package_version": self.package_version}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModuleMetadata:
+        if d.get("format") != METADATA_FORMAT:
+            raise ValueError(f"conv_transpose1d: unsupported metadata format {d.get('format')!r}")
+        return cls(Workload.from_dict(d["workload"]), json.dumps(d["target"], sort_keys=True),
+                   d["target_key"], d["schedule"], d["tvm_version"], d["package_version"])
+
+
+def sidecar_path(library: Path) -> Path:
+    return Path(library).with_suffix(".json")
+
+
+def cache_dir() -> Path:
+    """``$TVM_CONVT_CACHE``, else ``$XDG_CACHE_HOME/tvm_convt``, else ``~/.cache/tvm_convt``."""
+    env = os.environ.get("TVM_CONVT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tvm_convt"
+
+
+def prim_func(workload: Workload) -> tirx.PrimFunc:
+    """The unscheduled TensorIR function ``main(x, weight[, bias], y)``."""
+    inputs, out = conv_transpose1d_te(workload)
+    return te.create_prim_func(inputs + [out]).with_attr("global_symbol", "main")
+
+
+def schedule(workload: Workload, target: Target) -> tuple[tvm.IRModule, str]:
+    """Return the scheduled module and a description of where its schedule came from."""
+    sch, rule = default_schedule(prim_func(workload), workload, target)
+    return sch.mod, f"default:{rule}"
+
+
+def _write_atomic(path: Path, write, mode: int = 0o644) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, mode)  # mkstemp creates 0600; others may share the cache
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_library(executable: Any, metadata: ModuleMetadata, library: Path) -> None:
+    """Export ``executable`` to ``library`` and its sidecar, each atomically; the sidecar
+    goes last, so a reader that finds it also finds a complete library."""
+    _write_atomic(library, lambda tmp: executable.export_library(str(tmp)), 0o755)
+    write_metadata(metadata, library)
+
+
+def write_metadata(metadata: ModuleMetadata, library: Path) -> None:
+    text = json.dumps(metadata.to_dict(), indent=2, sort_keys=True)
+    _write_atomic(sidecar_path(library), lambda tmp: tmp.write_text(text))
+
+
+def copy_library(source: Path, metadata: ModuleMetadata, library: Path) -> None:
+    _write_atomic(library, lambda tmp: shutil.copyfile(source, tmp), 0o755)
+    write_metadata(metadata, library)
+
+
+def read_metadata(library: Path) -> ModuleMetadata:
+    side = sidecar_path(library)
+    try:
+        data = json.loads(side.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"conv_transpose1d: no metadata sidecar {side} beside {library}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"conv_transpose1d: metadata {side} is not valid JSON: {err}") from None
+    try:
+        return ModuleMetadata.from_dict(data)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"conv_transpose1d: metadata {side} is incomplete: {err!r}") from None
+
+
+_build_lock = threading.Lock()
+
+
+def build_library(
+    workload: Workload, *, target: TargetLike = "llvm", use_cache: bool = True
+) -> tuple[Path, ModuleMetadata]:
+    """Compile ``workload`` for ``target`` and return the library's path and metadata.
+
+    The library lives in :func:`cache_dir` under a key of the scheduled program,
+    the target and the TVM version; a later call, in this or another process,
+    finds it there and compiles nothing. With ``use_cache=False`` it is built
+    into a fresh temporary folder instead.
+    """
+    from . import __version__
+
+    tgt = resolve_target(target)
+    mod, source = schedule(workload, tgt)
+    tjson = target_json(tgt)
+    metadata = ModuleMetadata(workload, tjson, target_key(tgt), source, tvm.__version__, __version__)
+    digest = hashlib.sha256(
+        json.dumps([mod.script(), tjson, tvm.__version__, __version__]).encode()
+    ).hexdigest()[:24]
+    if use_cache:
+        library = cache_dir() / metadata.target_key / f"conv_transpose1d-{digest}.so"
+        if library.exists() and sidecar_path(library).exists():
+            return library, read_metadata(library)
+    else:
+        library = Path(tempfile.mkdtemp(prefix="tvm_convt-")) / f"conv_transpose1d-{digest}.so"
+    with _build_lock:  # LLVM code generation is not worth racing threads over
+        executable = tvm.compile(mod, target=tgt)
+    write_library(executable, metadata, library)
+    return library, metadata

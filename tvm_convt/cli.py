@@ -1,0 +1,237 @@
+"""The ``tvm-convt`` command line: ``demo``, ``compile`` and ``info``.
+
+Each sub-command parses and validates its arguments (argparse ``type=``
+functions raise on bad values) and then calls the Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .params import DTYPES, PADDING_MODES, ConvTranspose1dParams, Workload
+
+# The HiFi-GAN V1 generator's first upsampling layer.
+DEMO = {"in_channels": 512, "out_channels": 256, "kernel_size": 16, "stride": 8, "padding": 4,
+        "batch": 1, "length": 86}
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be non-negative, got {value}")
+    return value
+
+
+def target_arg(text: str) -> str:
+    """Validate a target now, so a typo fails before any compiling."""
+    from .target import resolve_target
+
+    try:
+        resolve_target(text)
+    except (ValueError, TypeError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def so_path(text: str) -> Path:
+    path = Path(text)
+    if path.suffix != ".so":
+        raise argparse.ArgumentTypeError(f"must end in .so, got {text!r}")
+    return path
+
+
+def _add_layer_args(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+    d = defaults or {}
+    req = defaults is None
+    p.add_argument("--in-channels", type=positive_int, required=req, default=d.get("in_channels"),
+                   help="input channels" + ("" if req else f" (default: {d.get('in_channels')})"))
+    p.add_argument("--out-channels", type=positive_int, required=req, default=d.get("out_channels"),
+                   help="output channels" + ("" if req else f" (default: {d.get('out_channels')})"))
+    p.add_argument("--kernel-size", type=positive_int, required=req, default=d.get("kernel_size"),
+                   help="kernel size" + ("" if req else f" (default: {d.get('kernel_size')})"))
+    p.add_argument("--stride", type=positive_int, default=d.get("stride", 1), help="stride (default: %(default)s)")
+    p.add_argument("--padding", type=non_negative_int, default=d.get("padding", 0),
+                   help="padding on both sides (default: %(default)s)")
+    p.add_argument("--output-padding", type=non_negative_int, default=0,
+                   help="extra samples on the right (default: %(default)s)")
+    p.add_argument("--groups", type=positive_int, default=1, help="groups (default: %(default)s)")
+    p.add_argument("--dilation", type=positive_int, default=1, help="dilation (default: %(default)s)")
+    p.add_argument("--padding-mode", choices=PADDING_MODES, default="zeros",
+                   help="padding mode (default: %(default)s)")
+    p.add_argument("--no-bias", action="store_true", help="compile without a bias (default: with bias)")
+    p.add_argument("--batch", type=positive_int, default=d.get("batch", 1), help="batch size (default: %(default)s)")
+    p.add_argument("--length", type=positive_int, required=req, default=d.get("length"),
+                   help="input length L_in" + ("" if req else f" (default: {d.get('length')})"))
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype (default: %(default)s)")
+    p.add_argument("--target", type=target_arg, default="llvm",
+                   help="'llvm' (this CPU), 'cuda' (this GPU) or a JSON target dict (default: %(default)s)")
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    params = ConvTranspose1dParams(
+        args.in_channels, args.out_channels, args.kernel_size, stride=args.stride,
+        padding=args.padding, output_padding=args.output_padding, groups=args.groups,
+        bias=not args.no_bias, dilation=args.dilation, padding_mode=args.padding_mode)
+    return Workload(params, args.batch, args.length, args.dtype)
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from .runtime import compile as compile_module
+
+    w = _workload(args)
+    compiled = compile_module(w.params, batch=w.batch, length=w.length, dtype=w.dtype, target=args.target)
+    path = compiled.export(args.output)
+    print(f"compiled {w.input_shape} -> {w.output_shape} {w.dtype} for {compiled.metadata.target_key}")
+    print(f"schedule: {compiled.metadata.schedule}")
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import tvm
+
+    from . import __version__
+    from .build import cache_dir
+    from .target import resolve_target, target_key
+
+    host = resolve_target("llvm")
+    info: dict[str, Any] = {
+        "tvm_convt": __version__,
+        "tvm": tvm.__version__,
+        "host_target": json.loads(json.dumps(dict(host.export()), default=str)),
+        "targets": {"llvm": f"this CPU ({target_key(host)})"},
+        "cache_dir": str(cache_dir()),
+        "nvcc": shutil.which("nvcc"),
+    }
+    if tvm.cuda(0).exist:
+        gpu = resolve_target("cuda")
+        info["targets"]["cuda"] = f"this GPU ({target_key(gpu)})"
+    else:
+        info["targets"]["cuda"] = ('code generation only, no GPU here: name the arch, '
+                                   'e.g. {"kind": "cuda", "arch": "sm_90"}')
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            if isinstance(value, dict) and key == "targets":
+                for name, what in value.items():
+                    print(f"target {name:5s} {what}")
+            elif key != "host_target":
+                print(f"{key:10s} {value}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .bench import interleaved_medians
+    from .reference import conv_transpose1d_reference
+    from .runtime import ConvTranspose1d
+
+    w = _workload(args)
+    p = w.params
+    print(f"layer: ConvTranspose1d({p.in_channels}, {p.out_channels}, kernel_size={p.kernel_size}, "
+          f"stride={p.stride}, padding={p.padding}), input {w.input_shape} {w.dtype}, target {args.target}")
+    layer = ConvTranspose1d(p.in_channels, p.out_channels, p.kernel_size, p.stride, p.padding,
+                            p.output_padding, p.groups, p.bias, p.dilation, p.padding_mode,
+                            target=args.target, dtype=w.dtype, seed=0)
+    x = np.random.default_rng(1).standard_normal(w.input_shape).astype(w.dtype)
+    compiled = layer.compiled_for(x.shape)
+    print(f"compiled for {compiled.metadata.target_key} with schedule {compiled.metadata.schedule}")
+    y = layer(x)
+    ref = conv_transpose1d_reference(x, layer.weight, layer.bias, p)
+    err = float(np.max(np.abs(y - ref)) / max(1.0, float(np.max(np.abs(ref)))))
+    ok = err < (1e-4 if w.dtype == "float32" else 1e-10)
+    print(f"output {y.shape}, max error against the float64 reference {err:.2e}: {'OK' if ok else 'FAIL'}")
+
+    threads = int(compiled.target.attrs.get("num-cores", 1))
+    xd = compiled.to_device(x)
+    weights = [compiled.to_device(layer.weight)] + ([compiled.to_device(layer.bias)] if p.bias else [])
+    fns = {"tvm_convt (module)": lambda: compiled.run(xd, weights),
+           "tvm_convt (layer call)": lambda: layer(x),
+           "numpy reference (float64)": lambda: conv_transpose1d_reference(x, layer.weight, layer.bias, p)}
+    try:
+        import torch
+        import torch.nn.functional as F
+
+        torch.set_num_threads(threads)
+        xt, wt = torch.from_numpy(x), torch.from_numpy(layer.weight)
+        bt = torch.from_numpy(layer.bias) if p.bias else None
+        if p.padding_mode == "zeros":
+            with torch.no_grad():
+                F.conv_transpose1d(xt, wt, bt, p.stride, p.padding, p.output_padding, p.groups, p.dilation)
+            fns[f"pytorch {torch.__version__} ({threads} threads)"] = torch.no_grad()(
+                lambda: F.conv_transpose1d(xt, wt, bt, p.stride, p.padding, p.output_padding,
+                                           p.groups, p.dilation))
+    except ImportError:
+        print("pytorch not installed: no comparison")
+    times = interleaved_medians(fns, rounds=args.rounds, number=5)
+    base = times["tvm_convt (module)"]
+    print(f"\n{'':28s} {'median ms':>10s} {'GFLOP/s':>9s} {'vs tvm_convt':>13s}")
+    for name, t in times.items():
+        print(f"{name:28s} {t * 1e3:10.3f} {w.flops / t / 1e9:9.1f} {t / base:12.2f}x")
+    print(f"\n({w.flops / 1e6:.0f} MFLOP of useful multiply-adds per call; medians of "
+          f"{args.rounds} interleaved rounds of 5 calls)")
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tvm-convt", description="PyTorch's ConvTranspose1d compiled with Apache TVM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="compile, check and time the HiFi-GAN V1 first upsampling layer",
+                          description="Compile the HiFi-GAN V1 first upsampling layer (512->256 "
+                                      "channels, kernel 16, stride 8, padding 4, length 86) for this "
+                                      "CPU, check it against the reference and time it beside the "
+                                      "NumPy reference and PyTorch (when installed).")
+    _add_layer_args(demo, DEMO)
+    demo.add_argument("--rounds", type=positive_int, default=15,
+                      help="interleaved timing rounds (default: %(default)s)")
+    demo.set_defaults(func=_cmd_demo)
+
+    comp = sub.add_parser("compile", help="compile one layer for one input shape into a .so",
+                          description="Compile the operator for a parameter set and input shape; "
+                                      "writes FILE.so and its FILE.json metadata.")
+    _add_layer_args(comp)
+    comp.add_argument("-o", "--output", type=so_path, required=True, help="output library FILE.so")
+    comp.set_defaults(func=_cmd_compile)
+
+    info = sub.add_parser("info", help="TVM version, usable targets and the cache directory")
+    info.add_argument("--json", action="store_true", help="print JSON (default: text)")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"tvm-convt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

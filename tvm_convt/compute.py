@@ -1,0 +1,187 @@
+"""The operator as a TVM tensor expression that does only the useful multiply-adds.
+
+Formulation (per group ``g``, with ``M = out_channels/groups * kernel_size``):
+
+1. ``col``: a dense GEMM, ``col[n, g, j, o, k] = sum_c x[n, g*Cig + c, j] * w[g*Cig + c, o, k]``:
+   every product of an input sample with a kernel tap, each computed once.
+   The weight's (o, k) axes are contiguous in memory, so a schedule can fuse
+   them and vectorise along them.
+2. ``full``: a gather (col2im) that, for each position ``u`` of the
+   padding-free output, sums the live taps only. Output position ``u``
+   receives ``col[i, k]`` exactly when ``i*stride + k*dilation == u``; the
+   live ``k`` form one residue class modulo ``stride / gcd(stride, dilation)``,
+   so each output visits ``ceil(kernel_size / (stride/gcd))`` taps, not all of
+   them.
+3. ``y``: zeros mode crops the gather (inlined) and adds the bias. Other modes
+   materialise ``full`` over the padded length and apply the adjoint of the
+   padding, which adds its two ``padding``-wide margins back onto the output,
+   then the bias. Replicate sums each margin once (``margin_left/right``).
+
+The TE stages are named so that schedule rules can find them by name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tvm import te, tirx
+
+from .params import ConvTranspose1dParams, Workload
+
+# Stage names, shared with the schedule rules.
+COL = "col"
+FULL = "full"
+MARGIN_LEFT = "margin_left"
+MARGIN_RIGHT = "margin_right"
+OUT = "y"
+
+
+@dataclass(frozen=True)
+class TapPlan:
+    """Which kernel taps meet each output phase: ``k = k0(r) + t * step``, ``t < taps``."""
+
+    step: int  # stride / gcd(stride, dilation)
+    taps: int  # ceil(kernel_size / step): taps visited per output position
+    gcd: int  # output phases that are not a multiple of gcd get no tap at all
+    dilation_inverse: int  # (dilation / gcd)^-1 modulo step
+
+    @classmethod
+    def of(cls, p: ConvTranspose1dParams) -> TapPlan:
+        g = math.gcd(p.stride, p.dilation)
+        step = p.stride // g
+        inverse = pow(p.dilation // g, -1, step) if step > 1 else 0
+        return cls(step=step, taps=-(-p.kernel_size // step), gcd=g, dilation_inverse=inverse)
+
+
+def full_length(w: Workload) -> int:
+    """Length of the padding-free output: the padded Conv1d input's length, ``L_out + 2*padding``."""
+    return w.out_length + 2 * w.params.padding
+
+
+def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
+    """Build the tensor expression for one workload.
+
+    Returns ``(inputs, output)`` with inputs ``[x, weight]`` or ``[x, weight, bias]``
+    of shapes (batch, in_channels, L_in), (in_channels, out_channels/groups,
+    kernel_size) and (out_channels,), and the output (batch, out_channels, L_out).
+    """
+    p = w.params
+    dtype = w.dtype
+    n_batch, length, l_out = w.batch, w.length, w.out_length
+    cig, cog, kern = p.in_per_group, p.out_per_group, p.kernel_size
+    stride, dil, pad = p.stride, p.dilation, p.padding
+    plan = TapPlan.of(p)
+
+    x = te.placeholder((n_batch, p.in_channels, length), dtype, name="x")
+    weight = te.placeholder(p.weight_shape, dtype, name="weight")
+    bias = te.placeholder((p.out_channels,), dtype, name="bias") if p.bias else None
+
+    c = te.reduce_axis((0, cig), name="c")
+    col = te.compute(
+        (n_batch, p.groups, length, cog, kern),
+        lambda n, g, j, o, k: te.sum(x[n, g * cig + c, j] * weight[g * cig + c, o, k], axis=c),
+        name=COL,
+        # The weight is constant across calls: let MetaSchedule repack it.
+        attrs={"layout_free_placeholders": [weight]},
+    )
+
+    # Positions past the last tap of the last sample (output_padding beyond the
+    # kernel's reach) receive nothing.
+    l_reach = (length - 1) * stride + dil * (kern - 1) + 1
+
+    def gather(n, co, u):
+        # An unrolled sum over the few live taps: no reduction axis, so the
+        # stage stays elementwise and later stages can inline it.
+        g = tirx.indexdiv(co, cog)
+        o = tirx.indexmod(co, cog)
+        r = tirx.indexmod(u, stride)
+        if plan.step > 1:
+            k0 = tirx.indexmod(tirx.indexdiv(r, plan.gcd) * plan.dilation_inverse, plan.step)
+        else:
+            k0 = 0
+        total = tirx.const(0, dtype)
+        for t in range(plan.taps):
+            k = k0 + t * plan.step
+            src = u - k * dil
+            i = tirx.indexdiv(src, stride)
+            live = tirx.all(k < kern, src >= 0, i < length, u < l_reach)
+            if plan.gcd > 1:
+                live = tirx.all(live, tirx.indexmod(r, plan.gcd) == 0)
+            # Clamped indices keep even a speculated load in bounds.
+            i_safe = tirx.max(tirx.min(i, length - 1), 0)
+            k_safe = tirx.min(k, kern - 1)
+            total = total + tirx.if_then_else(
+                live, col[n, g, i_safe, o, k_safe], tirx.const(0, dtype))
+        return total
+
+    def with_bias(v, co):
+        return v + bias[co] if bias is not None else v
+
+    inputs = [x, weight] + ([bias] if bias is not None else [])
+    if p.padding_mode == "zeros":
+        y = te.compute((n_batch, p.out_channels, l_out),
+                       lambda n, co, l: with_bias(gather(n, co, l + pad), co), name=OUT)
+        return inputs, y
+
+    full = te.compute((n_batch, p.out_channels, full_length(w)), gather, name=FULL)
+    fold = _fold_margins(full, p.padding_mode, pad, l_out, dtype)
+    y = te.compute((n_batch, p.out_channels, l_out),
+                   lambda n, co, l: with_bias(fold(n, co, l), co), name=OUT)
+    return inputs, y
+
+
+def _fold_margins(full: te.Tensor, mode: str, pad: int, l_out: int, dtype: str):
+    """Adjoint of padding ``z`` (length ``l_out``) by ``pad`` on both sides in ``mode``.
+
+    The padded sample ``j`` of ``F.pad(z, (pad, pad), mode)`` reads ``z[src(j)]``; the
+    adjoint sums, for each ``i``, every ``full[j]`` with ``src(j) == i``. Returns
+    that sum as a function of the output indices ``(n, co, l)``.
+    """
+    n_batch, channels, _ = full.shape
+    zero = tirx.const(0, dtype)
+    if pad == 0:
+        return lambda n, co, l: full[n, co, l]
+    if mode == "replicate":
+        # Each margin collapses onto one edge sample: sum it once, not per output.
+        rl = te.reduce_axis((0, pad), name="rl")
+        left = te.compute((n_batch, channels), lambda n, co: te.sum(full[n, co, rl], axis=rl),
+                          name=MARGIN_LEFT)
+        rr = te.reduce_axis((0, pad), name="rr")
+        right = te.compute((n_batch, channels),
+                           lambda n, co: te.sum(full[n, co, pad + l_out + rr], axis=rr),
+                           name=MARGIN_RIGHT)
+
+        def replicate(n, co, l):
+            v = full[n, co, l + pad]
+            v = v + tirx.if_then_else(l == 0, left[n, co], zero)
+            return v + tirx.if_then_else(l == l_out - 1, right[n, co], zero)
+
+        return replicate
+
+    if mode == "reflect":
+        # Left margin j in [0, pad) reads z[pad - j]; right margin j in
+        # [pad + L, L + 2*pad) reads z[2*L + pad - 2 - j].
+        def left_j(l):
+            return pad - l, tirx.all(l >= 1, l <= pad)
+
+        def right_j(l):
+            return 2 * l_out + pad - 2 - l, tirx.all(l >= l_out - 1 - pad, l <= l_out - 2)
+    else:  # circular: left j reads z[L - pad + j], right j reads z[j - pad - L]
+        def left_j(l):
+            return l - l_out + pad, l >= l_out - pad
+
+        def right_j(l):
+            return l + pad + l_out, l < pad
+
+    l_full = l_out + 2 * pad
+
+    def fold(n, co, l):
+        v = full[n, co, l + pad]
+        for j_of in (left_j, right_j):
+            j, live = j_of(l)
+            j_safe = tirx.max(tirx.min(j, l_full - 1), 0)
+            v = v + tirx.if_then_else(live, full[n, co, j_safe], zero)
+        return v
+
+    return fold

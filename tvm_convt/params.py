@@ -1,0 +1,252 @@
+"""The operator's parameters: one frozen dataclass, validated once.
+
+Every other module (compute, reference, build, runtime, CLI) takes a
+:class:`ConvTranspose1dParams` and, where static shapes are needed, a
+:class:`Workload` that adds batch, input length and dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+OP = "conv_transpose1d"
+
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
+DTYPES: tuple[str, ...] = ("float32", "float64")
+
+
+def _size(name: str, value: Any) -> int:
+    """Accept an int or a 1-tuple/list holding one int, as PyTorch's ``_single``."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise ValueError(
+                f"{OP}: {name} must be an int or a 1-tuple for a 1-D convolution, "
+                f"got {name}={tuple(value)!r}"
+            )
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{OP}: {name} must be an int, got {name}={value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{OP}: {name} must be positive, got {name}={value}")
+
+
+def _non_negative(name: str, value: int) -> None:
+    if value < 0:
+        raise ValueError(f"{OP}: {name} must be non-negative, got {name}={value}")
+
+
+def check_dtype(dtype: Any) -> str:
+    """Return the canonical dtype name, or raise for anything but float32/float64."""
+    name = getattr(dtype, "name", None) or str(dtype)
+    name = name.removeprefix("torch.")
+    if name not in DTYPES:
+        raise TypeError(f"{OP}: dtype must be one of {', '.join(DTYPES)}, got dtype={name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class ConvTranspose1dParams:
+    """Parameters of a transposed 1-D convolution, with PyTorch's semantics.
+
+    Shapes, in words: the input is (batch, in_channels, length) or, unbatched,
+    (in_channels, length); the weight is (in_channels, out_channels / groups,
+    kernel_size); the bias is (out_channels,); the output is
+    (batch, out_channels, output length), where::
+
+        L_out = (L_in - 1) * stride - 2 * padding + dilation * (kernel_size - 1)
+                + output_padding + 1
+
+    ``padding_mode`` other than ``"zeros"`` is defined as the adjoint of
+    ``F.conv1d(F.pad(z, (padding, padding), mode), ...)`` with respect to ``z``:
+    the output of the zero-padding transposed convolution with ``padding=0`` has
+    its two ``padding``-wide margins folded back onto the output (circular:
+    wrap-add; reflect: mirror-add around the edge sample; replicate: add into
+    the edge sample).
+
+    Sizes may be given as ints or 1-tuples; they are stored as ints.
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    output_padding: int = 0
+    groups: int = 1
+    bias: bool = True
+    dilation: int = 1
+    padding_mode: PaddingMode = "zeros"
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                     "output_padding", "groups", "dilation"):
+            object.__setattr__(self, name, _size(name, getattr(self, name)))
+        if not isinstance(self.bias, (bool, numbers.Integral)) or self.bias not in (0, 1):
+            raise TypeError(f"{OP}: bias must be a bool, got bias={self.bias!r}")
+        object.__setattr__(self, "bias", bool(self.bias))
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "groups", "dilation"):
+            _positive(name, getattr(self, name))
+        _non_negative("padding", self.padding)
+        _non_negative("output_padding", self.output_padding)
+        if self.in_channels % self.groups:
+            raise ValueError(
+                f"{OP}: in_channels must be divisible by groups, "
+                f"got in_channels={self.in_channels}, groups={self.groups}"
+            )
+        if self.out_channels % self.groups:
+            raise ValueError(
+                f"{OP}: out_channels must be divisible by groups, "
+                f"got out_channels={self.out_channels}, groups={self.groups}"
+            )
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(
+                f"{OP}: padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}, "
+                f"got padding_mode={self.padding_mode!r}"
+            )
+        if self.padding_mode == "zeros":
+            if self.output_padding >= self.stride and self.output_padding >= self.dilation:
+                raise ValueError(
+                    f"{OP}: output_padding must be smaller than stride or dilation, "
+                    f"got output_padding={self.output_padding}, stride={self.stride}, "
+                    f"dilation={self.dilation}"
+                )
+        elif self.output_padding >= self.stride:
+            # Beyond stride, the extra samples are not in the adjoint's range: the
+            # padded Conv1d input would need more than one extra sample per stride.
+            raise ValueError(
+                f"{OP}: output_padding must be smaller than stride for "
+                f"padding_mode={self.padding_mode!r}, got output_padding={self.output_padding}, "
+                f"stride={self.stride}"
+            )
+
+    # -- derived sizes -------------------------------------------------------------
+    @property
+    def in_per_group(self) -> int:
+        return self.in_channels // self.groups
+
+    @property
+    def out_per_group(self) -> int:
+        return self.out_channels // self.groups
+
+    @property
+    def weight_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.out_per_group, self.kernel_size)
+
+    @property
+    def bias_shape(self) -> tuple[int, ...] | None:
+        return (self.out_channels,) if self.bias else None
+
+    def output_length(self, length: int) -> int:
+        """Output length for an input of ``length`` samples; raises when it is below 1."""
+        length = _size("length", length)
+        _positive("input length", length)
+        out = ((length - 1) * self.stride - 2 * self.padding
+               + self.dilation * (self.kernel_size - 1) + self.output_padding + 1)
+        if out < 1:
+            raise ValueError(
+                f"{OP}: output length must be at least 1, got L_out={out} for L_in={length}, "
+                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+                f"kernel_size={self.kernel_size}, output_padding={self.output_padding}"
+            )
+        if self.padding_mode == "reflect" and self.padding >= out:
+            raise ValueError(
+                f"{OP}: padding_mode='reflect' needs padding smaller than the output length, "
+                f"got padding={self.padding}, L_out={out}"
+            )
+        if self.padding_mode == "circular" and self.padding > out:
+            raise ValueError(
+                f"{OP}: padding_mode='circular' needs padding at most the output length, "
+                f"got padding={self.padding}, L_out={out}"
+            )
+        return out
+
+    def output_padding_for(self, length: int, output_size: Any) -> int:
+        """Resolve ``output_padding`` from a requested output size, as PyTorch does.
+
+        ``output_size`` may be an int, or a sequence whose last element is the
+        length (PyTorch accepts the full (N, C, L) or (C, L) shape too).
+        """
+        if isinstance(output_size, (tuple, list)):
+            if not output_size:
+                raise ValueError(f"{OP}: output_size must not be empty, got output_size={output_size!r}")
+            output_size = output_size[-1]
+        size = _size("output_size", output_size)
+        min_size = ((length - 1) * self.stride - 2 * self.padding
+                    + self.dilation * (self.kernel_size - 1) + 1)
+        max_size = min_size + self.stride - 1
+        if not min_size <= size <= max_size:
+            raise ValueError(
+                f"{OP}: requested an output size of {size}, but valid sizes range from "
+                f"{min_size} to {max_size} (for an input of {length})"
+            )
+        return size - min_size
+
+    def with_output_padding(self, output_padding: int) -> ConvTranspose1dParams:
+        return ConvTranspose1dParams(**{**self.to_dict(), "output_padding": output_padding})
+
+    @property
+    def macs_per_sample(self) -> int:
+        """Useful multiply-adds per input sample position and batch element."""
+        return self.in_channels * self.out_per_group * self.kernel_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ConvTranspose1dParams:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"{OP}: unknown parameter(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A parameter set with static shapes: what one compiled module computes.
+
+    ``batch`` is the leading dimension of the input (an unbatched call is run
+    as batch 1), ``length`` the input length L_in.
+    """
+
+    params: ConvTranspose1dParams
+    batch: int
+    length: int
+    dtype: str = "float32"
+    out_length: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch", _size("batch", self.batch))
+        _positive("batch", self.batch)
+        object.__setattr__(self, "length", _size("length", self.length))
+        object.__setattr__(self, "dtype", check_dtype(self.dtype))
+        object.__setattr__(self, "out_length", self.params.output_length(self.length))
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.batch, self.params.in_channels, self.length)
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        return (self.batch, self.params.out_channels, self.out_length)
+
+    @property
+    def flops(self) -> int:
+        """Useful floating-point operations (2 per multiply-add), bias not counted."""
+        return 2 * self.batch * self.length * self.params.macs_per_sample
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"params": self.params.to_dict(), "batch": self.batch,
+                "length": self.length, "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Workload:
+        return cls(ConvTranspose1dParams.from_dict(d["params"]), d["batch"], d["length"], d["dtype"])

@@ -1,0 +1,344 @@
+"""The runtime: a wrapper class around one compiled module, a layer, and a function.
+
+- :class:`CompiledConvTranspose1d` wraps one library for one static workload:
+  it validates inputs against the module's metadata, runs it, and exports or
+  loads it with its ``.json`` sidecar.
+- :class:`ConvTranspose1d` is the layer, with PyTorch's constructor, weight
+  initialisation and ``output_size``; it compiles (or finds in the cache) one
+  module per input shape.
+- :func:`conv_transpose1d` is the functional form of ``F.conv_transpose1d``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+
+from .build import ModuleMetadata, build_library, copy_library, read_metadata
+from .params import OP, ConvTranspose1dParams, Workload, check_dtype
+from .target import TargetLike, device_of, resolve_target
+
+
+def as_array(value: Any, name: str) -> np.ndarray:
+    """Accept a NumPy array or any DLPack-capable CPU tensor (torch, JAX, CuPy on host)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "__dlpack__"):
+        if getattr(value, "requires_grad", False):
+            value = value.detach()
+        try:
+            return np.from_dlpack(value)
+        except (BufferError, RuntimeError, TypeError) as err:
+            raise TypeError(f"{OP}: {name} must be a NumPy array or a CPU tensor with DLPack, "
+                            f"could not import {type(value).__name__}: {err}") from None
+    if isinstance(value, (list, tuple)):
+        return np.asarray(value)
+    raise TypeError(f"{OP}: {name} must be a NumPy array or a DLPack-capable tensor, "
+                    f"got {type(value).__name__}")
+
+
+def _check_array(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: str) -> None:
+    if arr.dtype != np.dtype(dtype):
+        raise TypeError(f"{OP}: {name} must have dtype {dtype}, got {name}.dtype={arr.dtype}")
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{OP}: {name} must have shape {tuple(shape)}, got {name}.shape={tuple(arr.shape)}")
+
+
+class CompiledConvTranspose1d:
+    """One compiled module for one workload (parameters, batch, input length, dtype, target).
+
+    Call it as ``compiled(x, weight, bias=None)`` with ``x`` of shape (batch,
+    in_channels, L_in), or (in_channels, L_in) when batch is 1; it returns the
+    output as a NumPy array of shape (batch, out_channels, L_out), unbatched when
+    ``x`` was. Every argument is checked against the module's metadata first.
+    """
+
+    def __init__(self, library: str | Path, metadata: ModuleMetadata | None = None) -> None:
+        self.library = Path(library)
+        self.metadata = metadata if metadata is not None else read_metadata(self.library)
+        self.target = resolve_target(self.metadata.target)
+        self.device = device_of(self.target)
+        self._func = tvm.runtime.load_module(str(self.library))["main"]
+
+    # -- metadata ---------------------------------------------------------------------
+    @property
+    def workload(self) -> Workload:
+        return self.metadata.workload
+
+    @property
+    def params(self) -> ConvTranspose1dParams:
+        return self.metadata.workload.params
+
+    def __repr__(self) -> str:
+        w = self.workload
+        return (f"CompiledConvTranspose1d({w.params}, batch={w.batch}, length={w.length}, "
+                f"dtype={w.dtype!r}, target={self.metadata.target_key!r}, "
+                f"schedule={self.metadata.schedule!r})")
+
+    # -- running ------------------------------------------------------------------------
+    def to_device(self, arr: np.ndarray) -> tvm.runtime.Tensor:
+        return tvm.runtime.tensor(np.ascontiguousarray(arr), self.device)
+
+    def check_weights(self, weight: Any, bias: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+        p, dtype = self.params, self.workload.dtype
+        weight = as_array(weight, "weight")
+        _check_array(weight, "weight", p.weight_shape, dtype)
+        if p.bias:
+            if bias is None:
+                raise ValueError(f"{OP}: this module was compiled with bias=True, got bias=None")
+            bias = as_array(bias, "bias")
+            _check_array(bias, "bias", (p.out_channels,), dtype)
+        elif bias is not None:
+            raise ValueError(f"{OP}: this module was compiled with bias=False, got a bias")
+        return weight, bias
+
+    def run(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor]) -> tvm.runtime.Tensor:
+        """Run on device tensors already checked: ``x`` batched, ``weights`` = [weight(, bias)]."""
+        y = tvm.runtime.empty(self.workload.output_shape, self.workload.dtype, self.device)
+        self._func(x, *weights, y)
+        return y
+
+    def check_input(self, x: Any) -> tuple[np.ndarray, bool]:
+        """Return ``x`` as a batched array and whether it came unbatched."""
+        w = self.workload
+        x = as_array(x, "input")
+        if x.ndim not in (2, 3):
+            raise ValueError(f"{OP}: expected a 2-D (unbatched) or 3-D (batched) input, "
+                             f"got input of shape {tuple(x.shape)}")
+        unbatched = x.ndim == 2
+        if unbatched and w.batch != 1:
+            raise ValueError(f"{OP}: this module was compiled for batch {w.batch}; an unbatched "
+                             f"input needs batch 1, got input of shape {tuple(x.shape)}")
+        xb = x[None] if unbatched else x
+        _check_array(xb, "input", w.input_shape, w.dtype)
+        return xb, unbatched
+
+    def __call__(self, x: Any, weight: Any, bias: Any = None) -> np.ndarray:
+        xb, unbatched = self.check_input(x)
+        weight, bias = self.check_weights(weight, bias)
+        weights = [self.to_device(weight)] + ([self.to_device(bias)] if bias is not None else [])
+        y = self.run(self.to_device(xb), weights).numpy()
+        return y[0] if unbatched else y
+
+    # -- files ----------------------------------------------------------------------------
+    def export(self, path: str | Path) -> Path:
+        """Write the library to ``path`` (``.so``) and its metadata to the ``.json`` beside it."""
+        path = Path(path)
+        if path.suffix != ".so":
+            raise ValueError(f"{OP}: export path must end in .so, got {str(path)!r}")
+        copy_library(self.library, self.metadata, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CompiledConvTranspose1d:
+        """Load a library written by :meth:`export` (or the cache) with its sidecar."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{OP}: no compiled module at {path}")
+        return cls(path, read_metadata(path))
+
+
+def compile(  # noqa: A001 - mirrors tvm.compile
+    params: ConvTranspose1dParams,
+    *,
+    batch: int,
+    length: int,
+    dtype: str = "float32",
+    target: TargetLike = "llvm",
+    use_cache: bool = True,
+) -> CompiledConvTranspose1d:
+    """Compile the operator for one input shape (or take it from the cache)."""
+    workload = Workload(params, batch, length, dtype)
+    library, metadata = build_library(workload, target=target, use_cache=use_cache)
+    return CompiledConvTranspose1d(library, metadata)
+
+
+class _ModuleCache:
+    """Compiled modules of this process, by workload and target."""
+
+    def __init__(self) -> None:
+        self._modules: dict[tuple[Workload, str], CompiledConvTranspose1d] = {}
+        self._lock = threading.Lock()
+
+    def get(self, workload: Workload, target: TargetLike) -> CompiledConvTranspose1d:
+        key = (workload, repr(target))
+        with self._lock:
+            found = self._modules.get(key)
+        if found is None:
+            found = compile(workload.params, batch=workload.batch, length=workload.length,
+                            dtype=workload.dtype, target=target)
+            with self._lock:
+                found = self._modules.setdefault(key, found)
+        return found
+
+
+_MODULES = _ModuleCache()
+
+
+def _check_channels(x: np.ndarray, weight_shape: tuple[int, ...], in_channels: int) -> None:
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{OP}: expected a 2-D (unbatched) or 3-D (batched) input, "
+                         f"got input of shape {tuple(x.shape)}")
+    if x.shape[-2] != in_channels:
+        raise ValueError(
+            f"{OP}: given transposed=1, weight of size {list(weight_shape)}, expected "
+            f"input{list(x.shape)} to have {in_channels} channels, but got {x.shape[-2]} channels instead"
+        )
+
+
+class ConvTranspose1d:
+    """A transposed 1-D convolution layer with PyTorch's ``nn.ConvTranspose1d`` semantics.
+
+    ``weight`` is (in_channels, out_channels/groups, kernel_size) and ``bias``
+    (out_channels,), both NumPy arrays of ``dtype``, initialised from
+    U(-sqrt(k), sqrt(k)) with k = groups / (out_channels * kernel_size), the
+    bound PyTorch's default initialisation gives; ``seed`` makes them
+    reproducible. Assign new arrays to ``.weight`` and ``.bias`` to load trained
+    values. Calling the layer on (batch, in_channels, L_in) or (in_channels,
+    L_in) returns (batch, out_channels, L_out) or (out_channels, L_out); see
+    :class:`ConvTranspose1dParams` for L_out and the padding modes.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int],
+        stride: int | tuple[int] = 1,
+        padding: int | tuple[int] = 0,
+        output_padding: int | tuple[int] = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: int | tuple[int] = 1,
+        padding_mode: str = "zeros",
+        *,
+        target: TargetLike = "llvm",
+        dtype: str = "float32",
+        seed: int | None = None,
+    ) -> None:
+        self.params = ConvTranspose1dParams(in_channels, out_channels, kernel_size, stride, padding,
+                                            output_padding, groups, bias, dilation, padding_mode)
+        self.dtype = check_dtype(dtype)
+        resolve_target(target)  # reject a bad target now, not at the first call
+        self.target = target
+        p = self.params
+        bound = math.sqrt(p.groups / (p.out_channels * p.kernel_size))
+        rng = np.random.default_rng(seed)
+        self._weight = rng.uniform(-bound, bound, p.weight_shape).astype(self.dtype)
+        self._bias = rng.uniform(-bound, bound, (p.out_channels,)).astype(self.dtype) if p.bias else None
+        self._device_weights: dict[str, list[tvm.runtime.Tensor]] = {}
+
+    def __repr__(self) -> str:
+        p = self.params
+        extra = "".join(
+            f", {name}={getattr(p, name)!r}" for name, default in (
+                ("stride", 1), ("padding", 0), ("output_padding", 0), ("groups", 1),
+                ("bias", True), ("dilation", 1), ("padding_mode", "zeros"))
+            if getattr(p, name) != default)
+        return f"ConvTranspose1d({p.in_channels}, {p.out_channels}, kernel_size={p.kernel_size}{extra})"
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self._weight
+
+    @weight.setter
+    def weight(self, value: Any) -> None:
+        arr = as_array(value, "weight")
+        _check_array(arr, "weight", self.params.weight_shape, self.dtype)
+        self._weight = np.array(arr, copy=True)
+        self._device_weights.clear()
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self._bias
+
+    @bias.setter
+    def bias(self, value: Any) -> None:
+        if not self.params.bias:
+            if value is not None:
+                raise ValueError(f"{OP}: this layer was built with bias=False; cannot assign a bias")
+            return
+        if value is None:
+            raise ValueError(f"{OP}: this layer was built with bias=True; assign an array, not None")
+        arr = as_array(value, "bias")
+        _check_array(arr, "bias", (self.params.out_channels,), self.dtype)
+        self._bias = np.array(arr, copy=True)
+        self._device_weights.clear()
+
+    def compiled_for(self, x_shape: tuple[int, ...], output_size: Any = None) -> CompiledConvTranspose1d:
+        """The compiled module that serves an input of ``x_shape`` (compiling it if needed)."""
+        batch = x_shape[0] if len(x_shape) == 3 else 1
+        params = self.params
+        if output_size is not None:
+            params = params.with_output_padding(
+                params.output_padding_for(x_shape[-1], _output_length(output_size, len(x_shape))))
+        return _MODULES.get(Workload(params, batch, x_shape[-1], self.dtype), self.target)
+
+    def __call__(self, x: Any, output_size: Any = None) -> np.ndarray:
+        arr = as_array(x, "input")
+        _check_channels(arr, self.params.weight_shape, self.params.in_channels)
+        compiled = self.compiled_for(tuple(arr.shape), output_size)
+        xb, unbatched = compiled.check_input(arr)
+        key = str(compiled.device)
+        weights = self._device_weights.get(key)
+        if weights is None:  # moved to the device once per assignment, not per call
+            w, b = compiled.check_weights(self._weight, self._bias)
+            weights = [compiled.to_device(w)] + ([compiled.to_device(b)] if b is not None else [])
+            self._device_weights[key] = weights
+        y = compiled.run(compiled.to_device(xb), weights).numpy()
+        return y[0] if unbatched else y
+
+
+def _output_length(output_size: Any, ndim: int) -> Any:
+    """The length PyTorch reads from ``output_size``: an int, or a sequence of 1 or ``ndim`` sizes."""
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) not in (1, ndim):
+            raise ValueError(f"{OP}: for {ndim}D input, output_size must have 1 or {ndim} elements, "
+                             f"got output_size={list(output_size)}")
+        return output_size[-1]
+    return output_size
+
+
+def conv_transpose1d(
+    x: Any,
+    weight: Any,
+    bias: Any = None,
+    stride: int | tuple[int] = 1,
+    padding: int | tuple[int] = 0,
+    output_padding: int | tuple[int] = 0,
+    groups: int = 1,
+    dilation: int | tuple[int] = 1,
+    padding_mode: str = "zeros",
+    *,
+    target: TargetLike = "llvm",
+) -> np.ndarray:
+    """Transposed 1-D convolution of ``x`` with ``weight``, as ``torch.nn.functional.conv_transpose1d``.
+
+    ``x`` is (batch, in_channels, L_in) or (in_channels, L_in); ``weight`` is
+    (in_channels, out_channels/groups, kernel_size); ``bias`` is (out_channels,)
+    or None. Returns a NumPy array (batch, out_channels, L_out) with L_out as in
+    :class:`ConvTranspose1dParams`, which also defines the padding modes. The
+    dtype (float32 or float64) is the input's; weight and bias must match it.
+    """
+    x = as_array(x, "input")
+    weight = as_array(weight, "weight")
+    if weight.ndim != 3:
+        raise ValueError(f"{OP}: weight must be 3-D (in_channels, out_channels/groups, kernel_size), "
+                         f"got weight of shape {tuple(weight.shape)}")
+    if bias is not None:
+        bias = as_array(bias, "bias")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
+        # Checked before out_channels is derived from it.
+        raise ValueError(f"{OP}: groups must be a positive int, got groups={groups!r}")
+    params = ConvTranspose1dParams(
+        weight.shape[0], weight.shape[1] * groups, weight.shape[2], stride, padding, output_padding,
+        groups, bias is not None, dilation, padding_mode)
+    _check_channels(x, weight.shape, params.in_channels)
+    dtype = check_dtype(x.dtype)
+    workload = Workload(params, x.shape[0] if x.ndim == 3 else 1, x.shape[-1], dtype)
+    return _MODULES.get(workload, target)(x, weight, bias)

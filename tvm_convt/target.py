@@ -1,0 +1,122 @@
+"""Targets: parsing user input and naming the hardware class.
+
+A target is given as ``"llvm"`` (this machine's CPU), ``"cuda"`` (the local
+GPU, whose compute capability is then required), or a JSON dict in TVM 0.27's
+form (``{"kind": "cuda", "arch": "sm_90"}``). :func:`target_key` names the
+hardware class that schedules and tuning records are kept under, so a record
+tuned for AVX-512 is never applied on an AVX2 machine, nor sm_90 on sm_80.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import tvm
+from tvm.target import Target
+
+OP = "conv_transpose1d"
+TargetLike = str | dict[str, Any] | Target
+
+# MetaSchedule needs these four on a CUDA target; used when the user names only the arch.
+_CUDA_DEFAULTS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
+                  "thread_warp_size": 32}
+
+
+def _host_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _cuda_arch_of_local_gpu() -> str:
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        raise ValueError(
+            f"{OP}: target 'cuda' needs a GPU to read its compute capability, and none was found; "
+            'name the architecture instead, for example {"kind": "cuda", "arch": "sm_90"}'
+        )
+    return "sm_" + dev.compute_version.replace(".", "")
+
+
+def resolve_target(spec: TargetLike) -> Target:
+    """Turn ``"llvm"``, ``"cuda"``, a JSON string or a dict into a complete TVM target.
+
+    A CPU target gets this machine's ``mcpu`` (so LLVM uses its instruction set)
+    and ``num-cores`` unless given; a CUDA target gets ``arch`` from the local GPU
+    when not given, and MetaSchedule's required limits.
+    """
+    if isinstance(spec, Target):
+        config: dict[str, Any] = dict(spec.export())
+    elif isinstance(spec, dict):
+        config = dict(spec)
+    elif isinstance(spec, str):
+        text = spec.strip()
+        if text.startswith("{"):
+            try:
+                config = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{OP}: target is not valid JSON ({err.msg}), got target={spec!r}") from None
+            if not isinstance(config, dict):
+                raise ValueError(f"{OP}: a JSON target must be an object, got target={spec!r}")
+        elif text in ("llvm", "cpu", "cuda"):
+            config = {"kind": "llvm" if text == "cpu" else text}
+        else:
+            raise ValueError(
+                f"{OP}: target must be 'llvm', 'cuda' or a JSON dict such as "
+                f'{{"kind": "llvm", "mcpu": "znver3"}}, got target={spec!r}'
+            )
+    else:
+        raise TypeError(f"{OP}: target must be a str, dict or tvm.target.Target, got {type(spec).__name__}")
+    kind = config.get("kind")
+    if kind == "llvm":
+        if "mtriple" not in config and "mcpu" not in config:
+            config["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+        config.setdefault("num-cores", _host_cores())
+    elif kind == "cuda":
+        if "arch" not in config:
+            config["arch"] = _cuda_arch_of_local_gpu()
+        for key, value in _CUDA_DEFAULTS.items():
+            config.setdefault(key, value)
+    else:
+        raise ValueError(f"{OP}: target kind must be 'llvm' or 'cuda', got kind={kind!r}")
+    config.pop("keys", None)  # derived by TVM from the kind
+    config.pop("tag", None)
+    try:
+        return Target(config)
+    except Exception as err:  # noqa: BLE001 - TVM reports bad attributes with its own errors
+        raise ValueError(f"{OP}: TVM rejected target {json.dumps(config)}: {err}") from None
+
+
+def target_key(target: Target) -> str:
+    """Name the hardware class: ``llvm-x86_64-avx512``, ``llvm-aarch64-neon``, ``cuda-sm_90``."""
+    if target.kind.name == "cuda":
+        return f"cuda-{target.attrs['arch']}"
+    triple = str(target.attrs.get("mtriple", "")) or tvm.target.codegen.llvm_get_system_triple()
+    arch = triple.split("-")[0]
+    if arch in ("x86_64", "i686", "i386"):
+        has = tvm.target.codegen.llvm_cpu_has_features
+        with target:
+            isa = next((name for feature, name in (("avx512f", "avx512"), ("avx2", "avx2"),
+                                                    ("avx", "avx"), ("sse4.2", "sse4"))
+                        if has(feature, target)), "generic")
+    elif arch in ("aarch64", "arm64"):
+        isa = "sve" if tvm.target.codegen.llvm_cpu_has_features("sve", target) else "neon"
+    else:
+        isa = str(target.attrs.get("mcpu", "generic"))
+    return f"llvm-{arch}-{isa}"
+
+
+def target_json(target: Target) -> str:
+    """A stable JSON form of a target, for metadata and cache keys."""
+    # keys, tag and feature.* are derived by TVM from the rest; dropping them keeps
+    # the JSON accepted by resolve_target, so it round-trips.
+    config = {k: v for k, v in dict(target.export()).items()
+              if k not in ("keys", "tag") and not k.startswith("feature.")}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def device_of(target: Target) -> tvm.runtime.Device:
+    return tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu(0)
