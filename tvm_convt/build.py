@@ -76,10 +76,13 @@ def prim_func(workload: Workload) -> tirx.PrimFunc:
     return te.create_prim_func(inputs + [out]).with_attr("global_symbol", "main")
 
 
-def schedule(workload: Workload, target: Target) -> tuple[tvm.IRModule, str]:
-    """Return the scheduled module and a description of where its schedule came from."""
-    sch, rule = default_schedule(prim_func(workload), workload, target)
-    return sch.mod, f"default:{rule}"
+def schedule(workload: Workload, target: Target, *, rule: str | None = None) -> tuple[tvm.IRModule, str]:
+    """Return the scheduled module and a description of where its schedule came from.
+
+    ``rule`` forces one default rule by name (for tests and benchmarks).
+    """
+    sch, name = default_schedule(prim_func(workload), workload, target, rule=rule)
+    return sch.mod, f"default:{name}"
 
 
 def _write_atomic(path: Path, write, mode: int = 0o644) -> None:
@@ -131,7 +134,8 @@ _build_lock = threading.Lock()
 
 
 def build_library(
-    workload: Workload, *, target: TargetLike = "llvm", use_cache: bool = True
+    workload: Workload, *, target: TargetLike = "llvm", use_cache: bool = True,
+    rule: str | None = None,
 ) -> tuple[Path, ModuleMetadata]:
     """Compile ``workload`` for ``target`` and return the library's path and metadata.
 
@@ -143,7 +147,7 @@ def build_library(
     from . import __version__
 
     tgt = resolve_target(target)
-    mod, source = schedule(workload, tgt)
+    mod, source = schedule(workload, tgt, rule=rule)
     tjson = target_json(tgt)
     metadata = ModuleMetadata(workload, tjson, target_key(tgt), source, tvm.__version__, __version__)
     digest = hashlib.sha256(

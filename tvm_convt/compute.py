@@ -2,10 +2,10 @@
 
 Formulation (per group ``g``, with ``M = out_channels/groups * kernel_size``):
 
-1. ``col``: a dense GEMM, ``col[n, g, j, o, k] = sum_c x[n, g*Cig + c, j] * w[g*Cig + c, o, k]``:
+1. ``col``: a dense GEMM, ``col[n, g, j, o*K + k] = sum_c x[n, g*Cig + c, j] * w[g*Cig + c, o, k]``:
    every product of an input sample with a kernel tap, each computed once.
-   The weight's (o, k) axes are contiguous in memory, so a schedule can fuse
-   them and vectorise along them.
+   The weight's (o, k) axes are contiguous in memory and form one axis here,
+   so a schedule can vectorise along it.
 2. ``full``: a gather (col2im) that, for each position ``u`` of the
    padding-free output, sums the live taps only. Output position ``u``
    receives ``col[i, k]`` exactly when ``i*stride + k*dilation == u``; the
@@ -78,9 +78,13 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
     bias = te.placeholder((p.out_channels,), dtype, name="bias") if p.bias else None
 
     c = te.reduce_axis((0, cig), name="c")
+    # (o, k) is one axis m = o*K + k: the weight is contiguous along it, and a
+    # schedule's tiles of m stay contiguous (a tile of (o, k) would be a box).
     col = te.compute(
-        (n_batch, p.groups, length, cog, kern),
-        lambda n, g, j, o, k: te.sum(x[n, g * cig + c, j] * weight[g * cig + c, o, k], axis=c),
+        (n_batch, p.groups, length, cog * kern),
+        lambda n, g, j, m: te.sum(
+            x[n, g * cig + c, j] * weight[g * cig + c, tirx.indexdiv(m, kern), tirx.indexmod(m, kern)],
+            axis=c),
         name=COL,
         # The weight is constant across calls: let MetaSchedule repack it.
         attrs={"layout_free_placeholders": [weight]},
@@ -112,7 +116,7 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
             i_safe = tirx.max(tirx.min(i, length - 1), 0)
             k_safe = tirx.min(k, kern - 1)
             total = total + tirx.if_then_else(
-                live, col[n, g, i_safe, o, k_safe], tirx.const(0, dtype))
+                live, col[n, g, i_safe, o * kern + k_safe], tirx.const(0, dtype))
         return total
 
     def with_bias(v, co):

@@ -63,7 +63,19 @@ class CompiledConvTranspose1d:
         self.metadata = metadata if metadata is not None else read_metadata(self.library)
         self.target = resolve_target(self.metadata.target)
         self.device = device_of(self.target)
-        self._func = tvm.runtime.load_module(str(self.library))["main"]
+        self._func: Any = None  # loaded on first use: a CUDA module exports without a GPU
+
+    @property
+    def func(self) -> Any:
+        """The module's ``main`` function, loaded on first use."""
+        if self._func is None:
+            if not self.device.exist:
+                raise RuntimeError(
+                    f"{OP}: this module targets {self.metadata.target_key} and needs a "
+                    f"{self.device} device to run, which this machine does not have; "
+                    "it can still be exported")
+            self._func = tvm.runtime.load_module(str(self.library))["main"]
+        return self._func
 
     # -- metadata ---------------------------------------------------------------------
     @property
@@ -100,7 +112,7 @@ class CompiledConvTranspose1d:
     def run(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor]) -> tvm.runtime.Tensor:
         """Run on device tensors already checked: ``x`` batched, ``weights`` = [weight(, bias)]."""
         y = tvm.runtime.empty(self.workload.output_shape, self.workload.dtype, self.device)
-        self._func(x, *weights, y)
+        self.func(x, *weights, y)
         return y
 
     def check_input(self, x: Any) -> tuple[np.ndarray, bool]:
@@ -151,10 +163,15 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     dtype: str = "float32",
     target: TargetLike = "llvm",
     use_cache: bool = True,
+    rule: str | None = None,
 ) -> CompiledConvTranspose1d:
-    """Compile the operator for one input shape (or take it from the cache)."""
+    """Compile the operator for one input shape (or take it from the cache).
+
+    ``batch`` and ``length`` are the input's batch size and L_in; ``rule``
+    forces a named default schedule rule instead of the first applicable one.
+    """
     workload = Workload(params, batch, length, dtype)
-    library, metadata = build_library(workload, target=target, use_cache=use_cache)
+    library, metadata = build_library(workload, target=target, use_cache=use_cache, rule=rule)
     return CompiledConvTranspose1d(library, metadata)
 
 

@@ -65,8 +65,8 @@ def cpu_vector_registers(target: Target) -> int:
 class CpuGemmRule:
     """Register-blocked GEMM for the ``col`` stage, vectorised along (out channel, tap).
 
-    The weight's (o, k) axes are fused into one contiguous axis ``m`` and split
-    into ``lanes * vectors``-wide vector blocks; ``rows`` input samples are
+    The weight's contiguous (o, k) axis ``m`` is split into ``lanes * vectors``-wide
+    vector blocks; ``rows`` input samples are
     unrolled beside them, so ``rows * vectors`` accumulators stay in registers
     across the whole reduction over input channels. A block of the weight is
     loaded once per parallel task and reused for every input sample. Not
@@ -95,8 +95,8 @@ class CpuGemmRule:
         rows = min(workload.length, 6 if vectors == 2 else 12)
         sch = s_tir.Schedule(func)
         col = sch.get_sblock(C.COL)
-        n, g, j, o, k, c = sch.get_loops(col)
-        mo, mi = sch.split(sch.fuse(o, k), [None, lanes * vectors])
+        n, g, j, m, c = sch.get_loops(col)
+        mo, mi = sch.split(m, [None, lanes * vectors])
         jo, ji = sch.split(j, [None, rows])
         sch.reorder(n, g, mo, jo, c, ji, mi)
         sch.parallel(sch.fuse(n, g, mo))
@@ -127,10 +127,10 @@ class CpuFallbackRule:
             return None
         sch = s_tir.Schedule(func)
         col = sch.get_sblock(C.COL)
-        sch.transform_layout(col, ("write", 0), lambda n, g, j, o, k: (n, g, o, k, j))
-        n, g, j, o, k, c = sch.get_loops(col)
-        sch.reorder(n, g, o, k, c, j)
-        sch.parallel(sch.fuse(n, g, o))
+        sch.transform_layout(col, ("write", 0), lambda n, g, j, m: (n, g, m, j))
+        n, g, j, m, c = sch.get_loops(col)
+        sch.reorder(n, g, m, c, j)
+        sch.parallel(sch.fuse(n, g, m))
         lanes = cpu_vector_lanes(target, workload.dtype)
         if workload.length >= lanes:
             _, ji = sch.split(j, [None, lanes])
@@ -161,17 +161,28 @@ RULES: dict[str, tuple[ScheduleRule, ...]] = {
 
 
 def default_schedule(
-    func: tirx.PrimFunc, workload: Workload, target: Target
+    func: tirx.PrimFunc, workload: Workload, target: Target, *, rule: str | None = None
 ) -> tuple[s_tir.Schedule, str]:
-    """Apply the first applicable rule for ``target``; return the schedule and the rule's name."""
+    """Apply the first applicable rule for ``target`` (or only the one named ``rule``);
+    return the schedule and the rule's name."""
     rules = RULES.get(target.kind.name)
     if rules is None:
         raise ValueError(
             f"conv_transpose1d: target kind must be one of {', '.join(sorted(RULES))}, "
             f"got {target.kind.name!r}"
         )
-    for rule in rules:
-        sch = rule.apply(func, workload, target)
+    if rule is not None:
+        names = [r.name for r in rules]
+        if rule not in names:
+            raise ValueError(f"conv_transpose1d: schedule rule for {target.kind.name} must be one of "
+                             f"{', '.join(names)}, got rule={rule!r}")
+        chosen = next(r for r in rules if r.name == rule)
+        sch = chosen.apply(func, workload, target)
+        if sch is None:
+            raise ValueError(f"conv_transpose1d: schedule rule {rule!r} does not apply to {workload}")
+        return sch, chosen.name
+    for candidate in rules:
+        sch = candidate.apply(func, workload, target)
         if sch is not None:
-            return sch, rule.name
+            return sch, candidate.name
     raise AssertionError(f"the fallback rule for {target.kind.name} did not apply")

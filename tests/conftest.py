@@ -1,0 +1,74 @@
+"""Shared test helpers: tolerances, the torch oracle, and a private module cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tvm_convt.params import ConvTranspose1dParams
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # the core package must work without torch
+    torch = None
+
+# Largest |actual - expected| allowed, relative to max(1, max|expected|). float32 results
+# are accumulated in float32 over in_channels/groups * ceil(K/stride) products (at most a
+# few thousand here), so about 1e-6 relative error is expected; 1e-5 leaves headroom for
+# accumulation order. float64 is held to near its own rounding.
+TOLERANCES = {"float32": 1e-5, "float64": 1e-12}
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: str) -> None:
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
+    err = float(np.max(np.abs(actual.astype(np.float64) - expected))) / scale if expected.size else 0.0
+    assert err <= TOLERANCES[dtype], f"relative error {err:.3e} > {TOLERANCES[dtype]:.0e} ({dtype})"
+
+
+def torch_conv_transpose1d(x, weight, bias, p: ConvTranspose1dParams) -> np.ndarray:
+    """PyTorch's answer in float64: F.conv_transpose1d for zeros, otherwise the gradient
+    with respect to z of F.conv1d(F.pad(z, (padding, padding), mode), weight, ...)."""
+    xt = torch.from_numpy(np.asarray(x, dtype=np.float64))
+    unbatched = xt.ndim == 2
+    if unbatched:
+        xt = xt[None]
+    wt = torch.from_numpy(np.asarray(weight, dtype=np.float64))
+    bt = None if bias is None else torch.from_numpy(np.asarray(bias, dtype=np.float64))
+    if p.padding_mode == "zeros":
+        y = F.conv_transpose1d(xt, wt, bt, p.stride, p.padding, p.output_padding, p.groups, p.dilation)
+    else:
+        l_out = p.output_length(xt.shape[-1])
+        z = torch.zeros(xt.shape[0], p.out_channels, l_out, dtype=torch.float64, requires_grad=True)
+        fwd = F.conv1d(F.pad(z, (p.padding, p.padding), mode=p.padding_mode), wt,
+                       stride=p.stride, dilation=p.dilation, groups=p.groups)
+        assert fwd.shape == xt.shape, (fwd.shape, xt.shape)
+        (y,) = torch.autograd.grad(fwd, z, xt)
+        if bt is not None:
+            y = y + bt[None, :, None]
+    y = y.detach().numpy()
+    return y[0] if unbatched else y
+
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Every test session compiles into its own cache, never the user's."""
+    path = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TVM_CONVT_CACHE", str(path))
+    yield path
+    mp.undo()
+
+
+def random_inputs(p: ConvTranspose1dParams, batch: int | None, length: int, dtype: str, seed: int = 0):
+    """x (unbatched when batch is None), weight and bias (None without bias)."""
+    rng = np.random.default_rng(seed)
+    shape = (p.in_channels, length) if batch is None else (batch, p.in_channels, length)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal(p.weight_shape).astype(dtype)
+    b = rng.standard_normal(p.out_channels).astype(dtype) if p.bias else None
+    return x, w, b

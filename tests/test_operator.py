@@ -1,0 +1,124 @@
+"""The compiled operator against the float64 reference and PyTorch, over a table of layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tvm_convt
+from tvm_convt.params import ConvTranspose1dParams
+from tvm_convt.reference import conv_transpose1d_reference
+
+from conftest import assert_close, needs_torch, random_inputs, torch, torch_conv_transpose1d
+
+P = ConvTranspose1dParams
+
+# (id, params, batch (None: unbatched), input length)
+CASES = [
+    ("basic", P(4, 6, 3), 2, 9),
+    ("unet-up", P(8, 4, 4, stride=2, padding=1), 2, 16),
+    ("kernel>=input", P(3, 5, 7, stride=2), 1, 3),
+    ("stride>kernel", P(3, 4, 2, stride=5, padding=1), 2, 6),
+    ("output_padding=stride-1", P(4, 4, 8, stride=4, padding=2, output_padding=3), 1, 7),
+    ("stride<=output_padding<dilation", P(2, 6, 3, stride=2, dilation=4, output_padding=3), 2, 5),
+    ("padding>dilation*(k-1)", P(3, 3, 3, stride=3, padding=4), 1, 10),
+    ("depthwise", P(8, 8, 5, stride=2, padding=2, groups=8), 2, 12),
+    ("depthwise-multiplier", P(4, 8, 3, stride=3, groups=4, dilation=2), 1, 9),
+    ("groups-dilated", P(6, 4, 4, stride=2, padding=3, groups=2, dilation=3), 2, 8),
+    ("l_in=1", P(3, 2, 4, stride=3), 2, 1),
+    ("l_in=1-padded", P(2, 3, 5, padding=2), 1, 1),
+    ("gcd(stride,dilation)=2", P(4, 4, 5, stride=4, dilation=2, padding=1), 1, 6),
+    ("gcd(stride,dilation)=2-odd", P(3, 6, 5, stride=6, dilation=4, output_padding=1), 3, 5),
+    ("stride1-dilated", P(8, 8, 7, dilation=3, padding=9), 1, 20),
+    ("no-bias", P(5, 7, 3, stride=2, bias=False), 2, 6),
+    ("hifigan-small", P(32, 16, 16, stride=8, padding=4), 1, 20),
+    ("gemm-vectorised", P(16, 32, 4, stride=2, padding=1), 2, 13),
+    ("odd-m", P(6, 3, 3, stride=2), 1, 5),
+    ("unbatched", P(4, 6, 4, stride=2, padding=1), None, 7),
+]
+for mode in ("reflect", "replicate", "circular"):
+    CASES += [
+        (f"{mode}", P(4, 6, 5, stride=3, padding=3, output_padding=1, groups=2, dilation=2,
+                      padding_mode=mode), 2, 7),
+        (f"{mode}-no-padding", P(3, 4, 3, stride=2, padding_mode=mode), 1, 5),
+        (f"{mode}-depthwise", P(4, 4, 4, stride=2, padding=1, groups=4, padding_mode=mode, bias=False), 2, 6),
+        (f"{mode}-vectorised", P(16, 16, 4, stride=2, padding=2, padding_mode=mode), 1, 9),
+    ]
+# Padding at its limits: reflect padding = L_out - 1, circular padding = L_out,
+# replicate padding > L_out (every margin folds onto the edge samples).
+CASES += [
+    ("reflect-limit", P(2, 3, 7, padding=2, padding_mode="reflect"), 1, 1),
+    ("circular-limit", P(2, 3, 9, padding=3, padding_mode="circular"), 2, 1),
+    ("replicate-wide", P(2, 3, 9, padding=4, padding_mode="replicate"), 1, 1),
+]
+
+
+def _check(p, batch, length, dtype, **compile_kwargs):
+    x, w, b = random_inputs(p, batch, length, dtype)
+    ref = conv_transpose1d_reference(x, w, b, p)
+    compiled = tvm_convt.compile(p, batch=batch or 1, length=length, dtype=dtype, **compile_kwargs)
+    y = compiled(x, w, b)
+    assert y.dtype == np.dtype(dtype)
+    assert_close(y, ref, dtype)
+    if torch is not None:
+        assert_close(y, torch_conv_transpose1d(x, w, b, p), dtype)
+    return compiled
+
+
+@pytest.mark.parametrize("p, batch, length", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_float32(p, batch, length):
+    _check(p, batch, length, "float32")
+
+
+FLOAT64 = ["basic", "groups-dilated", "l_in=1", "depthwise", "gemm-vectorised", "reflect",
+           "replicate", "circular", "stride<=output_padding<dilation"]
+
+
+@pytest.mark.parametrize("p, batch, length", [c[1:] for c in CASES if c[0] in FLOAT64], ids=FLOAT64)
+def test_float64(p, batch, length):
+    _check(p, batch, length, "float64")
+
+
+@pytest.mark.parametrize("name", ["basic", "gemm-vectorised", "hifigan-small", "circular-vectorised",
+                                  "replicate", "depthwise"])
+def test_fallback_rule_matches(name):
+    """The always-applicable CPU rule is exact wherever the GEMM rule is used too."""
+    _, p, batch, length = next(c for c in CASES if c[0] == name)
+    compiled = _check(p, batch, length, "float32", rule="cpu-fallback")
+    assert compiled.metadata.schedule == "default:cpu-fallback"
+
+
+def test_default_rule_choice():
+    assert tvm_convt.compile(P(16, 32, 4), batch=1, length=8).metadata.schedule == "default:cpu-gemm"
+    # out_channels/groups * kernel_size = 9 has no vector-lane divisor: the fallback serves it.
+    assert tvm_convt.compile(P(6, 3, 3), batch=1, length=8).metadata.schedule == "default:cpu-fallback"
+    with pytest.raises(ValueError, match="schedule rule 'cpu-gemm' does not apply"):
+        tvm_convt.compile(P(6, 3, 3), batch=1, length=8, rule="cpu-gemm")
+    with pytest.raises(ValueError, match="must be one of cpu-gemm, cpu-fallback, got rule='gpu'"):
+        tvm_convt.compile(P(6, 3, 3), batch=1, length=8, rule="gpu")
+
+
+def test_demo_layer():
+    """The HiFi-GAN V1 first upsampling layer, the demo's workload."""
+    _check(P(512, 256, 16, stride=8, padding=4), 1, 86, "float32")
+
+
+@needs_torch
+def test_functional_matches_torch_functional():
+    p = P(6, 4, 5, stride=3, padding=2, output_padding=1, groups=2, dilation=2)
+    x, w, b = random_inputs(p, 2, 7, "float32")
+    y = tvm_convt.conv_transpose1d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b),
+                                   stride=3, padding=2, output_padding=1, groups=2, dilation=2)
+    expected = torch.nn.functional.conv_transpose1d(
+        torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), 3, 2, 1, 2, 2).numpy()
+    assert isinstance(y, np.ndarray)
+    assert_close(y, expected.astype(np.float64), "float32")
+
+
+@needs_torch
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_functional_padding_modes(mode):
+    p = P(4, 4, 3, stride=2, padding=2, padding_mode=mode)
+    x, w, b = random_inputs(p, 1, 6, "float64")
+    y = tvm_convt.conv_transpose1d(x, w, b, stride=2, padding=2, padding_mode=mode)
+    assert_close(y, torch_conv_transpose1d(x, w, b, p), "float64")
