@@ -85,6 +85,21 @@ def schedule(workload: Workload, target: Target, *, rule: str | None = None) -> 
     return sch.mod, f"default:{name}"
 
 
+def device_source(workload: Workload, *, target: TargetLike) -> str:
+    """The generated device code (CUDA C++ for a CUDA target) of the default schedule.
+
+    TVM 0.27 keeps CUDA kernels as source inside the library and compiles them
+    when the library is loaded; this returns that source, so it can be checked
+    with ``nvcc`` on a machine without a GPU.
+    """
+    tgt = resolve_target(target)
+    if tgt.kind.name != "cuda":
+        raise ValueError(f"conv_transpose1d: device_source needs a CUDA target, got kind={tgt.kind.name!r}")
+    mod, _ = schedule(workload, tgt)
+    executable = tvm.compile(mod, target=tgt)
+    return "\n".join(m.inspect_source("cuda") for m in executable.mod.imports if m.kind == "cuda")
+
+
 def _write_atomic(path: Path, write, mode: int = 0o644) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -69,13 +69,16 @@ class CompiledConvTranspose1d:
     def func(self) -> Any:
         """The module's ``main`` function, loaded on first use."""
         if self._func is None:
-            if not self.device.exist:
-                raise RuntimeError(
-                    f"{OP}: this module targets {self.metadata.target_key} and needs a "
-                    f"{self.device} device to run, which this machine does not have; "
-                    "it can still be exported")
+            self._require_device()
             self._func = tvm.runtime.load_module(str(self.library))["main"]
         return self._func
+
+    def _require_device(self) -> None:
+        if not self.device.exist:
+            raise RuntimeError(
+                f"{OP}: this module targets {self.metadata.target_key} and needs a "
+                f"{self.device} device to run, which this machine does not have; "
+                "it can still be exported")
 
     # -- metadata ---------------------------------------------------------------------
     @property
@@ -94,6 +97,7 @@ class CompiledConvTranspose1d:
 
     # -- running ------------------------------------------------------------------------
     def to_device(self, arr: np.ndarray) -> tvm.runtime.Tensor:
+        self._require_device()
         return tvm.runtime.tensor(np.ascontiguousarray(arr), self.device)
 
     def check_weights(self, weight: Any, bias: Any = None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,0 +1,209 @@
+"""The runtime wrapper, the layer, the disk cache, and input validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import tvm_convt
+from tvm_convt import CompiledConvTranspose1d, ConvTranspose1d, ConvTranspose1dParams
+from tvm_convt.reference import conv_transpose1d_reference
+
+from conftest import assert_close, needs_torch, random_inputs, torch, torch_conv_transpose1d
+
+P = ConvTranspose1dParams
+LAYER = P(4, 6, 5, stride=3, padding=2, output_padding=1, groups=2, dilation=2)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return tvm_convt.compile(LAYER, batch=2, length=7)
+
+
+def test_export_load_round_trip(compiled, tmp_path):
+    path = compiled.export(tmp_path / "layer.so")
+    meta = json.loads((tmp_path / "layer.json").read_text())
+    assert meta["workload"]["params"]["kernel_size"] == 5
+    assert meta["workload"]["batch"] == 2 and meta["workload"]["length"] == 7
+    assert meta["workload"]["dtype"] == "float32"
+    assert meta["target"]["kind"] == "llvm"
+    assert meta["tvm_version"] == "0.27.0.post1"
+    assert meta["schedule"].startswith("default:")
+    loaded = CompiledConvTranspose1d.load(path)
+    assert loaded.workload == compiled.workload
+    x, w, b = random_inputs(LAYER, 2, 7, "float32")
+    np.testing.assert_array_equal(loaded(x, w, b), compiled(x, w, b))
+    assert_close(loaded(x, w, b), conv_transpose1d_reference(x, w, b, LAYER), "float32")
+
+
+def test_load_errors(tmp_path, compiled):
+    with pytest.raises(FileNotFoundError, match="no compiled module"):
+        CompiledConvTranspose1d.load(tmp_path / "missing.so")
+    path = compiled.export(tmp_path / "a.so")
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        CompiledConvTranspose1d.load(path)
+    (tmp_path / "a.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no metadata sidecar"):
+        CompiledConvTranspose1d.load(path)
+    with pytest.raises(ValueError, match="export path must end in .so"):
+        compiled.export(tmp_path / "a.dll")
+
+
+@pytest.mark.parametrize(
+    "make_args, error, pattern",
+    [
+        (lambda x, w, b: (x[:1], w, b), ValueError, r"input must have shape \(2, 4, 7\), got input.shape=\(1, 4, 7\)"),
+        (lambda x, w, b: (x[:, :, :6], w, b), ValueError, r"input must have shape \(2, 4, 7\)"),
+        (lambda x, w, b: (x[0], w, b), ValueError, r"this module was compiled for batch 2; an unbatched input needs batch 1"),
+        (lambda x, w, b: (x[None], w, b), ValueError, r"expected a 2-D \(unbatched\) or 3-D \(batched\) input"),
+        (lambda x, w, b: (x.astype(np.float64), w, b), TypeError, r"input must have dtype float32, got input.dtype=float64"),
+        (lambda x, w, b: (x, w[:, :, :4], b), ValueError, r"weight must have shape \(4, 3, 5\)"),
+        (lambda x, w, b: (x, w.astype(np.float16), b), TypeError, r"weight must have dtype float32"),
+        (lambda x, w, b: (x, w, None), ValueError, r"this module was compiled with bias=True, got bias=None"),
+        (lambda x, w, b: (x, w, b[:5]), ValueError, r"bias must have shape \(6,\)"),
+        (lambda x, w, b: ("x", w, b), TypeError, r"input must be a NumPy array or a DLPack-capable tensor, got str"),
+    ],
+)
+def test_compiled_rejects_mismatched_input(compiled, make_args, error, pattern):
+    x, w, b = random_inputs(LAYER, 2, 7, "float32")
+    with pytest.raises(error, match="^conv_transpose1d: " + pattern):
+        compiled(*make_args(x, w, b))
+
+
+def test_cache_reused_by_second_process(tmp_path):
+    """A second process finds the first one's module on disk and compiles nothing."""
+    script = textwrap.dedent("""
+        import sys, time
+        import tvm_convt.build as build
+        calls = []
+        original = build.tvm.compile
+        build.tvm.compile = lambda *a, **k: calls.append(1) or original(*a, **k)
+        import tvm_convt, numpy as np
+        c = tvm_convt.compile(tvm_convt.ConvTranspose1dParams(3, 4, 3, stride=2), batch=1, length=5)
+        x = np.ones((1, 3, 5), "float32"); w = np.ones((3, 4, 3), "float32"); b = np.zeros(4, "float32")
+        print(len(calls), c.library, float(c(x, w, b).sum()))
+    """)
+    env = dict(os.environ, TVM_CONVT_CACHE=str(tmp_path / "cache"))
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                           timeout=300, check=True).stdout.split() for _ in range(2)]
+    assert runs[0][0] == "1" and runs[1][0] == "0", runs
+    assert runs[0][1] == runs[1][1] and runs[0][1].startswith(str(tmp_path / "cache"))
+    assert runs[0][2] == runs[1][2] == str(float(3 * 4 * 3 * 5))
+    leftovers = [p.name for p in (tmp_path / "cache").rglob(".*")]
+    assert leftovers == [], f"temporary files left behind: {leftovers}"
+
+
+def test_layer_initialisation_matches_pytorch_bounds():
+    layer = ConvTranspose1d(8, 6, 4, groups=2, seed=0)
+    bound = np.sqrt(2 / (6 * 4))
+    assert layer.weight.shape == (8, 3, 4) and layer.bias.shape == (6,)
+    assert layer.weight.dtype == np.float32
+    assert np.abs(layer.weight).max() <= bound and np.abs(layer.bias).max() <= bound
+    assert np.abs(layer.weight).max() > 0.8 * bound  # drawn over the whole range, not a corner
+    np.testing.assert_array_equal(layer.weight, ConvTranspose1d(8, 6, 4, groups=2, seed=0).weight)
+    assert not np.array_equal(layer.weight, ConvTranspose1d(8, 6, 4, groups=2, seed=1).weight)
+    assert ConvTranspose1d(8, 6, 4, bias=False).bias is None
+
+
+def test_layer_call_batched_unbatched_and_weight_assignment():
+    layer = ConvTranspose1d(4, 6, 3, stride=2, padding=1, seed=3)
+    x, w, b = random_inputs(layer.params, 2, 9, "float32", seed=5)
+    assert_close(layer(x), conv_transpose1d_reference(x, layer.weight, layer.bias, layer.params), "float32")
+    y1 = layer(x[1])
+    assert y1.shape == (6, 17)
+    assert_close(y1, conv_transpose1d_reference(x[1], layer.weight, layer.bias, layer.params), "float32")
+    layer.weight, layer.bias = w, b  # new weights reach the device
+    assert_close(layer(x), conv_transpose1d_reference(x, w, b, layer.params), "float32")
+    with pytest.raises(ValueError, match=r"weight must have shape \(4, 6, 3\)"):
+        layer.weight = w[:, :, :2]
+    with pytest.raises(TypeError, match="weight must have dtype float32"):
+        layer.weight = w.astype(np.float64)
+    with pytest.raises(ValueError, match="built with bias=True; assign an array"):
+        layer.bias = None
+    with pytest.raises(ValueError, match="expected input\\[2, 5, 9\\] to have 4 channels, but got 5"):
+        layer(np.zeros((2, 5, 9), np.float32))
+    with pytest.raises(ValueError, match="expected a 2-D \\(unbatched\\) or 3-D"):
+        layer(np.zeros((9,), np.float32))
+    with pytest.raises(TypeError, match="input must have dtype float32"):
+        layer(x.astype(np.float64))
+
+
+def test_layer_float64_and_no_bias():
+    layer = ConvTranspose1d(3, 4, 4, stride=2, bias=False, dtype="float64", seed=0)
+    x = np.random.default_rng(0).standard_normal((1, 3, 6))
+    assert_close(layer(x), conv_transpose1d_reference(x, layer.weight, None, layer.params), "float64")
+    with pytest.raises(ValueError, match="built with bias=False"):
+        layer.bias = np.zeros(4)
+
+
+@needs_torch
+def test_output_size_matches_torch():
+    ours = ConvTranspose1d(4, 4, 3, stride=3, padding=1, seed=0)
+    theirs = torch.nn.ConvTranspose1d(4, 4, 3, stride=3, padding=1)
+    with torch.no_grad():
+        theirs.weight.copy_(torch.from_numpy(ours.weight))
+        theirs.bias.copy_(torch.from_numpy(ours.bias))
+    x = np.random.default_rng(0).standard_normal((2, 4, 5)).astype(np.float32)
+    for size in (13, 14, 15, [15], [2, 4, 14]):  # an int is our shorthand for [int]
+        torch_size = size if isinstance(size, list) else [size]
+        expected = theirs(torch.from_numpy(x), output_size=torch_size).detach().numpy()
+        got = ours(x, output_size=size)
+        assert got.shape == expected.shape
+        assert_close(got, expected.astype(np.float64), "float32")
+    with pytest.raises(ValueError, match="requested an output size of 16, but valid sizes range from 13 to 15"):
+        ours(x, output_size=16)
+    with pytest.raises(ValueError, match="output_size must have 1 or 3 elements"):
+        ours(x, output_size=[4, 14])
+
+
+@needs_torch
+def test_torch_tensors_via_dlpack():
+    layer = ConvTranspose1d(4, 2, 3, stride=2, seed=0)
+    xt = torch.randn(1, 4, 5, requires_grad=True)
+    y = layer(xt)
+    assert isinstance(y, np.ndarray)
+    assert_close(y, torch_conv_transpose1d(xt.detach().numpy(), layer.weight, layer.bias, layer.params),
+                 "float32")
+    layer.weight = torch.from_numpy(layer.weight * 2)  # assignable from torch too
+    assert isinstance(layer.weight, np.ndarray)
+
+
+@pytest.mark.parametrize(
+    "call, error, pattern",
+    [
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x, w[0], b), ValueError, "weight must be 3-D"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, groups=0), ValueError,
+         "groups must be a positive int, got groups=0"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, groups=3), ValueError,
+         "in_channels must be divisible by groups"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x[:, :3], w, b), ValueError,
+         r"weight of size \[4, 3, 3\], expected input\[2, 3, 6\] to have 4 channels, but got 3 channels instead"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x.astype(np.int32), w, b), TypeError,
+         "dtype must be one of float32, float64, got dtype='int32'"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, stride=0), ValueError, "stride must be positive"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, padding=-1), ValueError, "padding must be non-negative"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, stride=2, output_padding=2), ValueError,
+         "output_padding must be smaller than stride or dilation"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, padding_mode="same"), ValueError,
+         "padding_mode must be one of"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x[:, :, :1], w, b, padding=5), ValueError,
+         "output length must be at least 1"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b[:2]), ValueError, r"bias must have shape \(3,\)"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, target="vulkan"), ValueError,
+         "target must be 'llvm', 'cuda' or a JSON dict"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, target='{"kind": "llvm", "mcpu": 3'), ValueError,
+         "target is not valid JSON"),
+    ],
+)
+def test_functional_errors(call, error, pattern):
+    p = P(4, 3, 3)
+    x, w, b = random_inputs(p, 2, 6, "float32")
+    with pytest.raises(error, match="^conv_transpose1d: .*" + pattern):
+        call(x, w, b)
