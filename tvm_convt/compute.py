@@ -11,7 +11,7 @@ Formulation (per group ``g``, with ``M = out_channels/groups * kernel_size``):
    receives ``col[i, k]`` exactly when ``i*stride + k*dilation == u``; the
    live ``k`` form one residue class modulo ``stride / gcd(stride, dilation)``,
    so each output visits ``ceil(kernel_size / (stride/gcd))`` taps, not all of
-   them.
+   them. It is laid out by phase, ``full[n, co, u % stride, u // stride]``.
 3. ``y``: zeros mode crops the gather (inlined) and adds the bias. Other modes
    materialise ``full`` over the padded length and apply the adjoint of the
    padding, which adds its two ``padding``-wide margins back onto the output,
@@ -54,11 +54,6 @@ class TapPlan:
         return cls(step=step, taps=-(-p.kernel_size // step), gcd=g, dilation_inverse=inverse)
 
 
-def full_length(w: Workload) -> int:
-    """Length of the padding-free output: the padded Conv1d input's length, ``L_out + 2*padding``."""
-    return w.out_length + 2 * w.params.padding
-
-
 def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
     """Build the tensor expression for one workload.
 
@@ -94,12 +89,21 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
     # kernel's reach) receive nothing.
     l_reach = (length - 1) * stride + dil * (kern - 1) + 1
 
-    def gather(n, co, u):
-        # An unrolled sum over the few live taps: no reduction axis, so the
-        # stage stays elementwise and later stages can inline it.
+    # The gather runs over the output in polyphase order, u = q*stride + r with
+    # the phase r outermost: which taps are live, and where they read, depend on
+    # r alone, so the inner loop over q does no index division at all.
+    if p.padding_mode == "zeros":
+        u_first, u_end = pad, pad + l_out  # the cropped range is all that is needed
+    else:
+        u_first, u_end = 0, l_out + 2 * pad
+    q_first = u_first // stride
+    n_q = -(-u_end // stride) - q_first
+
+    def gather(n, co, r, q):
+        # An unrolled sum over the few live taps: no reduction axis.
         g = tirx.indexdiv(co, cog)
         o = tirx.indexmod(co, cog)
-        r = tirx.indexmod(u, stride)
+        u = (q + q_first) * stride + r
         if plan.step > 1:
             k0 = tirx.indexmod(tirx.indexdiv(r, plan.gcd) * plan.dilation_inverse, plan.step)
         else:
@@ -107,9 +111,9 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
         total = tirx.const(0, dtype)
         for t in range(plan.taps):
             k = k0 + t * plan.step
-            src = u - k * dil
-            i = tirx.indexdiv(src, stride)
-            live = tirx.all(k < kern, src >= 0, i < length, u < l_reach)
+            # u - k*dilation is a multiple of stride for live taps: i = q + (r - k*dilation)/stride.
+            i = q + q_first + tirx.indexdiv(r - k * dil, stride)
+            live = tirx.all(k < kern, i >= 0, i < length, u < l_reach)
             if plan.gcd > 1:
                 live = tirx.all(live, tirx.indexmod(r, plan.gcd) == 0)
             # Clamped indices keep even a speculated load in bounds.
@@ -119,45 +123,48 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
                 live, col[n, g, i_safe, o * kern + k_safe], tirx.const(0, dtype))
         return total
 
+    full = te.compute((n_batch, p.out_channels, stride, n_q), gather, name=FULL)
+
+    def full_at(n, co, u):
+        return full[n, co, tirx.indexmod(u, stride), tirx.indexdiv(u, stride) - q_first]
+
     def with_bias(v, co):
         return v + bias[co] if bias is not None else v
 
     inputs = [x, weight] + ([bias] if bias is not None else [])
     if p.padding_mode == "zeros":
-        y = te.compute((n_batch, p.out_channels, l_out),
-                       lambda n, co, l: with_bias(gather(n, co, l + pad), co), name=OUT)
-        return inputs, y
-
-    full = te.compute((n_batch, p.out_channels, full_length(w)), gather, name=FULL)
-    fold = _fold_margins(full, p.padding_mode, pad, l_out, dtype)
+        fold = lambda n, co, l: full_at(n, co, l + pad)  # noqa: E731
+    else:
+        fold = _fold_margins(full_at, (n_batch, p.out_channels), p.padding_mode, pad, l_out, dtype)
     y = te.compute((n_batch, p.out_channels, l_out),
                    lambda n, co, l: with_bias(fold(n, co, l), co), name=OUT)
     return inputs, y
 
 
-def _fold_margins(full: te.Tensor, mode: str, pad: int, l_out: int, dtype: str):
+def _fold_margins(full, shape: tuple[int, int], mode: str, pad: int, l_out: int, dtype: str):
     """Adjoint of padding ``z`` (length ``l_out``) by ``pad`` on both sides in ``mode``.
 
-    The padded sample ``j`` of ``F.pad(z, (pad, pad), mode)`` reads ``z[src(j)]``; the
-    adjoint sums, for each ``i``, every ``full[j]`` with ``src(j) == i``. Returns
-    that sum as a function of the output indices ``(n, co, l)``.
+    ``full(n, co, j)`` is sample ``j`` of the padding-free output (length
+    ``l_out + 2*pad``). The padded sample ``j`` of ``F.pad(z, (pad, pad), mode)``
+    reads ``z[src(j)]``; the adjoint sums, for each ``i``, every ``full[j]`` with
+    ``src(j) == i``. Returns that sum as a function of the output indices ``(n, co, l)``.
     """
-    n_batch, channels, _ = full.shape
+    n_batch, channels = shape
     zero = tirx.const(0, dtype)
     if pad == 0:
-        return lambda n, co, l: full[n, co, l]
+        return lambda n, co, l: full(n, co, l)
     if mode == "replicate":
         # Each margin collapses onto one edge sample: sum it once, not per output.
         rl = te.reduce_axis((0, pad), name="rl")
-        left = te.compute((n_batch, channels), lambda n, co: te.sum(full[n, co, rl], axis=rl),
+        left = te.compute((n_batch, channels), lambda n, co: te.sum(full(n, co, rl), axis=rl),
                           name=MARGIN_LEFT)
         rr = te.reduce_axis((0, pad), name="rr")
         right = te.compute((n_batch, channels),
-                           lambda n, co: te.sum(full[n, co, pad + l_out + rr], axis=rr),
+                           lambda n, co: te.sum(full(n, co, pad + l_out + rr), axis=rr),
                            name=MARGIN_RIGHT)
 
         def replicate(n, co, l):
-            v = full[n, co, l + pad]
+            v = full(n, co, l + pad)
             v = v + tirx.if_then_else(l == 0, left[n, co], zero)
             return v + tirx.if_then_else(l == l_out - 1, right[n, co], zero)
 
@@ -181,11 +188,11 @@ def _fold_margins(full: te.Tensor, mode: str, pad: int, l_out: int, dtype: str):
     l_full = l_out + 2 * pad
 
     def fold(n, co, l):
-        v = full[n, co, l + pad]
+        v = full(n, co, l + pad)
         for j_of in (left_j, right_j):
             j, live = j_of(l)
             j_safe = tirx.max(tirx.min(j, l_full - 1), 0)
-            v = v + tirx.if_then_else(live, full[n, co, j_safe], zero)
+            v = v + tirx.if_then_else(live, full(n, co, j_safe), zero)
         return v
 
     return fold

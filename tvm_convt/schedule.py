@@ -102,6 +102,9 @@ class CpuGemmRule:
         sch.parallel(sch.fuse(n, g, mo))
         acc = sch.cache_write(col, 0, "local")
         sch.reverse_compute_at(acc, jo)
+        # The gather walks col down a column (stride m): a power-of-two row
+        # stride would map every row to one cache set. Pad rows by one vector.
+        sch.storage_align(acc, 0, axis=2, factor=256, offset=lanes)
         sch.vectorize(sch.get_loops(acc)[-1])
         sch.unroll(ji)
         sch.vectorize(mi)
