@@ -56,10 +56,12 @@ needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory):
-    """Every test session compiles into its own cache, never the user's."""
+    """Every test session compiles into its own cache and reads its own (empty) tuning
+    logs, never the user's."""
     path = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("TVM_CONVT_CACHE", str(path))
+    mp.setenv("TVM_CONVT_TUNING_LOGS", str(tmp_path_factory.mktemp("tuning_logs")))
     yield path
     mp.undo()
 

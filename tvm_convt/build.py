@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import tvm
-from tvm import te, tirx
 from tvm.target import Target
 
-from .compute import conv_transpose1d_te
 from .params import Workload
+from .records import find_tuned_schedule, prim_func
 from .schedule import default_schedule
 from .target import TargetLike, resolve_target, target_json, target_key
 
@@ -70,17 +69,22 @@ def cache_dir() -> Path:
     return Path(base) / "tvm_convt"
 
 
-def prim_func(workload: Workload) -> tirx.PrimFunc:
-    """The unscheduled TensorIR function ``main(x, weight[, bias], y)``."""
-    inputs, out = conv_transpose1d_te(workload)
-    return te.create_prim_func(inputs + [out]).with_attr("global_symbol", "main")
+def schedule(
+    workload: Workload, target: Target, *, rule: str | None = None, logs: str | Path | None = None,
+    tuned: bool = True,
+) -> tuple[tvm.IRModule, str]:
+    """Return the scheduled module and where its schedule came from.
 
-
-def schedule(workload: Workload, target: Target, *, rule: str | None = None) -> tuple[tvm.IRModule, str]:
-    """Return the scheduled module and a description of where its schedule came from.
-
-    ``rule`` forces one default rule by name (for tests and benchmarks).
+    A tuned record for the target's hardware class comes first (the user's
+    tuning logs, ``logs`` or ``$TVM_CONVT_TUNING_LOGS``, then the shipped
+    ``schedules/``), then the default rules. ``rule`` forces one default rule by
+    name and ``tuned=False`` skips the records (for tests and benchmarks).
+    The source reads ``tuned:<directory>`` or ``default:<rule>``.
     """
+    if tuned and rule is None:
+        found = find_tuned_schedule(workload, target, logs=logs)
+        if found is not None:
+            return found.mod, found.source
     sch, name = default_schedule(prim_func(workload), workload, target, rule=rule)
     return sch.mod, f"default:{name}"
 
@@ -95,7 +99,7 @@ def device_source(workload: Workload, *, target: TargetLike) -> str:
     tgt = resolve_target(target)
     if tgt.kind.name != "cuda":
         raise ValueError(f"conv_transpose1d: device_source needs a CUDA target, got kind={tgt.kind.name!r}")
-    mod, _ = schedule(workload, tgt)
+    mod, _ = schedule(workload, tgt, tuned=False)
     executable = tvm.compile(mod, target=tgt)
     return "\n".join(m.inspect_source("cuda") for m in executable.mod.imports if m.kind == "cuda")
 
@@ -150,7 +154,7 @@ _build_lock = threading.Lock()
 
 def build_library(
     workload: Workload, *, target: TargetLike = "llvm", use_cache: bool = True,
-    rule: str | None = None,
+    rule: str | None = None, logs: str | Path | None = None, tuned: bool = True,
 ) -> tuple[Path, ModuleMetadata]:
     """Compile ``workload`` for ``target`` and return the library's path and metadata.
 
@@ -162,7 +166,7 @@ def build_library(
     from . import __version__
 
     tgt = resolve_target(target)
-    mod, source = schedule(workload, tgt, rule=rule)
+    mod, source = schedule(workload, tgt, rule=rule, logs=logs, tuned=tuned)
     tjson = target_json(tgt)
     metadata = ModuleMetadata(workload, tjson, target_key(tgt), source, tvm.__version__, __version__)
     digest = hashlib.sha256(

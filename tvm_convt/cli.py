@@ -1,4 +1,4 @@
-"""The ``tvm-convt`` command line: ``demo``, ``compile`` and ``info``.
+"""The ``tvm-convt`` command line: ``demo``, ``compile``, ``tune`` and ``info``.
 
 Each sub-command parses and validates its arguments (argparse ``type=``
 functions raise on bad values) and then calls the Python API.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -60,15 +59,18 @@ def so_path(text: str) -> Path:
     return path
 
 
-def _add_layer_args(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None) -> None:
+def _add_layer_args(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None,
+                    required: bool = True) -> None:
     d = defaults or {}
-    req = defaults is None
+    req = defaults is None and required
+    # Without defaults and not required (tune), the size options are needed unless --suite.
+    need = " (required without --suite)" if defaults is None and not required else ""
     p.add_argument("--in-channels", type=positive_int, required=req, default=d.get("in_channels"),
-                   help="input channels" + ("" if req else f" (default: {d.get('in_channels')})"))
+                   help="input channels" + (need or ("" if req else f" (default: {d.get('in_channels')})")))
     p.add_argument("--out-channels", type=positive_int, required=req, default=d.get("out_channels"),
-                   help="output channels" + ("" if req else f" (default: {d.get('out_channels')})"))
+                   help="output channels" + (need or ("" if req else f" (default: {d.get('out_channels')})")))
     p.add_argument("--kernel-size", type=positive_int, required=req, default=d.get("kernel_size"),
-                   help="kernel size" + ("" if req else f" (default: {d.get('kernel_size')})"))
+                   help="kernel size" + (need or ("" if req else f" (default: {d.get('kernel_size')})")))
     p.add_argument("--stride", type=positive_int, default=d.get("stride", 1), help="stride (default: %(default)s)")
     p.add_argument("--padding", type=non_negative_int, default=d.get("padding", 0),
                    help="padding on both sides (default: %(default)s)")
@@ -81,10 +83,13 @@ def _add_layer_args(p: argparse.ArgumentParser, defaults: dict[str, Any] | None 
     p.add_argument("--no-bias", action="store_true", help="compile without a bias (default: with bias)")
     p.add_argument("--batch", type=positive_int, default=d.get("batch", 1), help="batch size (default: %(default)s)")
     p.add_argument("--length", type=positive_int, required=req, default=d.get("length"),
-                   help="input length L_in" + ("" if req else f" (default: {d.get('length')})"))
+                   help="input length L_in" + (need or ("" if req else f" (default: {d.get('length')})")))
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype (default: %(default)s)")
     p.add_argument("--target", type=target_arg, default="llvm",
                    help="'llvm' (this CPU), 'cuda' (this GPU) or a JSON target dict (default: %(default)s)")
+    p.add_argument("--logs", type=Path, default=None,
+                   help="tuning logs folder, holding one folder per hardware class "
+                        "(default: $TVM_CONVT_TUNING_LOGS, else ~/.local/share/tvm_convt/tuning_logs)")
 
 
 def _workload(args: argparse.Namespace) -> Workload:
@@ -99,7 +104,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from .runtime import compile as compile_module
 
     w = _workload(args)
-    compiled = compile_module(w.params, batch=w.batch, length=w.length, dtype=w.dtype, target=args.target)
+    compiled = compile_module(w.params, batch=w.batch, length=w.length, dtype=w.dtype, target=args.target,
+                              logs=args.logs)
     path = compiled.export(args.output)
     print(f"compiled {w.input_shape} -> {w.output_shape} {w.dtype} for {compiled.metadata.target_key}")
     print(f"schedule: {compiled.metadata.schedule}")
@@ -112,15 +118,25 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     from . import __version__
     from .build import cache_dir
+    from .records import WORKLOAD_FILE, default_logs_dir, shipped_schedules_dir
     from .target import resolve_target, target_key
 
     host = resolve_target("llvm")
+    host_key = target_key(host)
+
+    def records(root: Path) -> str:
+        found = root / host_key / WORKLOAD_FILE
+        count = sum(1 for line in found.read_text().splitlines() if line.strip()) if found.exists() else 0
+        return f"{root} ({count} tuned workload(s) for {host_key})"
+
     info: dict[str, Any] = {
         "tvm_convt": __version__,
         "tvm": tvm.__version__,
         "host_target": json.loads(json.dumps(dict(host.export()), default=str)),
         "targets": {"llvm": f"this CPU ({target_key(host)})"},
         "cache_dir": str(cache_dir()),
+        "tuning_logs": records(args.logs if args.logs is not None else default_logs_dir()),
+        "schedules": records(shipped_schedules_dir()),
         "nvcc": shutil.which("nvcc"),
     }
     if tvm.cuda(0).exist:
@@ -135,9 +151,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         for key, value in info.items():
             if isinstance(value, dict) and key == "targets":
                 for name, what in value.items():
-                    print(f"target {name:5s} {what}")
+                    print(f"target {name:4s} {what}")
             elif key != "host_target":
-                print(f"{key:10s} {value}")
+                print(f"{key:11s} {value}")
     return 0
 
 
@@ -147,6 +163,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .bench import interleaved_medians
     from .reference import conv_transpose1d_reference
     from .runtime import ConvTranspose1d
+    from .runtime import compile as compile_module
 
     w = _workload(args)
     p = w.params
@@ -154,7 +171,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"stride={p.stride}, padding={p.padding}), input {w.input_shape} {w.dtype}, target {args.target}")
     layer = ConvTranspose1d(p.in_channels, p.out_channels, p.kernel_size, p.stride, p.padding,
                             p.output_padding, p.groups, p.bias, p.dilation, p.padding_mode,
-                            target=args.target, dtype=w.dtype, seed=0)
+                            target=args.target, dtype=w.dtype, seed=0, logs=args.logs)
     x = np.random.default_rng(1).standard_normal(w.input_shape).astype(w.dtype)
     compiled = layer.compiled_for(x.shape)
     print(f"compiled for {compiled.metadata.target_key} with schedule {compiled.metadata.schedule}")
@@ -168,8 +185,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     xd = compiled.to_device(x)
     weights = [compiled.to_device(layer.weight)] + ([compiled.to_device(layer.bias)] if p.bias else [])
     fns = {"tvm_convt (module)": lambda: compiled.run(xd, weights),
-           "tvm_convt (layer call)": lambda: layer(x),
-           "numpy reference (float64)": lambda: conv_transpose1d_reference(x, layer.weight, layer.bias, p)}
+           "tvm_convt (layer call)": lambda: layer(x)}
+    if compiled.metadata.schedule.startswith("tuned:"):
+        default = compile_module(p, batch=w.batch, length=w.length, dtype=w.dtype, target=args.target,
+                                 tuned=False)
+        print(f"also timing the default schedule ({default.metadata.schedule}) for comparison")
+        fns["tvm_convt (default sched.)"] = lambda: default.run(xd, weights)
+    fns["numpy reference (float64)"] = lambda: conv_transpose1d_reference(x, layer.weight, layer.bias, p)
     try:
         import torch
         import torch.nn.functional as F
@@ -195,6 +217,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def tracker_arg(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT, got {text!r}")
+    return text
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import load_suite, prune, tune
+
+    if args.suite is not None:
+        workloads = load_suite(args.suite)
+    else:
+        missing = [f"--{n.replace('_', '-')}" for n in ("in_channels", "out_channels", "kernel_size", "length")
+                   if getattr(args, n) is None]
+        if missing:
+            raise ValueError(f"conv_transpose1d: tune needs --suite FILE or the layer's "
+                             f"{', '.join(missing)}")
+        workloads = {"layer": _workload(args)}
+    _, report = tune(workloads, target=args.target, trials=args.trials, logs=args.logs,
+                     work_dir=args.work_dir, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+                     build_only=args.build_only, seed=args.seed)
+    if args.build_only:
+        print(f"build-only: {report.built} of {report.trials} candidates compiled for "
+              f"{report.target_key} ({report.build_errors} failed)")
+        return 0 if report.built > 0 else 1
+    print(f"tuned {len(workloads)} workload(s) for {report.target_key} in {report.elapsed:.0f} s: "
+          f"{report.trials} trials, {report.build_errors} failed builds, {report.run_errors} failed runs")
+    for name, w in workloads.items():
+        secs = report.best_seconds.get(name)
+        best = f"{secs * 1e3:.3f} ms, {report.best_gflops(name):.1f} GFLOP/s" if secs else "no valid run"
+        print(f"  {name}: {w.input_shape} -> {w.output_shape} {w.dtype}: best {best}")
+    print(f"records: {report.logs}")
+    if args.schedules is not None:
+        for path in prune(report.logs.parent, args.schedules, target_key_name=report.target_key):
+            print(f"pruned best records: {path}")
+    if not report.best_seconds:
+        print("tvm-convt tune: error: no candidate ran successfully; see the logs in the work dir",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tvm-convt", description="PyTorch's ConvTranspose1d compiled with Apache TVM.")
@@ -217,8 +282,37 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("-o", "--output", type=so_path, required=True, help="output library FILE.so")
     comp.set_defaults(func=_cmd_compile)
 
+    tune = sub.add_parser(
+        "tune", help="auto-tune one layer or a suite with MetaSchedule (XGBoost cost model)",
+        description="Tune with MetaSchedule's evolutionary search and XGBoost cost model. Records go "
+                    "to LOGS/<hardware class>/ and are used by every later compile on that class of "
+                    "machine; running the same command again continues from them.")
+    _add_layer_args(tune, required=False)
+    tune.add_argument("--suite", type=Path, default=None,
+                      help="JSON list of layers to tune together, sharing the trial budget "
+                           "(default: tune the one layer given by the layer options)")
+    tune.add_argument("--trials", type=positive_int, default=64,
+                      help="measurement trials in all (default: %(default)s)")
+    tune.add_argument("--work-dir", type=Path, default=None,
+                      help="MetaSchedule's log files (default: LOGS/<hardware class>/work)")
+    tune.add_argument("--rpc-tracker", type=tracker_arg, default=None,
+                      help="measure on devices of this TVM RPC tracker, HOST:PORT (default: locally)")
+    tune.add_argument("--rpc-key", default=None, help="device key at the RPC tracker (default: none)")
+    tune.add_argument("--build-only", action="store_true",
+                      help="build --trials random candidates without measuring; no device needed, "
+                           "nothing recorded (default: off)")
+    tune.add_argument("--seed", type=non_negative_int, default=None,
+                      help="random seed of the search (default: random)")
+    tune.add_argument("--schedules", type=Path, default=None,
+                      help="also write the best record per workload to SCHEDULES/<hardware class>/ "
+                           "(default: do not)")
+    tune.set_defaults(func=_cmd_tune)
+
     info = sub.add_parser("info", help="TVM version, usable targets and the cache directory")
     info.add_argument("--json", action="store_true", help="print JSON (default: text)")
+    info.add_argument("--logs", type=Path, default=None,
+                      help="tuning logs folder (default: $TVM_CONVT_TUNING_LOGS, else "
+                           "~/.local/share/tvm_convt/tuning_logs)")
     info.set_defaults(func=_cmd_info)
     return parser
 

@@ -80,9 +80,10 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
         lambda n, g, j, m: te.sum(
             x[n, g * cig + c, j] * weight[g * cig + c, tirx.indexdiv(m, kern), tirx.indexmod(m, kern)],
             axis=c),
+        # Not marked layout-free: MetaSchedule would then repack the weight inside
+        # the function, on every call; packing once per weight assignment needs a
+        # separate packing function first.
         name=COL,
-        # The weight is constant across calls: let MetaSchedule repack it.
-        attrs={"layout_free_placeholders": [weight]},
     )
 
     # Positions past the last tap of the last sample (output_padding beyond the

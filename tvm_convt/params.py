@@ -7,7 +7,6 @@ Every other module (compute, reference, build, runtime, CLI) takes a
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal

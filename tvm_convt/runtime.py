@@ -166,16 +166,22 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     length: int,
     dtype: str = "float32",
     target: TargetLike = "llvm",
+    logs: str | Path | None = None,
     use_cache: bool = True,
     rule: str | None = None,
+    tuned: bool = True,
 ) -> CompiledConvTranspose1d:
     """Compile the operator for one input shape (or take it from the cache).
 
-    ``batch`` and ``length`` are the input's batch size and L_in; ``rule``
-    forces a named default schedule rule instead of the first applicable one.
+    ``batch`` and ``length`` are the input's batch size and L_in. The schedule
+    is the best tuned record for the target's hardware class in ``logs`` (default
+    ``$TVM_CONVT_TUNING_LOGS``) or the shipped ``schedules/``, else the default
+    schedule; ``metadata.schedule`` says which. ``rule`` forces a named default
+    rule and ``tuned=False`` ignores tuning records.
     """
     workload = Workload(params, batch, length, dtype)
-    library, metadata = build_library(workload, target=target, use_cache=use_cache, rule=rule)
+    library, metadata = build_library(workload, target=target, use_cache=use_cache, rule=rule,
+                                      logs=logs, tuned=tuned)
     return CompiledConvTranspose1d(library, metadata)
 
 
@@ -183,16 +189,17 @@ class _ModuleCache:
     """Compiled modules of this process, by workload and target."""
 
     def __init__(self) -> None:
-        self._modules: dict[tuple[Workload, str], CompiledConvTranspose1d] = {}
+        self._modules: dict[tuple[Workload, str, str], CompiledConvTranspose1d] = {}
         self._lock = threading.Lock()
 
-    def get(self, workload: Workload, target: TargetLike) -> CompiledConvTranspose1d:
-        key = (workload, repr(target))
+    def get(self, workload: Workload, target: TargetLike,
+            logs: str | Path | None = None) -> CompiledConvTranspose1d:
+        key = (workload, repr(target), str(logs))
         with self._lock:
             found = self._modules.get(key)
         if found is None:
             found = compile(workload.params, batch=workload.batch, length=workload.length,
-                            dtype=workload.dtype, target=target)
+                            dtype=workload.dtype, target=target, logs=logs)
             with self._lock:
                 found = self._modules.setdefault(key, found)
         return found
@@ -220,7 +227,8 @@ class ConvTranspose1d:
     U(-sqrt(k), sqrt(k)) with k = groups / (out_channels * kernel_size), the
     bound PyTorch's default initialisation gives; ``seed`` makes them
     reproducible. Assign new arrays to ``.weight`` and ``.bias`` to load trained
-    values. Calling the layer on (batch, in_channels, L_in) or (in_channels,
+    values. ``logs`` is where to look for tuning records first (default
+    ``$TVM_CONVT_TUNING_LOGS``). Calling the layer on (batch, in_channels, L_in) or (in_channels,
     L_in) returns (batch, out_channels, L_out) or (out_channels, L_out); see
     :class:`ConvTranspose1dParams` for L_out and the padding modes.
     """
@@ -241,12 +249,14 @@ class ConvTranspose1d:
         target: TargetLike = "llvm",
         dtype: str = "float32",
         seed: int | None = None,
+        logs: str | Path | None = None,
     ) -> None:
         self.params = ConvTranspose1dParams(in_channels, out_channels, kernel_size, stride, padding,
                                             output_padding, groups, bias, dilation, padding_mode)
         self.dtype = check_dtype(dtype)
         resolve_target(target)  # reject a bad target now, not at the first call
         self.target = target
+        self.logs = logs
         p = self.params
         bound = math.sqrt(p.groups / (p.out_channels * p.kernel_size))
         rng = np.random.default_rng(seed)
@@ -298,7 +308,7 @@ class ConvTranspose1d:
         if output_size is not None:
             params = params.with_output_padding(
                 params.output_padding_for(x_shape[-1], _output_length(output_size, len(x_shape))))
-        return _MODULES.get(Workload(params, batch, x_shape[-1], self.dtype), self.target)
+        return _MODULES.get(Workload(params, batch, x_shape[-1], self.dtype), self.target, self.logs)
 
     def __call__(self, x: Any, output_size: Any = None) -> np.ndarray:
         arr = as_array(x, "input")
@@ -337,6 +347,7 @@ def conv_transpose1d(
     padding_mode: str = "zeros",
     *,
     target: TargetLike = "llvm",
+    logs: str | Path | None = None,
 ) -> np.ndarray:
     """Transposed 1-D convolution of ``x`` with ``weight``, as ``torch.nn.functional.conv_transpose1d``.
 
@@ -345,6 +356,8 @@ def conv_transpose1d(
     or None. Returns a NumPy array (batch, out_channels, L_out) with L_out as in
     :class:`ConvTranspose1dParams`, which also defines the padding modes. The
     dtype (float32 or float64) is the input's; weight and bias must match it.
+    Tuning records are looked up in ``logs`` (default ``$TVM_CONVT_TUNING_LOGS``),
+    then in the shipped ``schedules/``.
     """
     x = as_array(x, "input")
     weight = as_array(weight, "weight")
@@ -362,4 +375,4 @@ def conv_transpose1d(
     _check_channels(x, weight.shape, params.in_channels)
     dtype = check_dtype(x.dtype)
     workload = Workload(params, x.shape[0] if x.ndim == 3 else 1, x.shape[-1], dtype)
-    return _MODULES.get(workload, target)(x, weight, bias)
+    return _MODULES.get(workload, target, logs)(x, weight, bias)

@@ -1,0 +1,199 @@
+"""Tuning records: where they live, reading them safely, and finding one for a workload.
+
+MetaSchedule's query ignores the target, so records are kept per hardware
+class, in ``<root>/<target key>/`` (see :func:`tvm_convt.target.target_key`):
+a record tuned for AVX-512 is never applied on an AVX2 machine. Compiling
+looks in the user's tuning logs (``$TVM_CONVT_TUNING_LOGS``, or the ``logs``
+argument), then in the pruned records shipped in the package's
+``schedules/``; without a record the default schedule is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm.target import Target
+
+from . import _tvmscript_patch
+from .compute import conv_transpose1d_te
+from .params import OP, Workload
+from .target import target_key
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+
+
+class TuningLogWarning(UserWarning):
+    """A line of a tuning log could not be read and was skipped."""
+
+
+# -- where records live -------------------------------------------------------------------
+def default_logs_dir() -> Path:
+    """``$TVM_CONVT_TUNING_LOGS``, else ``$XDG_DATA_HOME/tvm_convt/tuning_logs``
+    (``~/.local/share/tvm_convt/tuning_logs``)."""
+    env = os.environ.get("TVM_CONVT_TUNING_LOGS")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "tvm_convt" / "tuning_logs"
+
+
+def shipped_schedules_dir() -> Path:
+    """The pruned records that ship with the package (``schedules/`` in a source checkout)."""
+    inside = Path(__file__).resolve().parent / "schedules"
+    return inside if inside.is_dir() else Path(__file__).resolve().parent.parent / "schedules"
+
+
+# -- reading logs safely ------------------------------------------------------------------
+def _read_lines(path: Path) -> list[tuple[int, Any]]:
+    """Parse a JSON-lines file; report and skip any line that is not valid JSON."""
+    good = []
+    with path.open("r", encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                good.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                warnings.warn(f"{OP}: skipped unreadable line {path}:{number} ({err.msg})",
+                              TuningLogWarning, stacklevel=3)
+    return good
+
+
+def sanitize_logs(directory: Path) -> None:
+    """Drop truncated or corrupted lines from a MetaSchedule JSON database, in place.
+
+    A tuning run killed mid-write can leave half a line. Each bad line is
+    reported (file and line) and removed; workloads are renumbered and records
+    that pointed at a dropped workload are dropped too. Files are only
+    rewritten (atomically) when something was wrong.
+    """
+    wl_path, rec_path = directory / WORKLOAD_FILE, directory / RECORD_FILE
+    if not wl_path.exists():
+        return
+    raw_wl = wl_path.read_bytes()
+    workloads = [(n, v) for n, v in _read_lines(wl_path)
+                 if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
+                 or warnings.warn(f"{OP}: skipped malformed workload {wl_path}:{n}",
+                                  TuningLogWarning, stacklevel=2)]
+    n_raw_wl = sum(1 for line in raw_wl.splitlines() if line.strip())
+    renumber = {}
+    # A workload's index is its position among the file's non-empty lines.
+    positions = {}
+    index = 0
+    for number, line in enumerate(raw_wl.decode("utf-8", "replace").splitlines(), 1):
+        if line.strip():
+            positions[number] = index
+            index += 1
+    for new, (number, _) in enumerate(workloads):
+        renumber[positions[number]] = new
+    records, n_raw_rec, rec_changed = [], 0, False
+    if rec_path.exists():
+        n_raw_rec = sum(1 for line in rec_path.read_bytes().splitlines() if line.strip())
+        for number, value in _read_lines(rec_path):
+            if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int)):
+                warnings.warn(f"{OP}: skipped malformed record {rec_path}:{number}", TuningLogWarning,
+                              stacklevel=2)
+                continue
+            if value[0] not in renumber:
+                warnings.warn(f"{OP}: skipped record {rec_path}:{number} of a missing workload",
+                              TuningLogWarning, stacklevel=2)
+                continue
+            rec_changed |= renumber[value[0]] != value[0]
+            records.append([renumber[value[0]], value[1]])
+        rec_changed |= len(records) != n_raw_rec or not rec_path.read_bytes().endswith(b"\n")
+    if len(workloads) != n_raw_wl or not raw_wl.endswith(b"\n"):
+        _rewrite(wl_path, [v for _, v in workloads])
+    if rec_changed:
+        _rewrite(rec_path, records)
+
+
+def _rewrite(path: Path, values: list[Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        for value in values:
+            f.write(json.dumps(value) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def open_database(directory: Path, *, create: bool = False) -> Any:
+    """The JSON database in ``directory`` (sanitised first), or None when there is none."""
+    from tvm.s_tir.meta_schedule.database import JSONDatabase
+
+    directory = Path(directory)
+    if not create and not (directory / WORKLOAD_FILE).exists():
+        return None
+    if create:
+        directory.mkdir(parents=True, exist_ok=True)
+    sanitize_logs(directory)
+    try:
+        return JSONDatabase(str(directory / WORKLOAD_FILE), str(directory / RECORD_FILE),
+                            allow_missing=create)
+    except Exception as err:  # noqa: BLE001 - a record TVM cannot parse: never a crash
+        if create:
+            raise ValueError(f"{OP}: cannot open the tuning database in {directory}: {err}") from None
+        warnings.warn(f"{OP}: ignored the tuning database in {directory}: {err}", TuningLogWarning,
+                      stacklevel=2)
+        return None
+
+
+@dataclass(frozen=True)
+class TunedSchedule:
+    mod: tvm.IRModule
+    source: str  # "tuned:<directory>"
+
+
+_db_cache: dict[tuple[str, float, float], Any] = {}
+_db_lock = threading.Lock()
+
+
+def _cached_database(directory: Path):
+    """Open each database once per process and again only when its files change."""
+    stamps = []
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        try:
+            stamps.append((directory / name).stat().st_mtime_ns)
+        except FileNotFoundError:
+            stamps.append(0)
+    key = (str(directory), *stamps)
+    with _db_lock:
+        if key not in _db_cache:
+            _db_cache[key] = open_database(directory)
+        return _db_cache[key]
+
+
+def find_tuned_schedule(workload: Workload, target: Target, *, logs: str | Path | None = None) -> TunedSchedule | None:
+    """The best tuned schedule for ``workload`` on ``target``'s hardware class, or None."""
+    from tvm.s_tir.meta_schedule.tir_integration import compile_tir
+
+    key = target_key(target)
+    for root in (Path(logs) if logs is not None else default_logs_dir(), shipped_schedules_dir()):
+        directory = root / key
+        if not (directory / WORKLOAD_FILE).exists():
+            continue
+        db = _cached_database(directory)
+        if db is None:
+            continue
+        _tvmscript_patch.install()
+        with target:
+            sch = compile_tir(db, prim_func(workload), target)
+        if sch is not None:
+            return TunedSchedule(sch.mod, f"tuned:{directory}")
+    return None
+
+
+
+
+def prim_func(workload: Workload) -> tvm.tirx.PrimFunc:
+    """The unscheduled TensorIR function ``main(x, weight[, bias], y)``: what is tuned and looked up."""
+    inputs, out = conv_transpose1d_te(workload)
+    return tvm.te.create_prim_func(inputs + [out]).with_attr("global_symbol", "main")

@@ -1,0 +1,330 @@
+"""Auto-tuning with MetaSchedule (evolutionary search, XGBoost cost model).
+
+Tuning and compiling are separate: :func:`tune` returns a database and writes
+its records under ``<logs>/<target key>/`` (see :mod:`tvm_convt.records`),
+where compiling finds them. :func:`prune` makes the shipped ``schedules/``
+from ``tuning_logs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from . import _tvmscript_patch
+from .params import OP, ConvTranspose1dParams, Workload
+from .records import RECORD_FILE, WORKLOAD_FILE, default_logs_dir, open_database, prim_func
+from .target import TargetLike, resolve_target, target_key
+
+
+# -- suites ---------------------------------------------------------------------------------
+_SUITE_KEYS = {"name", "batch", "in_channels", "out_channels", "length", "kernel_size", "stride",
+               "padding", "output_padding", "groups", "dilation"}
+_SUITE_OPTIONAL = {"padding_mode", "bias", "dtype"}
+
+
+def load_suite(path: str | Path) -> dict[str, Workload]:
+    """Read a suite file: a JSON list of objects with ``name, batch, in_channels,
+    out_channels, length, kernel_size, stride, padding, output_padding, groups,
+    dilation`` and optionally ``padding_mode, bias, dtype``."""
+    path = Path(path)
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{OP}: suite file {path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{OP}: suite file {path} is not valid JSON: {err}") from None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{OP}: suite file {path} must hold a non-empty JSON list of layers")
+    suite: dict[str, Workload] = {}
+    for i, entry in enumerate(entries):
+        where = f"suite file {path}, entry {i}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{OP}: {where} must be an object, got {type(entry).__name__}")
+        missing = sorted(_SUITE_KEYS - set(entry))
+        unknown = sorted(set(entry) - _SUITE_KEYS - _SUITE_OPTIONAL)
+        if missing or unknown:
+            raise ValueError(f"{OP}: {where}: missing keys {missing}, unknown keys {unknown}")
+        name = entry["name"]
+        if not isinstance(name, str) or not name or name in suite:
+            raise ValueError(f"{OP}: {where}: name must be a unique non-empty string, got {name!r}")
+        params = {k: v for k, v in entry.items() if k not in ("name", "batch", "length", "dtype")}
+        try:
+            suite[name] = Workload(ConvTranspose1dParams(**params), entry["batch"], entry["length"],
+                                   entry.get("dtype", "float32"))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{where} ({name}): {err}") from None
+    return suite
+
+
+# -- progress -------------------------------------------------------------------------------
+@dataclass
+class TuningReport:
+    """What a tuning run did, task by task."""
+
+    target_key: str
+    logs: Path
+    trials: int = 0
+    built: int = 0
+    build_errors: int = 0
+    run_errors: int = 0
+    best_seconds: dict[str, float] = field(default_factory=dict)
+    flops: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+    def best_gflops(self, name: str) -> float:
+        secs = self.best_seconds.get(name, math.inf)
+        return self.flops[name] / secs / 1e9 if secs < math.inf else 0.0
+
+
+class _Progress:
+    """One live line: trials done/total, best latency and GFLOP/s per task, elapsed, ETA."""
+
+    def __init__(self, report: TuningReport, names: list[str], total: int, stream, live: bool) -> None:
+        self.report, self.names, self.total = report, names, total
+        self.stream, self.live = stream, live
+        self.start = time.monotonic()
+        self._last_print = 0.0
+        self._last_line = ""
+
+    def update(self, task_id: int, builder_results, runner_results) -> None:
+        r = self.report
+        name = self.names[task_id]
+        for b, res in zip(builder_results, runner_results):
+            r.trials += 1
+            if b.error_msg is not None:
+                r.build_errors += 1
+                continue
+            r.built += 1
+            if res.error_msg is not None or not res.run_secs:
+                r.run_errors += 1
+                continue
+            secs = sum(float(s) for s in res.run_secs) / len(res.run_secs)
+            if secs < r.best_seconds.get(name, math.inf):
+                r.best_seconds[name] = secs
+        r.elapsed = time.monotonic() - self.start
+        self.show()
+
+    def line(self) -> str:
+        r = self.report
+        done = min(r.trials, self.total)
+        eta = r.elapsed / done * (self.total - done) if done else math.nan
+        best = ", ".join(
+            f"{n}: {r.best_seconds[n] * 1e3:.3f} ms {r.best_gflops(n):.1f} GFLOP/s"
+            for n in self.names if n in r.best_seconds) or "no measurement yet"
+        failed = f", {r.build_errors} build / {r.run_errors} run failures" if r.build_errors or r.run_errors else ""
+        return (f"tuning {done}/{self.total} trials | best {best}{failed} | "
+                f"{r.elapsed:.0f}s elapsed, ETA {eta:.0f}s")
+
+    def show(self, final: bool = False) -> None:
+        if self.stream is None:
+            return
+        now, line = time.monotonic(), self.line()
+        if self.live:
+            self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
+        elif (final and line != self._last_line) or now - self._last_print >= 10:
+            self.stream.write(line + "\n")
+            self._last_print, self._last_line = now, line
+        self.stream.flush()
+
+
+def _measure_callback(progress: _Progress):
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class ProgressCallback(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            progress.update(task_id, builder_results, runner_results)
+
+    return ProgressCallback()
+
+
+def _build_only_runner():
+    """A runner that measures nothing, so a dry run needs no device."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import PyRunner, RunnerFuture, RunnerResult
+    from tvm.s_tir.meta_schedule.runner.runner import PyRunnerFuture
+
+    @derived_object
+    class _Done(PyRunnerFuture):
+        def done(self) -> bool:
+            return True
+
+        def result(self) -> RunnerResult:
+            return RunnerResult(None, "build-only: not run")
+
+    @derived_object
+    class BuildOnlyRunner(PyRunner):
+        def run(self, runner_inputs) -> list[RunnerFuture]:
+            return [_Done() for _ in runner_inputs]
+
+    return BuildOnlyRunner()
+
+
+def _parse_tracker(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{OP}: rpc_tracker must be HOST:PORT, got rpc_tracker={value!r}")
+    return host, int(port)
+
+
+def check_tracker(rpc_tracker: str, rpc_key: str) -> None:
+    """Fail fast when the tracker is unreachable or has no free or busy device under ``rpc_key``."""
+    from tvm import rpc
+
+    host, port = _parse_tracker(rpc_tracker)
+    try:
+        summary = rpc.connect_tracker(host, port).summary()
+    except Exception as err:  # noqa: BLE001 - socket and TVM errors alike
+        raise ValueError(f"{OP}: cannot reach the RPC tracker at {rpc_tracker}: {err}") from None
+    keys = {entry["key"].removeprefix("server:") for entry in summary.get("server_info", [])}
+    keys |= set(summary.get("queue_info", {}))
+    if rpc_key not in keys:
+        raise ValueError(f"{OP}: the RPC tracker at {rpc_tracker} has no device with "
+                         f"rpc_key={rpc_key!r}; it knows {sorted(keys) or 'no devices'}")
+
+
+def tune(
+    workloads: Workload | Sequence[Workload] | Mapping[str, Workload],
+    *,
+    target: TargetLike = "llvm",
+    trials: int = 64,
+    logs: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    build_only: bool = False,
+    trials_per_iter: int = 32,
+    build_timeout: float = 60.0,
+    run_timeout: float = 30.0,
+    seed: int | None = None,
+    progress: bool | Any = True,
+) -> tuple[Any, TuningReport]:
+    """Tune one workload, or a suite sharing one trial budget, and return the database.
+
+    Records are appended to ``<logs>/<target key>/`` (MetaSchedule's JSON database,
+    kept whole so a later run starts warm); each record is written as soon as it is
+    measured, so an interrupted run keeps everything it measured, and running again
+    continues from the database. MetaSchedule's own logs go to ``work_dir``
+    (default: ``<logs>/<target key>/work``), not to the terminal.
+
+    ``rpc_tracker="HOST:PORT"`` and ``rpc_key`` measure candidates on devices
+    registered with TVM's RPC tracker. ``build_only`` builds ``trials`` random
+    candidates without measuring (no device needed; nothing is recorded) and
+    reports how many compiled. ``progress`` is True (stderr), False, or a stream.
+
+    Returns ``(database, report)``.
+    """
+    from tvm.s_tir.meta_schedule import TuneContext, tune_tasks
+    from tvm.s_tir.meta_schedule.builder import LocalBuilder
+    from tvm.s_tir.meta_schedule.database import MemoryDatabase
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+    from tvm.s_tir.meta_schedule.measure_callback import MeasureCallback
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner, RPCConfig, RPCRunner
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    if isinstance(workloads, Workload):
+        named = {"main": workloads}
+    elif isinstance(workloads, Mapping):
+        named = dict(workloads)
+    else:
+        named = {f"w{i}": w for i, w in enumerate(workloads)}
+    if not named or not all(isinstance(w, Workload) for w in named.values()):
+        raise TypeError(f"{OP}: tune needs one or more Workload objects, got {workloads!r}")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials <= 0:
+        raise ValueError(f"{OP}: trials must be a positive int, got trials={trials!r}")
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise ValueError(f"{OP}: rpc_tracker and rpc_key go together, got rpc_tracker={rpc_tracker!r}, "
+                         f"rpc_key={rpc_key!r}")
+    tgt = resolve_target(target)
+    key = target_key(tgt)
+    if tgt.kind.name == "cuda" and not build_only and rpc_tracker is None and not tvm.cuda(0).exist:
+        raise ValueError(f"{OP}: tuning target {key} needs a GPU to measure on: run on a GPU machine, "
+                         "measure over RPC (rpc_tracker, rpc_key), or pass build_only=True")
+    logs_root = Path(logs) if logs is not None else default_logs_dir()
+    db_dir = logs_root / key
+    work = Path(work_dir) if work_dir is not None else db_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+
+    _tvmscript_patch.install()
+    # MetaSchedule logs its tables at INFO to a console handler whose level it copies
+    # from this logger: silence the console, keep everything in work_dir's files.
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.CRITICAL)
+
+    names = sorted(named)
+    tasks = [
+        TuneContext(mod=_normalize_mod(prim_func(named[name])), target=tgt,
+                    space_generator="post-order-apply",
+                    search_strategy="replay-trace" if build_only else "evolutionary",
+                    task_name=name, rand_state=rand_state, num_threads="physical",
+                    logger=logger).clone()
+        for name, logger, rand_state in zip(names, get_loggers_from_work_dir(str(work), names),
+                                            fork_seed(seed, n=len(names)))
+    ]
+    builder = LocalBuilder(timeout_sec=build_timeout, initializer=_tvmscript_patch.install)
+    evaluator = EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+    if build_only:
+        runner = _build_only_runner()
+    elif rpc_tracker is not None:
+        check_tracker(rpc_tracker, rpc_key)
+        host, port = _parse_tracker(rpc_tracker)
+        runner = RPCRunner(RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
+                                     session_timeout_sec=int(run_timeout)),
+                           evaluator_config=evaluator)
+    else:
+        runner = LocalRunner(timeout_sec=run_timeout, evaluator_config=evaluator)
+    database = MemoryDatabase() if build_only else open_database(db_dir, create=True)
+
+    report = TuningReport(target_key=key, logs=db_dir,
+                          flops={n: named[n].flops for n in names})
+    stream = sys.stderr if progress is True else (progress or None)
+    live = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+    bar = _Progress(report, names, trials, stream, live)
+    callbacks = MeasureCallback.create("default") + [_measure_callback(bar)]
+    try:
+        tune_tasks(
+            tasks=tasks, task_weights=[1.0] * len(tasks), work_dir=str(work),
+            max_trials_global=trials, num_trials_per_iter=min(trials_per_iter, trials),
+            builder=builder, runner=runner, database=database, cost_model="xgb",
+            measure_callbacks=callbacks,
+            task_scheduler="gradient" if len(tasks) > 1 else "round-robin",
+        )
+    finally:
+        report.elapsed = time.monotonic() - bar.start
+        bar.show(final=True)
+    return database, report
+
+
+def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = None) -> list[Path]:
+    """Write the best record per workload of each ``<logs>/<key>/`` database to ``<out>/<key>/``.
+
+    This is how ``schedules/`` (shipped in the wheel) is made from ``tuning_logs/``.
+    Returns the directories written.
+    """
+    from tvm.s_tir.meta_schedule.database import JSONDatabase
+
+    written = []
+    for directory in sorted(Path(logs).iterdir()):
+        if target_key_name is not None and directory.name != target_key_name:
+            continue
+        db = open_database(directory)
+        if db is None:
+            continue
+        dest = Path(out) / directory.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in (WORKLOAD_FILE, RECORD_FILE):
+            (dest / name).unlink(missing_ok=True)
+        db.dump_pruned(JSONDatabase(str(dest / WORKLOAD_FILE), str(dest / RECORD_FILE), allow_missing=True))
+        written.append(dest)
+    return written
