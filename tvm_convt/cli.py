@@ -238,7 +238,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         workloads = {"layer": _workload(args)}
     _, report = tune(workloads, target=args.target, trials=args.trials, logs=args.logs,
                      work_dir=args.work_dir, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
-                     build_only=args.build_only, seed=args.seed)
+                     build_only=args.build_only, seed=args.seed, trials_per_iter=args.trials_per_iter)
+    if report.interrupted:
+        print(f"tvm-convt tune: interrupted after {report.trials} trials; every record measured so far "
+              f"is kept in {report.logs}; run the same command again to continue", file=sys.stderr)
+        return 130
     if args.build_only:
         print(f"build-only: {report.built} of {report.trials} candidates compiled for "
               f"{report.target_key} ({report.build_errors} failed)")
@@ -293,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: tune the one layer given by the layer options)")
     tune.add_argument("--trials", type=positive_int, default=64,
                       help="measurement trials in all (default: %(default)s)")
+    tune.add_argument("--trials-per-iter", type=positive_int, default=32,
+                      help="candidates built and measured per search round (default: %(default)s)")
     tune.add_argument("--work-dir", type=Path, default=None,
                       help="MetaSchedule's log files (default: LOGS/<hardware class>/work)")
     tune.add_argument("--rpc-tracker", type=tracker_arg, default=None,
@@ -325,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"tvm-convt {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ntvm-convt {args.command}: interrupted; every record already measured is kept",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

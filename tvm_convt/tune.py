@@ -8,10 +8,13 @@ from ``tuning_logs/``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +83,7 @@ class TuningReport:
     best_seconds: dict[str, float] = field(default_factory=dict)
     flops: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
+    interrupted: bool = False
 
     def best_gflops(self, name: str) -> float:
         secs = self.best_seconds.get(name, math.inf)
@@ -137,16 +141,45 @@ class _Progress:
         self.stream.flush()
 
 
-def _measure_callback(progress: _Progress):
-    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+class _StopTuning(Exception):
+    """Raised from the measure callback to end a run after a round's records are committed."""
+
+
+def _measure_callback(progress: _Progress, stop: threading.Event):
     from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
     @derived_object
     class ProgressCallback(PyMeasureCallback):
+        # Runs after MetaSchedule's AddToDatabase: the round's records are on disk.
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
             progress.update(task_id, builder_results, runner_results)
+            if stop.is_set():
+                raise _StopTuning()
 
     return ProgressCallback()
+
+
+@contextlib.contextmanager
+def _graceful_interrupt(stop: threading.Event, stream):
+    """First Ctrl-C: finish the current round, keep its records, stop. Second: stop at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        if stream is not None:
+            stream.write("\nstopping after this round (its records are kept); Ctrl-C again stops now\n")
+            stream.flush()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _build_only_runner():
@@ -215,7 +248,9 @@ def tune(
     Records are appended to ``<logs>/<target key>/`` (MetaSchedule's JSON database,
     kept whole so a later run starts warm); each record is written as soon as it is
     measured, so an interrupted run keeps everything it measured, and running again
-    continues from the database. MetaSchedule's own logs go to ``work_dir``
+    continues from the database. A first SIGINT (Ctrl-C) ends the run after the
+    current round, whose records are kept (``report.interrupted``); a second one
+    stops at once. MetaSchedule's own logs go to ``work_dir``
     (default: ``<logs>/<target key>/work``), not to the terminal.
 
     ``rpc_tracker="HOST:PORT"`` and ``rpc_key`` measure candidates on devices
@@ -260,7 +295,13 @@ def tune(
     _tvmscript_patch.install()
     # MetaSchedule logs its tables at INFO to a console handler whose level it copies
     # from this logger: silence the console, keep everything in work_dir's files.
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.CRITICAL)
+    # Handlers of an earlier run point at its work dir (and MetaSchedule fails on a
+    # second configuration that keeps them), so close them first.
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    ms_logger.setLevel(logging.CRITICAL)
+    for handler in list(ms_logger.handlers):
+        ms_logger.removeHandler(handler)
+        handler.close()
 
     names = sorted(named)
     tasks = [
@@ -291,15 +332,21 @@ def tune(
     stream = sys.stderr if progress is True else (progress or None)
     live = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
     bar = _Progress(report, names, trials, stream, live)
-    callbacks = MeasureCallback.create("default") + [_measure_callback(bar)]
+    stop = threading.Event()
+    callbacks = MeasureCallback.create("default") + [_measure_callback(bar, stop)]
     try:
-        tune_tasks(
-            tasks=tasks, task_weights=[1.0] * len(tasks), work_dir=str(work),
-            max_trials_global=trials, num_trials_per_iter=min(trials_per_iter, trials),
-            builder=builder, runner=runner, database=database, cost_model="xgb",
-            measure_callbacks=callbacks,
-            task_scheduler="gradient" if len(tasks) > 1 else "round-robin",
-        )
+        with _graceful_interrupt(stop, stream):
+            tune_tasks(
+                tasks=tasks, task_weights=[1.0] * len(tasks), work_dir=str(work),
+                max_trials_global=trials, num_trials_per_iter=min(trials_per_iter, trials),
+                builder=builder, runner=runner, database=database, cost_model="xgb",
+                measure_callbacks=callbacks,
+                task_scheduler="gradient" if len(tasks) > 1 else "round-robin",
+            )
+    except Exception:  # noqa: BLE001 - _StopTuning arrives wrapped by TVM's FFI
+        if not stop.is_set():
+            raise
+        report.interrupted = True
     finally:
         report.elapsed = time.monotonic() - bar.start
         bar.show(final=True)
