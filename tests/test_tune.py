@@ -22,7 +22,7 @@ from tvm_convt.records import (RECORD_FILE, WORKLOAD_FILE, TuningLogWarning, fin
                                open_database, sanitize_logs)
 from tvm_convt.reference import conv_transpose1d_reference
 from tvm_convt.target import resolve_target, target_key
-from tvm_convt.tune import load_suite, prune, tune
+from tvm_convt.tuning import load_suite, prune, tune
 
 from conftest import assert_close, random_inputs
 
@@ -55,7 +55,8 @@ def test_tune_suite_writes_records_and_reports(tuned_logs):
     assert report.built == 8 and report.run_errors == 0
     assert set(report.best_seconds) <= set(SUITE) and report.best_seconds
     assert (logs / HOST_KEY / WORKLOAD_FILE).exists()
-    assert _records(logs / HOST_KEY) == 8
+    # One record per trial, plus each layer's default schedule, measured first as the seed.
+    assert _records(logs / HOST_KEY) == 8 + len(SUITE)
     assert (logs / HOST_KEY / "work" / "logs").is_dir()  # MetaSchedule's tables went to files
 
 
@@ -161,7 +162,7 @@ def test_interrupted_runs_keep_records_and_resume(tmp_path):
     proc = _cli_tune(tmp_path, 2, "--seed", "1")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert _records(directory) == after_kill + 2
+    assert _records(directory) == after_kill + 2  # the default schedule was recorded once, not again
     w = SUITE["up"]
     assert tvm_convt.compile(w.params, batch=1, length=16, logs=tmp_path).metadata.schedule.startswith("tuned:")
 

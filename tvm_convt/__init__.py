@@ -1,8 +1,8 @@
 """tvm_convt: PyTorch's ConvTranspose1d as an Apache TVM tensor expression.
 
 The public API: :func:`conv_transpose1d`, :class:`ConvTranspose1d`,
-:class:`CompiledConvTranspose1d`, :func:`compile`, and the parameter
-dataclass :class:`ConvTranspose1dParams`.
+:class:`CompiledConvTranspose1d`, :func:`compile`, :func:`tune`, and the
+parameter dataclasses :class:`ConvTranspose1dParams` and :class:`Workload`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .params import ConvTranspose1dParams, Workload  # noqa: E402
+from .tuning import tune  # noqa: E402
 from .runtime import (  # noqa: E402
     CompiledConvTranspose1d,
     ConvTranspose1d,
@@ -24,5 +25,6 @@ __all__ = [
     "Workload",
     "compile",
     "conv_transpose1d",
+    "tune",
     "__version__",
 ]

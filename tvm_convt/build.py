@@ -175,7 +175,9 @@ def build_library(
     if use_cache:
         library = cache_dir() / metadata.target_key / f"conv_transpose1d-{digest}.so"
         if library.exists() and sidecar_path(library).exists():
-            return library, read_metadata(library)
+            # The same program may have been compiled for another reason (a tuned record
+            # can be the default schedule itself): describe this request.
+            return library, metadata
     else:
         library = Path(tempfile.mkdtemp(prefix="tvm_convt-")) / f"conv_transpose1d-{digest}.so"
     with _build_lock:  # LLVM code generation is not worth racing threads over

@@ -225,7 +225,7 @@ def tracker_arg(text: str) -> str:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .tune import load_suite, prune, tune
+    from .tuning import load_suite, prune, tune
 
     if args.suite is not None:
         workloads = load_suite(args.suite)
