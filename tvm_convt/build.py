@@ -23,6 +23,7 @@ from typing import Any
 import tvm
 from tvm.target import Target
 
+from ._files import read_json, write_atomic
 from .params import Workload
 from .records import find_tuned_schedule, prim_func
 from .schedule import default_schedule
@@ -104,45 +105,26 @@ def device_source(workload: Workload, *, target: TargetLike) -> str:
     return "\n".join(m.inspect_source("cuda") for m in executable.mod.imports if m.kind == "cuda")
 
 
-def _write_atomic(path: Path, write, mode: int = 0o644) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, mode)  # mkstemp creates 0600; others may share the cache
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_library(executable: Any, metadata: ModuleMetadata, library: Path) -> None:
     """Export ``executable`` to ``library`` and its sidecar, each atomically; the sidecar
     goes last, so a reader that finds it also finds a complete library."""
-    _write_atomic(library, lambda tmp: executable.export_library(str(tmp)), 0o755)
+    write_atomic(library, lambda tmp: executable.export_library(str(tmp)), 0o755)
     write_metadata(metadata, library)
 
 
 def write_metadata(metadata: ModuleMetadata, library: Path) -> None:
     text = json.dumps(metadata.to_dict(), indent=2, sort_keys=True)
-    _write_atomic(sidecar_path(library), lambda tmp: tmp.write_text(text))
+    write_atomic(sidecar_path(library), lambda tmp: tmp.write_text(text))
 
 
 def copy_library(source: Path, metadata: ModuleMetadata, library: Path) -> None:
-    _write_atomic(library, lambda tmp: shutil.copyfile(source, tmp), 0o755)
+    write_atomic(library, lambda tmp: shutil.copyfile(source, tmp), 0o755)
     write_metadata(metadata, library)
 
 
 def read_metadata(library: Path) -> ModuleMetadata:
     side = sidecar_path(library)
-    try:
-        data = json.loads(side.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"conv_transpose1d: no metadata sidecar {side} beside {library}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"conv_transpose1d: metadata {side} is not valid JSON: {err}") from None
+    data = read_json(side, "metadata sidecar")
     try:
         return ModuleMetadata.from_dict(data)
     except (KeyError, TypeError) as err:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import tvm
 from tvm.target import Target
 
 from . import _tvmscript_patch
+from ._files import write_atomic
 from .compute import conv_transpose1d_te
 from .params import OP, Workload
 from .target import target_key
@@ -53,19 +53,30 @@ def shipped_schedules_dir() -> Path:
 
 
 # -- reading logs safely ------------------------------------------------------------------
-def _read_lines(path: Path) -> list[tuple[int, Any]]:
-    """Parse a JSON-lines file; report and skip any line that is not valid JSON."""
-    good = []
-    with path.open("r", encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                good.append((number, json.loads(line)))
-            except json.JSONDecodeError as err:
-                warnings.warn(f"{OP}: skipped unreadable line {path}:{number} ({err.msg})",
-                              TuningLogWarning, stacklevel=3)
-    return good
+def _read_lines(path: Path, kind: str, valid) -> tuple[dict[int, Any], bool]:
+    """Read a JSON-lines file of MetaSchedule's. Returns ``{position: value}`` for the
+    lines that parse and pass ``valid`` (position: index among non-empty lines, which
+    is how records refer to workloads), and whether the file needs rewriting. Each
+    skipped line is reported with its file and line number."""
+    raw = path.read_bytes()
+    good: dict[int, Any] = {}
+    position = 0
+    for number, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            warnings.warn(f"{OP}: skipped unreadable {kind} at {path}:{number} ({err.msg})",
+                          TuningLogWarning, stacklevel=3)
+        else:
+            if valid(value):
+                good[position] = value
+            else:
+                warnings.warn(f"{OP}: skipped malformed {kind} at {path}:{number}", TuningLogWarning,
+                              stacklevel=3)
+        position += 1
+    return good, len(good) != position or not raw.endswith(b"\n")
 
 
 def sanitize_logs(directory: Path) -> None:
@@ -79,50 +90,23 @@ def sanitize_logs(directory: Path) -> None:
     wl_path, rec_path = directory / WORKLOAD_FILE, directory / RECORD_FILE
     if not wl_path.exists():
         return
-    raw_wl = wl_path.read_bytes()
-    workloads = [(n, v) for n, v in _read_lines(wl_path)
-                 if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
-                 or warnings.warn(f"{OP}: skipped malformed workload {wl_path}:{n}",
-                                  TuningLogWarning, stacklevel=2)]
-    n_raw_wl = sum(1 for line in raw_wl.splitlines() if line.strip())
-    renumber = {}
-    # A workload's index is its position among the file's non-empty lines.
-    positions = {}
-    index = 0
-    for number, line in enumerate(raw_wl.decode("utf-8", "replace").splitlines(), 1):
-        if line.strip():
-            positions[number] = index
-            index += 1
-    for new, (number, _) in enumerate(workloads):
-        renumber[positions[number]] = new
-    records, n_raw_rec, rec_changed = [], 0, False
-    if rec_path.exists():
-        n_raw_rec = sum(1 for line in rec_path.read_bytes().splitlines() if line.strip())
-        for number, value in _read_lines(rec_path):
-            if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], int)):
-                warnings.warn(f"{OP}: skipped malformed record {rec_path}:{number}", TuningLogWarning,
-                              stacklevel=2)
-                continue
-            if value[0] not in renumber:
-                warnings.warn(f"{OP}: skipped record {rec_path}:{number} of a missing workload",
-                              TuningLogWarning, stacklevel=2)
-                continue
-            rec_changed |= renumber[value[0]] != value[0]
-            records.append([renumber[value[0]], value[1]])
-        rec_changed |= len(records) != n_raw_rec or not rec_path.read_bytes().endswith(b"\n")
-    if len(workloads) != n_raw_wl or not raw_wl.endswith(b"\n"):
-        _rewrite(wl_path, [v for _, v in workloads])
-    if rec_changed:
-        _rewrite(rec_path, records)
+    workloads, wl_dirty = _read_lines(
+        wl_path, "workload", lambda v: isinstance(v, list) and len(v) == 2 and isinstance(v[0], str))
+    renumber = {old: new for new, old in enumerate(workloads)}
+    if wl_dirty:
+        _rewrite(wl_path, list(workloads.values()))
+    if not rec_path.exists():
+        return
+    records, rec_dirty = _read_lines(
+        rec_path, "record", lambda v: isinstance(v, list) and len(v) == 2 and isinstance(v[0], int)
+        and v[0] in renumber)
+    if rec_dirty or wl_dirty:
+        _rewrite(rec_path, [[renumber[index], rest] for index, rest in records.values()])
 
 
 def _rewrite(path: Path, values: list[Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        for value in values:
-            f.write(json.dumps(value) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    text = "".join(json.dumps(value) + "\n" for value in values)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def open_database(directory: Path, *, create: bool = False) -> Any:

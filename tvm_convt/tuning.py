@@ -9,7 +9,6 @@ from ``tuning_logs/``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import signal
@@ -25,6 +24,7 @@ from typing import Any
 import tvm
 
 from . import _tvmscript_patch
+from ._files import read_json
 from .params import OP, ConvTranspose1dParams, Workload
 from .records import RECORD_FILE, WORKLOAD_FILE, default_logs_dir, open_database, prim_func
 from .target import TargetLike, resolve_target, target_key
@@ -41,12 +41,7 @@ def load_suite(path: str | Path) -> dict[str, Workload]:
     out_channels, length, kernel_size, stride, padding, output_padding, groups,
     dilation`` and optionally ``padding_mode, bias, dtype``."""
     path = Path(path)
-    try:
-        entries = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{OP}: suite file {path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{OP}: suite file {path} is not valid JSON: {err}") from None
+    entries = read_json(path, "suite file")
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{OP}: suite file {path} must hold a non-empty JSON list of layers")
     suite: dict[str, Workload] = {}
