@@ -122,3 +122,29 @@ def test_functional_padding_modes(mode):
     x, w, b = random_inputs(p, 1, 6, "float64")
     y = tvm_convt.conv_transpose1d(x, w, b, stride=2, padding=2, padding_mode=mode)
     assert_close(y, torch_conv_transpose1d(x, w, b, p), "float64")
+
+
+def _random_cases(n: int, seed: int = 2026):
+    """A seeded sweep over the parameter space, beyond the hand-picked table."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < n:
+        groups = int(rng.choice([1, 1, 2, 3, 4]))
+        kw = dict(stride=int(rng.integers(1, 6)), dilation=int(rng.integers(1, 5)),
+                  padding=int(rng.integers(0, 6)), groups=groups, bias=bool(rng.integers(0, 2)),
+                  padding_mode=str(rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"])))
+        limit = kw["stride"] if kw["padding_mode"] != "zeros" else max(kw["stride"], kw["dilation"])
+        kw["output_padding"] = int(rng.integers(0, limit))
+        p = P(groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4)), int(rng.integers(1, 8)), **kw)
+        length = int(rng.integers(1, 12))
+        try:
+            p.output_length(length)
+        except ValueError:
+            continue
+        cases.append((p, int(rng.integers(1, 3)), length))
+    return cases
+
+
+@pytest.mark.parametrize("p, batch, length", _random_cases(24), ids=lambda v: str(v) if isinstance(v, P) else None)
+def test_random_sweep_float64(p, batch, length):
+    _check(p, batch, length, "float64")

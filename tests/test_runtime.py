@@ -32,6 +32,8 @@ def test_export_load_round_trip(compiled, tmp_path):
     assert meta["workload"]["params"]["kernel_size"] == 5
     assert meta["workload"]["batch"] == 2 and meta["workload"]["length"] == 7
     assert meta["workload"]["dtype"] == "float32"
+    assert meta["input_shape"] == [2, 4, 7] and meta["weight_shape"] == [4, 3, 5]
+    assert meta["output_shape"] == [2, 6, (7 - 1) * 3 - 4 + 2 * 4 + 1 + 1]
     assert meta["target"]["kind"] == "llvm"
     assert meta["tvm_version"] == "0.27.0.post1"
     assert meta["schedule"].startswith("default:")

@@ -45,6 +45,10 @@ class ModuleMetadata:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": METADATA_FORMAT, "workload": self.workload.to_dict(),
+                # Derived, for readers of the file; from_dict recomputes them.
+                "input_shape": list(self.workload.input_shape),
+                "weight_shape": list(self.workload.params.weight_shape),
+                "output_shape": list(self.workload.output_shape),
                 "target": json.loads(self.target), "target_key": self.target_key,
                 "schedule": self.schedule, "tvm_version": self.tvm_version,
                 "package_version": self.package_version}
