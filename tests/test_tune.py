@@ -92,6 +92,20 @@ def test_prune_keeps_best_record_per_workload(tuned_logs, tmp_path):
     assert find_tuned_schedule(w, resolve_target("llvm"), logs=tmp_path) is not None
 
 
+def test_shipped_schedules_come_after_user_logs(tuned_logs, tmp_path, monkeypatch):
+    logs, report = tuned_logs
+    shipped = tmp_path / "shipped"
+    prune(logs, shipped)
+    monkeypatch.setattr("tvm_convt.records.shipped_schedules_dir", lambda: shipped)
+    name = next(iter(report.best_seconds))
+    w = SUITE[name]
+    empty = tmp_path / "empty"
+    assert find_tuned_schedule(w, resolve_target("llvm"), logs=empty).source == f"tuned:{shipped / HOST_KEY}"
+    assert find_tuned_schedule(w, resolve_target("llvm"), logs=logs).source == f"tuned:{logs / HOST_KEY}"
+    compiled = tvm_convt.compile(w.params, batch=w.batch, length=w.length, logs=empty)
+    assert compiled.metadata.schedule == f"tuned:{shipped / HOST_KEY}"
+
+
 def test_corrupted_lines_are_reported_and_skipped(tuned_logs, tmp_path):
     logs, report = tuned_logs
     copy = tmp_path / HOST_KEY
