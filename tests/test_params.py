@@ -57,7 +57,7 @@ def test_sizes_accept_one_tuples():
         (dict(kernel_size=1, padding=1), 1, r"output length must be at least 1, got L_out=-1 for L_in=1"),
         (dict(kernel_size=3, padding=1, padding_mode="reflect"), 1, r"reflect.*padding=1, L_out=1"),
         (dict(kernel_size=5, padding=2, padding_mode="circular"), 1, r"circular.*padding=2, L_out=1"),
-        (dict(kernel_size=3), 0, r"input length must be positive, got input length=0"),
+        (dict(kernel_size=3), 0, r"length must be positive, got length=0"),
     ],
 )
 def test_invalid_lengths(kwargs, length, pattern):
@@ -111,6 +111,16 @@ def test_unsupported_dtype(dtype):
         check_dtype(dtype)
 
 
+def test_dtype_objects_are_accepted():
+    import numpy as np
+
+    assert check_dtype(np.float32) == "float32" and check_dtype(np.dtype("float64")) == "float64"
+    if torch is not None:
+        assert check_dtype(torch.float32) == "float32"
+    with pytest.raises(TypeError, match="got dtype='int64'"):
+        check_dtype(np.int64)
+
+
 def test_from_dict_rejects_unknown_keys():
-    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['padd'\]"):
+    with pytest.raises(ValueError, match=r"parameters must be fields of ConvTranspose1dParams, got unknown \[.padd.\]"):
         P.from_dict({"in_channels": 2, "out_channels": 2, "kernel_size": 3, "padd": 1})

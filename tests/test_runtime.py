@@ -182,7 +182,10 @@ def test_torch_tensors_via_dlpack():
     [
         (lambda x, w, b: tvm_convt.conv_transpose1d(x, w[0], b), ValueError, "weight must be 3-D"),
         (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, groups=0), ValueError,
-         "groups must be a positive int, got groups=0"),
+         "groups must be positive, got groups=0"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, groups=1.5), TypeError, "groups must be an int"),
+        (lambda x, w, b: tvm_convt.conv_transpose1d(x, w.astype(np.float64), b), TypeError,
+         "weight must have dtype float32, got weight.dtype=float64"),
         (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, groups=3), ValueError,
          "in_channels must be divisible by groups"),
         (lambda x, w, b: tvm_convt.conv_transpose1d(x[:, :3], w, b), ValueError,
@@ -204,7 +207,11 @@ def test_torch_tensors_via_dlpack():
          "target is not valid JSON"),
     ],
 )
-def test_functional_errors(call, error, pattern):
+def test_functional_errors(call, error, pattern, monkeypatch):
+    def must_not_compile(*args, **kwargs):
+        raise AssertionError("a call that must fail was compiled first")
+
+    monkeypatch.setattr("tvm_convt.runtime.build_library", must_not_compile)
     p = P(4, 3, 3)
     x, w, b = random_inputs(p, 2, 6, "float32")
     with pytest.raises(error, match="^conv_transpose1d: .*" + pattern):

@@ -3,7 +3,7 @@
 :func:`compile` schedules the tensor expression (a tuned record when one is
 given, else the default rule for the target), builds it with ``tvm.compile``,
 and writes the shared library and its metadata sidecar into the cache. The
-cache key covers the scheduled program itself (its structural hash), the
+cache key covers the scheduled program itself (its TVMScript text), the
 target and the TVM version, so a new schedule or compute never reuses a stale
 module.
 """
@@ -24,7 +24,7 @@ import tvm
 from tvm.target import Target
 
 from ._files import read_json, write_atomic
-from .params import Workload
+from .params import OP, Workload
 from .records import find_tuned_schedule, prim_func
 from .schedule import default_schedule
 from .target import TargetLike, resolve_target, target_json, target_key
@@ -56,7 +56,7 @@ class ModuleMetadata:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModuleMetadata:
         if d.get("format") != METADATA_FORMAT:
-            raise ValueError(f"conv_transpose1d: unsupported metadata format {d.get('format')!r}")
+            raise ValueError(f"{OP}: metadata format must be {METADATA_FORMAT}, got format={d.get('format')!r}")
         return cls(Workload.from_dict(d["workload"]), json.dumps(d["target"], sort_keys=True),
                    d["target_key"], d["schedule"], d["tvm_version"], d["package_version"])
 
@@ -103,7 +103,7 @@ def device_source(workload: Workload, *, target: TargetLike) -> str:
     """
     tgt = resolve_target(target)
     if tgt.kind.name != "cuda":
-        raise ValueError(f"conv_transpose1d: device_source needs a CUDA target, got kind={tgt.kind.name!r}")
+        raise ValueError(f"{OP}: device_source needs a CUDA target, got kind={tgt.kind.name!r}")
     mod, _ = schedule(workload, tgt, tuned=False)
     executable = tvm.compile(mod, target=tgt)
     return "\n".join(m.inspect_source("cuda") for m in executable.mod.imports if m.kind == "cuda")
@@ -129,10 +129,12 @@ def copy_library(source: Path, metadata: ModuleMetadata, library: Path) -> None:
 def read_metadata(library: Path) -> ModuleMetadata:
     side = sidecar_path(library)
     data = read_json(side, "metadata sidecar")
+    if not isinstance(data, dict):
+        raise ValueError(f"{OP}: metadata sidecar {side} must hold a JSON object, got {type(data).__name__}")
     try:
         return ModuleMetadata.from_dict(data)
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"conv_transpose1d: metadata {side} is incomplete: {err!r}") from None
+    except (KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{OP}: metadata sidecar {side} is incomplete: {err!r}") from None
 
 
 _build_lock = threading.Lock()
@@ -147,7 +149,7 @@ def build_library(
     The library lives in :func:`cache_dir` under a key of the scheduled program,
     the target and the TVM version; a later call, in this or another process,
     finds it there and compiles nothing. With ``use_cache=False`` it is built
-    into a fresh temporary folder instead.
+    into a fresh temporary folder instead, which the caller then owns.
     """
     from . import __version__
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .params import DTYPES, PADDING_MODES, ConvTranspose1dParams, Workload
+from .params import DTYPES, OP, PADDING_MODES, ConvTranspose1dParams, Workload
 
 # The HiFi-GAN V1 generator's first upsampling layer.
 DEMO = {"in_channels": 512, "out_channels": 256, "kernel_size": 16, "stride": 8, "padding": 4,
@@ -133,7 +133,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "tvm_convt": __version__,
         "tvm": tvm.__version__,
         "host_target": json.loads(json.dumps(dict(host.export()), default=str)),
-        "targets": {"llvm": f"this CPU ({target_key(host)})"},
+        "targets": {"llvm": f"this CPU ({host_key})"},
         "cache_dir": str(cache_dir()),
         "tuning_logs": records(args.logs if args.logs is not None else default_logs_dir()),
         "schedules": records(shipped_schedules_dir()),
@@ -218,9 +218,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def tracker_arg(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"must be HOST:PORT, got {text!r}")
+    from .tuning import parse_tracker
+
+    try:
+        parse_tracker(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 
@@ -233,8 +236,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         missing = [f"--{n.replace('_', '-')}" for n in ("in_channels", "out_channels", "kernel_size", "length")
                    if getattr(args, n) is None]
         if missing:
-            raise ValueError(f"conv_transpose1d: tune needs --suite FILE or the layer's "
-                             f"{', '.join(missing)}")
+            raise ValueError(f"{OP}: tune needs --suite FILE or the layer's {', '.join(missing)}, "
+                             f"got neither")
         workloads = {"layer": _workload(args)}
     _, report = tune(workloads, target=args.target, trials=args.trials, logs=args.logs,
                      work_dir=args.work_dir, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
@@ -328,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:  # OSError: unreadable suite, unwritable -o
         print(f"tvm-convt {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,9 +12,9 @@ Formulation (per group ``g``, with ``M = out_channels/groups * kernel_size``):
    live ``k`` form one residue class modulo ``stride / gcd(stride, dilation)``,
    so each output visits ``ceil(kernel_size / (stride/gcd))`` taps, not all of
    them. It is laid out by phase, ``full[n, co, u % stride, u // stride]``.
-3. ``y``: zeros mode crops the gather (inlined) and adds the bias. Other modes
-   materialise ``full`` over the padded length and apply the adjoint of the
-   padding, which adds its two ``padding``-wide margins back onto the output,
+3. ``y``: zeros mode reads the gather (which covers only the cropped range)
+   and adds the bias. Other modes gather over the padded length and apply the
+   adjoint of the padding, which adds its two ``padding``-wide margins back onto the output,
    then the bias. Replicate sums each margin once (``margin_left/right``).
 
 The TE stages are named so that schedule rules can find them by name.
@@ -86,10 +86,6 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
         name=COL,
     )
 
-    # Positions past the last tap of the last sample (output_padding beyond the
-    # kernel's reach) receive nothing.
-    l_reach = (length - 1) * stride + dil * (kern - 1) + 1
-
     # The gather runs over the output in polyphase order, u = q*stride + r with
     # the phase r outermost: which taps are live, and where they read, depend on
     # r alone, so the inner loop over q does no index division at all.
@@ -104,7 +100,6 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
         # An unrolled sum over the few live taps: no reduction axis.
         g = tirx.indexdiv(co, cog)
         o = tirx.indexmod(co, cog)
-        u = (q + q_first) * stride + r
         if plan.step > 1:
             k0 = tirx.indexmod(tirx.indexdiv(r, plan.gcd) * plan.dilation_inverse, plan.step)
         else:
@@ -114,7 +109,8 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
             k = k0 + t * plan.step
             # u - k*dilation is a multiple of stride for live taps: i = q + (r - k*dilation)/stride.
             i = q + q_first + tirx.indexdiv(r - k * dil, stride)
-            live = tirx.all(k < kern, i >= 0, i < length, u < l_reach)
+            # Samples past the last one's reach (output_padding) have no live tap: i >= length.
+            live = tirx.all(k < kern, i >= 0, i < length)
             if plan.gcd > 1:
                 live = tirx.all(live, tirx.indexmod(r, plan.gcd) == 0)
             # Clamped indices keep even a speculated load in bounds.

@@ -8,8 +8,10 @@ Every other module (compute, reference, build, runtime, CLI) takes a
 from __future__ import annotations
 
 import numbers
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
+
+import numpy as np
 
 OP = "conv_transpose1d"
 
@@ -43,9 +45,18 @@ def _non_negative(name: str, value: int) -> None:
 
 
 def check_dtype(dtype: Any) -> str:
-    """Return the canonical dtype name, or raise for anything but float32/float64."""
-    name = getattr(dtype, "name", None) or str(dtype)
-    name = name.removeprefix("torch.")
+    """Return the canonical dtype name, or raise for anything but float32/float64.
+
+    Accepts names, NumPy dtypes and scalar types (``np.float32``) and torch dtypes.
+    """
+    if isinstance(dtype, str) or str(dtype).startswith("torch."):
+        # Names are taken literally: NumPy would read "float" as float64, torch as float32.
+        name = str(dtype).removeprefix("torch.")
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = str(dtype)
     if name not in DTYPES:
         raise TypeError(f"{OP}: dtype must be one of {', '.join(DTYPES)}, got dtype={name!r}")
     return name
@@ -126,6 +137,13 @@ class ConvTranspose1dParams:
                 f"stride={self.stride}"
             )
 
+    @staticmethod
+    def check_positive_size(name: str, value: Any) -> int:
+        """Validate one size argument on its own (an int or 1-tuple, positive)."""
+        size = _size(name, value)
+        _positive(name, size)
+        return size
+
     # -- derived sizes -------------------------------------------------------------
     @property
     def in_per_group(self) -> int:
@@ -146,7 +164,7 @@ class ConvTranspose1dParams:
     def output_length(self, length: int) -> int:
         """Output length for an input of ``length`` samples; raises when it is below 1."""
         length = _size("length", length)
-        _positive("input length", length)
+        _positive("length", length)
         out = ((length - 1) * self.stride - 2 * self.padding
                + self.dilation * (self.kernel_size - 1) + self.output_padding + 1)
         if out < 1:
@@ -167,16 +185,8 @@ class ConvTranspose1dParams:
             )
         return out
 
-    def output_padding_for(self, length: int, output_size: Any) -> int:
-        """Resolve ``output_padding`` from a requested output size, as PyTorch does.
-
-        ``output_size`` may be an int, or a sequence whose last element is the
-        length (PyTorch accepts the full (N, C, L) or (C, L) shape too).
-        """
-        if isinstance(output_size, (tuple, list)):
-            if not output_size:
-                raise ValueError(f"{OP}: output_size must not be empty, got output_size={output_size!r}")
-            output_size = output_size[-1]
+    def output_padding_for(self, length: int, output_size: int) -> int:
+        """Resolve ``output_padding`` from a requested output length, as PyTorch does."""
         size = _size("output_size", output_size)
         min_size = ((length - 1) * self.stride - 2 * self.padding
                     + self.dilation * (self.kernel_size - 1) + 1)
@@ -204,7 +214,7 @@ class ConvTranspose1dParams:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"{OP}: unknown parameter(s) {sorted(unknown)}")
+            raise ValueError(f"{OP}: parameters must be fields of {cls.__name__}, got unknown {sorted(unknown)}")
         return cls(**d)
 
 
@@ -220,14 +230,17 @@ class Workload:
     batch: int
     length: int
     dtype: str = "float32"
-    out_length: int = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch", _size("batch", self.batch))
         _positive("batch", self.batch)
         object.__setattr__(self, "length", _size("length", self.length))
         object.__setattr__(self, "dtype", check_dtype(self.dtype))
-        object.__setattr__(self, "out_length", self.params.output_length(self.length))
+        self.params.output_length(self.length)  # validates the length and the padding limits
+
+    @property
+    def out_length(self) -> int:
+        return self.params.output_length(self.length)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
@@ -79,29 +80,34 @@ def _read_lines(path: Path, kind: str, valid) -> tuple[dict[int, Any], bool]:
     return good, len(good) != position or not raw.endswith(b"\n")
 
 
-def sanitize_logs(directory: Path) -> None:
-    """Drop truncated or corrupted lines from a MetaSchedule JSON database, in place.
+def sanitize_logs(directory: Path, *, into: Path | None = None) -> Path:
+    """Drop truncated or corrupted lines from a MetaSchedule JSON database.
 
     A tuning run killed mid-write can leave half a line. Each bad line is
-    reported (file and line) and removed; workloads are renumbered and records
-    that pointed at a dropped workload are dropped too. Files are only
-    rewritten (atomically) when something was wrong.
+    reported (file and line) and left out; workloads are renumbered and records
+    that pointed at a dropped workload are left out too. With ``into=None`` the
+    files are rewritten in place (atomically), as the tuner does before it
+    appends; otherwise clean copies go to ``into``, so a reader never writes to a
+    database that a tuner may be appending to (or that is read-only). Nothing is
+    written when nothing was wrong. Returns the folder holding clean files.
     """
     wl_path, rec_path = directory / WORKLOAD_FILE, directory / RECORD_FILE
     if not wl_path.exists():
-        return
+        return directory
     workloads, wl_dirty = _read_lines(
         wl_path, "workload", lambda v: isinstance(v, list) and len(v) == 2 and isinstance(v[0], str))
     renumber = {old: new for new, old in enumerate(workloads)}
-    if wl_dirty:
-        _rewrite(wl_path, list(workloads.values()))
-    if not rec_path.exists():
-        return
-    records, rec_dirty = _read_lines(
-        rec_path, "record", lambda v: isinstance(v, list) and len(v) == 2 and isinstance(v[0], int)
-        and v[0] in renumber)
-    if rec_dirty or wl_dirty:
-        _rewrite(rec_path, [[renumber[index], rest] for index, rest in records.values()])
+    records, rec_dirty = {}, False
+    if rec_path.exists():
+        records, rec_dirty = _read_lines(
+            rec_path, "record", lambda v: isinstance(v, list) and len(v) == 2 and isinstance(v[0], int)
+            and v[0] in renumber)
+    if not (wl_dirty or rec_dirty):
+        return directory
+    out = directory if into is None else Path(into)
+    _rewrite(out / WORKLOAD_FILE, list(workloads.values()))
+    _rewrite(out / RECORD_FILE, [[renumber[index], rest] for index, rest in records.values()])
+    return out
 
 
 def _rewrite(path: Path, values: list[Any]) -> None:
@@ -110,18 +116,27 @@ def _rewrite(path: Path, values: list[Any]) -> None:
 
 
 def open_database(directory: Path, *, create: bool = False) -> Any:
-    """The JSON database in ``directory`` (sanitised first), or None when there is none."""
+    """The JSON database in ``directory``, or None when there is none.
+
+    ``create=True`` (tuning) creates it if needed, repairs it in place and returns
+    a database that appends there. Otherwise (compiling) it is read, through
+    clean temporary copies when it needs repair, and never written.
+    """
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
     directory = Path(directory)
     if not create and not (directory / WORKLOAD_FILE).exists():
         return None
-    if create:
-        directory.mkdir(parents=True, exist_ok=True)
-    sanitize_logs(directory)
     try:
-        return JSONDatabase(str(directory / WORKLOAD_FILE), str(directory / RECORD_FILE),
-                            allow_missing=create)
+        if create:
+            directory.mkdir(parents=True, exist_ok=True)
+            sanitize_logs(directory)
+            return JSONDatabase(str(directory / WORKLOAD_FILE), str(directory / RECORD_FILE),
+                                allow_missing=True)
+        with tempfile.TemporaryDirectory(prefix="tvm_convt-logs-") as tmp:
+            clean = sanitize_logs(directory, into=Path(tmp))
+            # The database reads both files whole when it is made; the copies can go after.
+            return JSONDatabase(str(clean / WORKLOAD_FILE), str(clean / RECORD_FILE), allow_missing=False)
     except Exception as err:  # noqa: BLE001 - a record TVM cannot parse: never a crash
         if create:
             raise ValueError(f"{OP}: cannot open the tuning database in {directory}: {err}") from None
@@ -136,23 +151,24 @@ class TunedSchedule:
     source: str  # "tuned:<directory>"
 
 
-_db_cache: dict[tuple[str, float, float], Any] = {}
+_db_cache: dict[str, tuple[tuple[int, ...], Any]] = {}
 _db_lock = threading.Lock()
 
 
 def _cached_database(directory: Path):
-    """Open each database once per process and again only when its files change."""
+    """Open each database once per process, and again only when its files change."""
     stamps = []
     for name in (WORKLOAD_FILE, RECORD_FILE):
         try:
-            stamps.append((directory / name).stat().st_mtime_ns)
+            stat = (directory / name).stat()
+            stamps += [stat.st_mtime_ns, stat.st_size]
         except FileNotFoundError:
-            stamps.append(0)
-    key = (str(directory), *stamps)
+            stamps += [0, 0]
     with _db_lock:
-        if key not in _db_cache:
-            _db_cache[key] = open_database(directory)
-        return _db_cache[key]
+        cached = _db_cache.get(str(directory))
+        if cached is None or cached[0] != tuple(stamps):
+            cached = _db_cache[str(directory)] = (tuple(stamps), open_database(directory))
+        return cached[1]
 
 
 def find_tuned_schedule(workload: Workload, target: Target, *, logs: str | Path | None = None) -> TunedSchedule | None:

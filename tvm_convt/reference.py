@@ -32,8 +32,8 @@ def conv_transpose1d_reference(
     n, _, length = x.shape
     l_out = p.output_length(length)
     pad = p.padding
-    span = max((length - 1) * p.stride + p.dilation * (p.kernel_size - 1) + 1, l_out + 2 * pad)
-    full = np.zeros((n, p.out_channels, span))
+    # The padded Conv1d input's length; it covers the last tap of the last sample too.
+    full = np.zeros((n, p.out_channels, l_out + 2 * pad))
     cig, cog = p.in_per_group, p.out_per_group
     for g in range(p.groups):
         xg = x[:, g * cig:(g + 1) * cig, :]  # (n, cig, L)
@@ -49,7 +49,7 @@ def conv_transpose1d_reference(
         # Adjoint of padding: padded sample j holds z[src[j]], so it adds back there.
         src = np.pad(np.arange(l_out), pad, mode=_NUMPY_PAD_MODE[p.padding_mode])
         y = np.zeros((n, p.out_channels, l_out))
-        np.add.at(y.transpose(2, 0, 1), src, full[:, :, :l_out + 2 * pad].transpose(2, 0, 1))
+        np.add.at(y.transpose(2, 0, 1), src, full.transpose(2, 0, 1))
     if bias is not None:
         y += np.asarray(bias, dtype=np.float64)[None, :, None]
     return y[0] if unbatched else y

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import math
+import shutil
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,13 @@ def as_array(value: Any, name: str) -> np.ndarray:
                     f"got {type(value).__name__}")
 
 
-def _check_array(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: str) -> None:
+def _check_array_dtype(arr: np.ndarray, name: str, dtype: str) -> None:
     if arr.dtype != np.dtype(dtype):
         raise TypeError(f"{OP}: {name} must have dtype {dtype}, got {name}.dtype={arr.dtype}")
+
+
+def _check_array(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: str) -> None:
+    _check_array_dtype(arr, name, dtype)
     if tuple(arr.shape) != tuple(shape):
         raise ValueError(f"{OP}: {name} must have shape {tuple(shape)}, got {name}.shape={tuple(arr.shape)}")
 
@@ -123,13 +129,11 @@ class CompiledConvTranspose1d:
         """Return ``x`` as a batched array and whether it came unbatched."""
         w = self.workload
         x = as_array(x, "input")
-        if x.ndim not in (2, 3):
-            raise ValueError(f"{OP}: expected a 2-D (unbatched) or 3-D (batched) input, "
-                             f"got input of shape {tuple(x.shape)}")
+        _check_rank(x)
         unbatched = x.ndim == 2
         if unbatched and w.batch != 1:
             raise ValueError(f"{OP}: this module was compiled for batch {w.batch}; an unbatched "
-                             f"input needs batch 1, got input of shape {tuple(x.shape)}")
+                             f"input needs batch 1, got input.shape={tuple(x.shape)}")
         xb = x[None] if unbatched else x
         _check_array(xb, "input", w.input_shape, w.dtype)
         return xb, unbatched
@@ -182,7 +186,10 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     workload = Workload(params, batch, length, dtype)
     library, metadata = build_library(workload, target=target, use_cache=use_cache, rule=rule,
                                       logs=logs, tuned=tuned)
-    return CompiledConvTranspose1d(library, metadata)
+    compiled = CompiledConvTranspose1d(library, metadata)
+    if not use_cache:  # the library's temporary folder lives as long as the object
+        weakref.finalize(compiled, shutil.rmtree, library.parent, True)
+    return compiled
 
 
 class _ModuleCache:
@@ -208,10 +215,15 @@ class _ModuleCache:
 _MODULES = _ModuleCache()
 
 
-def _check_channels(x: np.ndarray, weight_shape: tuple[int, ...], in_channels: int) -> None:
+def _check_rank(x: np.ndarray) -> None:
     if x.ndim not in (2, 3):
         raise ValueError(f"{OP}: expected a 2-D (unbatched) or 3-D (batched) input, "
-                         f"got input of shape {tuple(x.shape)}")
+                         f"got input.shape={tuple(x.shape)}")
+
+
+def _check_channels(x: np.ndarray, weight_shape: tuple[int, ...], in_channels: int) -> None:
+    """Rank, then channels, in PyTorch's words; before anything is compiled."""
+    _check_rank(x)
     if x.shape[-2] != in_channels:
         raise ValueError(
             f"{OP}: given transposed=1, weight of size {list(weight_shape)}, expected "
@@ -260,9 +272,12 @@ class ConvTranspose1d:
         p = self.params
         bound = math.sqrt(p.groups / (p.out_channels * p.kernel_size))
         rng = np.random.default_rng(seed)
-        self._weight = rng.uniform(-bound, bound, p.weight_shape).astype(self.dtype)
-        self._bias = rng.uniform(-bound, bound, (p.out_channels,)).astype(self.dtype) if p.bias else None
-        self._device_weights: dict[str, list[tvm.runtime.Tensor]] = {}
+        weight = rng.uniform(-bound, bound, p.weight_shape).astype(self.dtype)
+        bias = rng.uniform(-bound, bound, (p.out_channels,)).astype(self.dtype) if p.bias else None
+        # (weight, bias, device copies by device): replaced as one on assignment, so a
+        # call running meanwhile can only fill the copies of the values it read.
+        self._state: tuple[np.ndarray, np.ndarray | None, dict[str, list[tvm.runtime.Tensor]]] = (
+            weight, bias, {})
 
     def __repr__(self) -> str:
         p = self.params
@@ -275,18 +290,17 @@ class ConvTranspose1d:
 
     @property
     def weight(self) -> np.ndarray:
-        return self._weight
+        return self._state[0]
 
     @weight.setter
     def weight(self, value: Any) -> None:
         arr = as_array(value, "weight")
         _check_array(arr, "weight", self.params.weight_shape, self.dtype)
-        self._weight = np.array(arr, copy=True)
-        self._device_weights.clear()
+        self._state = (np.array(arr, copy=True), self._state[1], {})
 
     @property
     def bias(self) -> np.ndarray | None:
-        return self._bias
+        return self._state[1]
 
     @bias.setter
     def bias(self, value: Any) -> None:
@@ -298,8 +312,7 @@ class ConvTranspose1d:
             raise ValueError(f"{OP}: this layer was built with bias=True; assign an array, not None")
         arr = as_array(value, "bias")
         _check_array(arr, "bias", (self.params.out_channels,), self.dtype)
-        self._bias = np.array(arr, copy=True)
-        self._device_weights.clear()
+        self._state = (self._state[0], np.array(arr, copy=True), {})
 
     def compiled_for(self, x_shape: tuple[int, ...], output_size: Any = None) -> CompiledConvTranspose1d:
         """The compiled module that serves an input of ``x_shape`` (compiling it if needed)."""
@@ -313,14 +326,16 @@ class ConvTranspose1d:
     def __call__(self, x: Any, output_size: Any = None) -> np.ndarray:
         arr = as_array(x, "input")
         _check_channels(arr, self.params.weight_shape, self.params.in_channels)
+        _check_array_dtype(arr, "input", self.dtype)
         compiled = self.compiled_for(tuple(arr.shape), output_size)
         xb, unbatched = compiled.check_input(arr)
+        weight, bias, copies = self._state
         key = str(compiled.device)
-        weights = self._device_weights.get(key)
+        weights = copies.get(key)
         if weights is None:  # moved to the device once per assignment, not per call
-            w, b = compiled.check_weights(self._weight, self._bias)
+            w, b = compiled.check_weights(weight, bias)
             weights = [compiled.to_device(w)] + ([compiled.to_device(b)] if b is not None else [])
-            self._device_weights[key] = weights
+            copies[key] = weights
         y = compiled.run(compiled.to_device(xb), weights).numpy()
         return y[0] if unbatched else y
 
@@ -363,16 +378,19 @@ def conv_transpose1d(
     weight = as_array(weight, "weight")
     if weight.ndim != 3:
         raise ValueError(f"{OP}: weight must be 3-D (in_channels, out_channels/groups, kernel_size), "
-                         f"got weight of shape {tuple(weight.shape)}")
-    if bias is not None:
-        bias = as_array(bias, "bias")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups <= 0:
-        # Checked before out_channels is derived from it.
-        raise ValueError(f"{OP}: groups must be a positive int, got groups={groups!r}")
+                         f"got weight.shape={tuple(weight.shape)}")
+    # groups is checked before out_channels is derived from it.
+    groups = ConvTranspose1dParams.check_positive_size("groups", groups)
     params = ConvTranspose1dParams(
         weight.shape[0], weight.shape[1] * groups, weight.shape[2], stride, padding, output_padding,
         groups, bias is not None, dilation, padding_mode)
     _check_channels(x, weight.shape, params.in_channels)
     dtype = check_dtype(x.dtype)
+    # Every input is checked here, so that nothing is compiled for a call that must fail.
+    _check_array(weight, "weight", params.weight_shape, dtype)
+    if bias is not None:
+        bias = as_array(bias, "bias")
+        _check_array(bias, "bias", (params.out_channels,), dtype)
+    resolve_target(target)
     workload = Workload(params, x.shape[0] if x.ndim == 3 else 1, x.shape[-1], dtype)
     return _MODULES.get(workload, target, logs)(x, weight, bias)

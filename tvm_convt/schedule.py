@@ -16,7 +16,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from . import compute as C
-from .params import Workload
+from .params import OP, Workload
 
 
 class ScheduleRule(Protocol):
@@ -171,18 +171,19 @@ def default_schedule(
     rules = RULES.get(target.kind.name)
     if rules is None:
         raise ValueError(
-            f"conv_transpose1d: target kind must be one of {', '.join(sorted(RULES))}, "
-            f"got {target.kind.name!r}"
+            f"{OP}: target kind must be one of {', '.join(sorted(RULES))}, "
+            f"got kind={target.kind.name!r}"
         )
     if rule is not None:
         names = [r.name for r in rules]
         if rule not in names:
-            raise ValueError(f"conv_transpose1d: schedule rule for {target.kind.name} must be one of "
+            raise ValueError(f"{OP}: schedule rule for {target.kind.name} must be one of "
                              f"{', '.join(names)}, got rule={rule!r}")
         chosen = next(r for r in rules if r.name == rule)
         sch = chosen.apply(func, workload, target)
         if sch is None:
-            raise ValueError(f"conv_transpose1d: schedule rule {rule!r} does not apply to {workload}")
+            raise ValueError(f"{OP}: schedule rule {rule!r} does not apply to this workload, got "
+                             f"rule={rule!r} for {workload.params}")
         return sch, chosen.name
     for candidate in rules:
         sch = candidate.apply(func, workload, target)

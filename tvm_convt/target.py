@@ -16,7 +16,8 @@ from typing import Any
 import tvm
 from tvm.target import Target
 
-OP = "conv_transpose1d"
+from .params import OP
+
 TargetLike = str | dict[str, Any] | Target
 
 # MetaSchedule needs these four on a CUDA target; used when the user names only the arch.
@@ -69,7 +70,8 @@ def resolve_target(spec: TargetLike) -> Target:
                 f'{{"kind": "llvm", "mcpu": "znver3"}}, got target={spec!r}'
             )
     else:
-        raise TypeError(f"{OP}: target must be a str, dict or tvm.target.Target, got {type(spec).__name__}")
+        raise TypeError(f"{OP}: target must be a str, dict or tvm.target.Target, got target={spec!r} "
+                        f"({type(spec).__name__})")
     kind = config.get("kind")
     if kind == "llvm":
         if "mtriple" not in config and "mcpu" not in config:

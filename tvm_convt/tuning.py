@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import shutil
 import signal
 import socket
 import sys
@@ -61,7 +63,8 @@ def load_suite(path: str | Path) -> dict[str, Workload]:
             suite[name] = Workload(ConvTranspose1dParams(**params), entry["batch"], entry["length"],
                                    entry.get("dtype", "float32"))
         except (TypeError, ValueError) as err:
-            raise type(err)(f"{where} ({name}): {err}") from None
+            rule = str(err).removeprefix(f"{OP}: ")
+            raise type(err)(f"{OP}: {where} ({name}): {rule}") from None
     return suite
 
 
@@ -200,7 +203,8 @@ def _build_only_runner():
     return BuildOnlyRunner()
 
 
-def _parse_tracker(value: str) -> tuple[str, int]:
+def parse_tracker(value: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` -> ``(host, port)``."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{OP}: rpc_tracker must be HOST:PORT, got rpc_tracker={value!r}")
@@ -211,7 +215,7 @@ def check_tracker(rpc_tracker: str, rpc_key: str) -> None:
     """Fail fast when the tracker is unreachable or has no free or busy device under ``rpc_key``."""
     from tvm import rpc
 
-    host, port = _parse_tracker(rpc_tracker)
+    host, port = parse_tracker(rpc_tracker)
     try:
         # TVM's own connect retries for a minute; a refused port should fail at once.
         socket.create_connection((host, port), timeout=10).close()
@@ -258,6 +262,8 @@ def _seed_default_schedules(named: dict[str, Workload], names: list[str], target
         args_info = ArgInfo.from_prim_func(mod["main"])
         [future] = runner.run([RunnerInput(b.artifact_path, device, args_info)])
         result = future.result()
+        # tune_tasks removes its own artifacts; this one was built outside it.
+        shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
         if result.error_msg is not None or not result.run_secs:
             continue
         database.commit_tuning_record(TuningRecord(sch.trace, database.commit_workload(mod),
@@ -320,11 +326,17 @@ def tune(
         named = {f"w{i}": w for i, w in enumerate(workloads)}
     if not named or not all(isinstance(w, Workload) for w in named.values()):
         raise TypeError(f"{OP}: tune needs one or more Workload objects, got {workloads!r}")
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials <= 0:
-        raise ValueError(f"{OP}: trials must be a positive int, got trials={trials!r}")
+    for name, value in (("trials", trials), ("trials_per_iter", trials_per_iter)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{OP}: {name} must be a positive int, got {name}={value!r}")
+    for name, value in (("build_timeout", build_timeout), ("run_timeout", run_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{OP}: {name} must be a positive number of seconds, got {name}={value!r}")
     if (rpc_tracker is None) != (rpc_key is None):
         raise ValueError(f"{OP}: rpc_tracker and rpc_key go together, got rpc_tracker={rpc_tracker!r}, "
                          f"rpc_key={rpc_key!r}")
+    if rpc_tracker is not None and not build_only:
+        check_tracker(rpc_tracker, rpc_key)
     tgt = resolve_target(target)
     key = target_key(tgt)
     if tgt.kind.name == "cuda" and not build_only and rpc_tracker is None and not tvm.cuda(0).exist:
@@ -361,8 +373,7 @@ def tune(
     if build_only:
         runner = _build_only_runner()
     elif rpc_tracker is not None:
-        check_tracker(rpc_tracker, rpc_key)
-        host, port = _parse_tracker(rpc_tracker)
+        host, port = parse_tracker(rpc_tracker)
         runner = RPCRunner(RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
                                      session_timeout_sec=int(run_timeout)),
                            evaluator_config=evaluator)
