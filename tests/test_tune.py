@@ -18,8 +18,9 @@ import tvm
 
 import tvm_convt
 from tvm_convt.params import ConvTranspose1dParams, Workload
-from tvm_convt.records import (RECORD_FILE, WORKLOAD_FILE, TuningLogWarning, find_tuned_schedule,
-                               open_database, sanitize_logs)
+from tvm_convt.records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, TuningLogWarning, find_tuned_schedule,
+                               open_database, read_index, sanitize_logs, shipped_schedules_dir,
+                               stale_workloads, write_index)
 from tvm_convt.reference import conv_transpose1d_reference
 from tvm_convt.target import resolve_target, target_key
 from tvm_convt.tuning import load_suite, prune, tune
@@ -85,9 +86,12 @@ def test_records_are_kept_per_hardware_class(tuned_logs):
 
 def test_prune_keeps_best_record_per_workload(tuned_logs, tmp_path):
     logs, report = tuned_logs
+    assert sorted(read_index(logs / HOST_KEY), key=str) == sorted(SUITE.values(), key=str)
     [out] = prune(logs, tmp_path)
     assert out == tmp_path / HOST_KEY
     assert _records(out) == len(report.best_seconds)
+    assert sorted(read_index(out), key=str) == sorted((SUITE[n] for n in report.best_seconds), key=str)
+    assert stale_workloads(out) == []
     w = SUITE[next(iter(report.best_seconds))]
     assert find_tuned_schedule(w, resolve_target("llvm"), logs=tmp_path) is not None
 
@@ -104,6 +108,25 @@ def test_shipped_schedules_come_after_user_logs(tuned_logs, tmp_path, monkeypatc
     assert find_tuned_schedule(w, resolve_target("llvm"), logs=logs).source == f"tuned:{logs / HOST_KEY}"
     compiled = tvm_convt.compile(w.params, batch=w.batch, length=w.length, logs=empty)
     assert compiled.metadata.schedule == f"tuned:{shipped / HOST_KEY}"
+
+
+def test_stale_records_are_detected(tuned_logs, tmp_path):
+    """A record tuned before a change to the compute matches no current workload."""
+    logs, _ = tuned_logs
+    copy = tmp_path / HOST_KEY
+    shutil.copytree(logs / HOST_KEY, copy, ignore=shutil.ignore_patterns("work"))
+    untuned = Workload(P(16, 16, 4, stride=2, padding=1), 1, 17)
+    write_index(copy, [untuned])
+    assert stale_workloads(copy) == [untuned]
+
+
+def test_shipped_schedules_match_the_current_compute():
+    """Every shipped record must still be found: a change to compute.py that alters the
+    TensorIR makes them unreachable, and then they must be re-tuned (docs/performance.md)."""
+    folders = [d for d in shipped_schedules_dir().iterdir() if (d / WORKLOAD_FILE).exists()]
+    for folder in folders:
+        assert read_index(folder), f"{folder} has no {INDEX_FILE}"
+        assert stale_workloads(folder) == [], f"{folder} holds records of an older compute: re-tune them"
 
 
 def test_corrupted_lines_are_reported_and_skipped(tuned_logs, tmp_path):

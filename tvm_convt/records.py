@@ -23,13 +23,17 @@ import tvm
 from tvm.target import Target
 
 from . import _tvmscript_patch
-from ._files import write_atomic
+from ._files import read_json, write_atomic
 from .compute import conv_transpose1d_te
 from .params import OP, Workload
 from .target import target_key
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+# Our own index beside MetaSchedule's files: the Workload (parameters, shapes, dtype)
+# behind each tuned TensorIR workload, so records can be checked against the
+# current compute, which a change to compute.py silently invalidates.
+INDEX_FILE = "workloads.json"
 
 
 class TuningLogWarning(UserWarning):
@@ -191,6 +195,31 @@ def find_tuned_schedule(workload: Workload, target: Target, *, logs: str | Path 
     return None
 
 
+
+
+def read_index(directory: Path) -> list[Workload]:
+    """The workloads listed in ``directory``'s index (empty when there is none)."""
+    path = Path(directory) / INDEX_FILE
+    if not path.exists():
+        return []
+    return [Workload.from_dict(entry) for entry in read_json(path, "workload index")]
+
+
+def write_index(directory: Path, workloads: list[Workload]) -> None:
+    """Add ``workloads`` to ``directory``'s index (kept sorted and without repeats)."""
+    known = {json.dumps(w.to_dict(), sort_keys=True) for w in read_index(directory) + list(workloads)}
+    entries = [json.loads(text) for text in sorted(known)]
+    write_atomic(Path(directory) / INDEX_FILE, lambda tmp: tmp.write_text(json.dumps(entries, indent=1) + "\n"))
+
+
+def stale_workloads(directory: Path) -> list[Workload]:
+    """Indexed workloads whose current TensorIR has no record in ``directory``'s database:
+    records made before a change to the compute, which no compile will ever match."""
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+    db = open_database(Path(directory))
+    return [w for w in read_index(directory)
+            if db is None or not db.has_workload(_normalize_mod(prim_func(w)))]
 
 
 def prim_func(workload: Workload) -> tvm.tirx.PrimFunc:

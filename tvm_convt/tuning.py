@@ -28,7 +28,8 @@ import tvm
 from . import _tvmscript_patch
 from ._files import read_json
 from .params import OP, ConvTranspose1dParams, Workload
-from .records import RECORD_FILE, WORKLOAD_FILE, default_logs_dir, open_database, prim_func
+from .records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, default_logs_dir, open_database, prim_func,
+                      read_index, write_index)
 from .target import TargetLike, resolve_target, target_key
 
 
@@ -380,6 +381,8 @@ def tune(
     else:
         runner = LocalRunner(timeout_sec=run_timeout, evaluator_config=evaluator)
     database = MemoryDatabase() if build_only else open_database(db_dir, create=True)
+    if not build_only:
+        write_index(db_dir, list(named.values()))
 
     report = TuningReport(target_key=key, logs=db_dir,
                           flops={n: named[n].flops for n in names})
@@ -413,9 +416,11 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
     """Write the best record per workload of each ``<logs>/<key>/`` database to ``<out>/<key>/``.
 
     This is how ``schedules/`` (shipped in the wheel) is made from ``tuning_logs/``.
-    Returns the directories written.
+    The workload index goes along, less the workloads the current compute no longer
+    produces (records tuned before a change to it). Returns the directories written.
     """
     from tvm.s_tir.meta_schedule.database import JSONDatabase
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
     written = []
     for directory in sorted(Path(logs).iterdir()):
@@ -426,8 +431,11 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
             continue
         dest = Path(out) / directory.name
         dest.mkdir(parents=True, exist_ok=True)
-        for name in (WORKLOAD_FILE, RECORD_FILE):
+        for name in (WORKLOAD_FILE, RECORD_FILE, INDEX_FILE):
             (dest / name).unlink(missing_ok=True)
-        db.dump_pruned(JSONDatabase(str(dest / WORKLOAD_FILE), str(dest / RECORD_FILE), allow_missing=True))
+        pruned = JSONDatabase(str(dest / WORKLOAD_FILE), str(dest / RECORD_FILE), allow_missing=True)
+        db.dump_pruned(pruned)
+        write_index(dest, [w for w in read_index(directory)
+                           if pruned.has_workload(_normalize_mod(prim_func(w)))])
         written.append(dest)
     return written
