@@ -216,3 +216,17 @@ def test_functional_errors(call, error, pattern, monkeypatch):
     x, w, b = random_inputs(p, 2, 6, "float32")
     with pytest.raises(error, match="^conv_transpose1d: .*" + pattern):
         call(x, w, b)
+
+
+@pytest.mark.parametrize("preset", [None, "1"])
+def test_tvm_uses_every_physical_core_unless_told(preset):
+    """TVM alone would start half the logical CPUs on x86 (1 of 2 cores on the CI VM)."""
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    if preset is not None:
+        env["TVM_NUM_THREADS"] = preset
+    code = ("import tvm_convt, tvm, os; from tvm_convt.target import host_cores; "
+            "print(os.environ['TVM_NUM_THREADS'], tvm.runtime.num_threads(), host_cores())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    expected = preset or out[2]
+    assert out[0] == out[1] == expected

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .target import use_all_cores  # noqa: E402
+
+use_all_cores()
+
 from .params import ConvTranspose1dParams, Workload  # noqa: E402
 from .tuning import tune  # noqa: E402
 from .runtime import (  # noqa: E402

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -134,6 +135,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "tvm": tvm.__version__,
         "host_target": json.loads(json.dumps(dict(host.export()), default=str)),
         "targets": {"llvm": f"this CPU ({host_key})"},
+        "cpu_threads": int(os.environ.get("TVM_NUM_THREADS", 0)) or None,
         "cache_dir": str(cache_dir()),
         "tuning_logs": records(args.logs if args.logs is not None else default_logs_dir()),
         "schedules": records(shipped_schedules_dir()),
