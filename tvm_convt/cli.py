@@ -17,6 +17,9 @@ from typing import Any
 
 from .params import DTYPES, OP, PADDING_MODES, ConvTranspose1dParams, Workload
 
+LOGS_HELP = ("tuning logs folder, holding one folder per hardware class "
+             "(default: $TVM_CONVT_TUNING_LOGS, else ~/.local/share/tvm_convt/tuning_logs)")
+
 # The HiFi-GAN V1 generator's first upsampling layer.
 DEMO = {"in_channels": 512, "out_channels": 256, "kernel_size": 16, "stride": 8, "padding": 4,
         "batch": 1, "length": 86}
@@ -64,14 +67,19 @@ def _add_layer_args(p: argparse.ArgumentParser, defaults: dict[str, Any] | None 
                     required: bool = True) -> None:
     d = defaults or {}
     req = defaults is None and required
-    # Without defaults and not required (tune), the size options are needed unless --suite.
-    need = " (required without --suite)" if defaults is None and not required else ""
-    p.add_argument("--in-channels", type=positive_int, required=req, default=d.get("in_channels"),
-                   help="input channels" + (need or ("" if req else f" (default: {d.get('in_channels')})")))
-    p.add_argument("--out-channels", type=positive_int, required=req, default=d.get("out_channels"),
-                   help="output channels" + (need or ("" if req else f" (default: {d.get('out_channels')})")))
-    p.add_argument("--kernel-size", type=positive_int, required=req, default=d.get("kernel_size"),
-                   help="kernel size" + (need or ("" if req else f" (default: {d.get('kernel_size')})")))
+
+    def size(flag: str, what: str) -> None:
+        """A size with no generic default: required, defaulted (demo), or needed unless --suite (tune)."""
+        key = flag.removeprefix("--").replace("-", "_")
+        if defaults is not None:
+            note = f" (default: {d.get(key)})"
+        else:
+            note = "" if required else " (required without --suite)"
+        p.add_argument(flag, type=positive_int, required=req, default=d.get(key), help=what + note)
+
+    size("--in-channels", "input channels")
+    size("--out-channels", "output channels")
+    size("--kernel-size", "kernel size")
     p.add_argument("--stride", type=positive_int, default=d.get("stride", 1), help="stride (default: %(default)s)")
     p.add_argument("--padding", type=non_negative_int, default=d.get("padding", 0),
                    help="padding on both sides (default: %(default)s)")
@@ -83,14 +91,11 @@ def _add_layer_args(p: argparse.ArgumentParser, defaults: dict[str, Any] | None 
                    help="padding mode (default: %(default)s)")
     p.add_argument("--no-bias", action="store_true", help="compile without a bias (default: with bias)")
     p.add_argument("--batch", type=positive_int, default=d.get("batch", 1), help="batch size (default: %(default)s)")
-    p.add_argument("--length", type=positive_int, required=req, default=d.get("length"),
-                   help="input length L_in" + (need or ("" if req else f" (default: {d.get('length')})")))
+    size("--length", "input length L_in")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype (default: %(default)s)")
     p.add_argument("--target", type=target_arg, default="llvm",
                    help="'llvm' (this CPU), 'cuda' (this GPU) or a JSON target dict (default: %(default)s)")
-    p.add_argument("--logs", type=Path, default=None,
-                   help="tuning logs folder, holding one folder per hardware class "
-                        "(default: $TVM_CONVT_TUNING_LOGS, else ~/.local/share/tvm_convt/tuning_logs)")
+    p.add_argument("--logs", type=Path, default=None, help=LOGS_HELP)
 
 
 def _workload(args: argparse.Namespace) -> Workload:
@@ -321,9 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="TVM version, usable targets and the cache directory")
     info.add_argument("--json", action="store_true", help="print JSON (default: text)")
-    info.add_argument("--logs", type=Path, default=None,
-                      help="tuning logs folder (default: $TVM_CONVT_TUNING_LOGS, else "
-                           "~/.local/share/tvm_convt/tuning_logs)")
+    info.add_argument("--logs", type=Path, default=None, help=LOGS_HELP)
     info.set_defaults(func=_cmd_info)
     return parser
 

@@ -180,6 +180,7 @@ def find_tuned_schedule(workload: Workload, target: Target, *, logs: str | Path 
     from tvm.s_tir.meta_schedule.tir_integration import compile_tir
 
     key = target_key(target)
+    func = None
     for root in (Path(logs) if logs is not None else default_logs_dir(), shipped_schedules_dir()):
         directory = root / key
         if not (directory / WORKLOAD_FILE).exists():
@@ -188,13 +189,12 @@ def find_tuned_schedule(workload: Workload, target: Target, *, logs: str | Path 
         if db is None:
             continue
         _tvmscript_patch.install()
+        func = func or prim_func(workload)
         with target:
-            sch = compile_tir(db, prim_func(workload), target)
+            sch = compile_tir(db, func, target)
         if sch is not None:
             return TunedSchedule(sch.mod, f"tuned:{directory}")
     return None
-
-
 
 
 def read_index(directory: Path) -> list[Workload]:
@@ -215,14 +215,18 @@ def write_index(directory: Path, workloads: list[Workload]) -> None:
 def stale_workloads(directory: Path) -> list[Workload]:
     """Indexed workloads whose current TensorIR has no record in ``directory``'s database:
     records made before a change to the compute, which no compile will ever match."""
-    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
-
     db = open_database(Path(directory))
-    return [w for w in read_index(directory)
-            if db is None or not db.has_workload(_normalize_mod(prim_func(w)))]
+    return [w for w in read_index(directory) if db is None or not db.has_workload(workload_module(w))]
 
 
 def prim_func(workload: Workload) -> tvm.tirx.PrimFunc:
     """The unscheduled TensorIR function ``main(x, weight[, bias], y)``: what is tuned and looked up."""
     inputs, out = conv_transpose1d_te(workload)
     return tvm.te.create_prim_func(inputs + [out]).with_attr("global_symbol", "main")
+
+
+def workload_module(workload: Workload) -> tvm.IRModule:
+    """The module MetaSchedule tunes and keys its records by (``main`` = :func:`prim_func`)."""
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+    return _normalize_mod(prim_func(workload))

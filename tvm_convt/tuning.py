@@ -28,8 +28,8 @@ import tvm
 from . import _tvmscript_patch
 from ._files import read_json
 from .params import OP, ConvTranspose1dParams, Workload
-from .records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, default_logs_dir, open_database, prim_func,
-                      read_index, write_index)
+from .records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, default_logs_dir, open_database,
+                      read_index, workload_module, write_index)
 from .target import TargetLike, resolve_target, target_key
 
 
@@ -230,8 +230,8 @@ def check_tracker(rpc_tracker: str, rpc_key: str) -> None:
                          f"rpc_key={rpc_key!r}; it knows {sorted(keys) or 'no devices'}")
 
 
-def _seed_default_schedules(named: dict[str, Workload], names: list[str], target, builder, runner,
-                            database, report: TuningReport) -> None:
+def _seed_default_schedules(named: dict[str, Workload], mods: dict[str, tvm.IRModule], target, builder,
+                            runner, database, report: TuningReport) -> None:
     """Measure each workload's default schedule and commit it as a record, once per database.
 
     The evolutionary search starts from the best records in the database, so the
@@ -241,17 +241,15 @@ def _seed_default_schedules(named: dict[str, Workload], names: list[str], target
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.database import TuningRecord
     from tvm.s_tir.meta_schedule.runner import RunnerInput
-    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
     from .schedule import default_schedule
 
     pending = []
-    for name in names:
-        func = prim_func(named[name])
-        mod = _normalize_mod(func)
+    for name, mod in mods.items():
         if database.has_workload(mod) and database.get_top_k(database.commit_workload(mod), 1):
             continue
-        sch, _ = default_schedule(func, named[name], target)
+        # Scheduled from the task's own function, so the trace replays on the task.
+        sch, _ = default_schedule(mod["main"], named[name], target)
         pending.append((name, mod, sch))
     if not pending:
         return
@@ -316,7 +314,6 @@ def tune(
     from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.measure_callback import MeasureCallback
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner, RPCConfig, RPCRunner
-    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
     from tvm.s_tir.meta_schedule.utils import fork_seed
 
     if isinstance(workloads, Workload):
@@ -360,8 +357,9 @@ def tune(
         handler.close()
 
     names = sorted(named)
+    mods = {name: workload_module(named[name]) for name in names}
     tasks = [
-        TuneContext(mod=_normalize_mod(prim_func(named[name])), target=tgt,
+        TuneContext(mod=mods[name], target=tgt,
                     space_generator="post-order-apply",
                     search_strategy="replay-trace" if build_only else "evolutionary",
                     task_name=name, rand_state=rand_state, num_threads="physical",
@@ -390,7 +388,7 @@ def tune(
     live = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
     bar = _Progress(report, names, trials, stream, live)
     if not build_only:
-        _seed_default_schedules(named, names, tgt, builder, runner, database, report)
+        _seed_default_schedules(named, mods, tgt, builder, runner, database, report)
     stop = threading.Event()
     callbacks = MeasureCallback.create("default") + [_measure_callback(bar, stop)]
     try:
@@ -420,7 +418,6 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
     produces (records tuned before a change to it). Returns the directories written.
     """
     from tvm.s_tir.meta_schedule.database import JSONDatabase
-    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
     written = []
     for directory in sorted(Path(logs).iterdir()):
@@ -436,6 +433,6 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
         pruned = JSONDatabase(str(dest / WORKLOAD_FILE), str(dest / RECORD_FILE), allow_missing=True)
         db.dump_pruned(pruned)
         write_index(dest, [w for w in read_index(directory)
-                           if pruned.has_workload(_normalize_mod(prim_func(w)))])
+                           if pruned.has_workload(workload_module(w))])
         written.append(dest)
     return written
