@@ -279,7 +279,7 @@ def test_cuda_build_only_without_gpu(tmp_path):
     [
         ("[", "is not valid JSON"),
         ("{}", "must hold a non-empty JSON list"),
-        ('[{"name": "a"}]', r"entry 0: missing keys \['batch', 'dilation'"),
+        ('[{"name": "a"}]', r"entry 0: missing keys \['batch', 'in_channels', 'kernel_size', 'length', 'out_channels'\]"),
         ('[{"name": "a", "batch": 1, "in_channels": 4, "out_channels": 4, "length": 8, "kernel_size": 3, '
          '"stride": 2, "padding": 0, "output_padding": 2, "groups": 1, "dilation": 1}]',
          r"^conv_transpose1d: suite file .*, entry 0 \(a\): output_padding must be smaller than stride or dilation"),

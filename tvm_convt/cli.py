@@ -1,4 +1,4 @@
-"""The ``tvm-convt`` command line: ``demo``, ``compile``, ``tune`` and ``info``.
+"""The ``tvm-convt`` command line: ``demo``, ``bench``, ``compile``, ``tune`` and ``info``.
 
 Each sub-command parses and validates its arguments (argparse ``type=``
 functions raise on bad values) and then calls the Python API.
@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ._files import write_atomic
 from .params import DTYPES, OP, PADDING_MODES, ConvTranspose1dParams, Workload
 
 LOGS_HELP = ("tuning logs folder, holding one folder per hardware class "
@@ -53,6 +56,18 @@ def target_arg(text: str) -> str:
         resolve_target(text)
     except (ValueError, TypeError) as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def cpu_target_arg(text: str) -> str:
+    """A target the CPU benchmark can run: llvm only (PyTorch runs beside it on the CPU)."""
+    from .target import resolve_target
+
+    text = target_arg(text)
+    if resolve_target(text).kind.name != "llvm":
+        raise argparse.ArgumentTypeError(
+            f"bench compares CPU kernels with PyTorch's on the CPU; for CUDA use tools/gpu_check.py, "
+            f"got target={text!r}")
     return text
 
 
@@ -165,9 +180,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .bench import interleaved_medians
+    from .benchmark import CHECK_TOLERANCE, interleaved_medians, module_call, relative_error, torch_call
     from .reference import conv_transpose1d_reference
     from .runtime import ConvTranspose1d
     from .runtime import compile as compile_module
@@ -183,37 +196,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     compiled = layer.compiled_for(x.shape)
     print(f"compiled for {compiled.metadata.target_key} with schedule {compiled.metadata.schedule}")
     y = layer(x)
-    ref = conv_transpose1d_reference(x, layer.weight, layer.bias, p)
-    err = float(np.max(np.abs(y - ref)) / max(1.0, float(np.max(np.abs(ref)))))
-    ok = err < (1e-4 if w.dtype == "float32" else 1e-10)
+    err = relative_error(y, conv_transpose1d_reference(x, layer.weight, layer.bias, p))
+    ok = err <= CHECK_TOLERANCE[w.dtype]
     print(f"output {y.shape}, max error against the float64 reference {err:.2e}: {'OK' if ok else 'FAIL'}")
 
     threads = int(compiled.target.attrs.get("num-cores", 1))
-    xd = compiled.to_device(x)
-    weights = [compiled.to_device(layer.weight)] + ([compiled.to_device(layer.bias)] if p.bias else [])
-    fns = {"tvm_convt (module)": lambda: compiled.run(xd, weights),
+    fns = {"tvm_convt (module)": module_call(compiled, x, layer.weight, layer.bias),
            "tvm_convt (layer call)": lambda: layer(x)}
     if compiled.metadata.schedule.startswith("tuned:"):
         default = compile_module(p, batch=w.batch, length=w.length, dtype=w.dtype, target=args.target,
                                  tuned=False)
         print(f"also timing the default schedule ({default.metadata.schedule}) for comparison")
-        fns["tvm_convt (default sched.)"] = lambda: default.run(xd, weights)
+        fns["tvm_convt (default sched.)"] = module_call(default, x, layer.weight, layer.bias)
     fns["numpy reference (float64)"] = lambda: conv_transpose1d_reference(x, layer.weight, layer.bias, p)
-    try:
-        import torch
-        import torch.nn.functional as F
-
-        torch.set_num_threads(threads)
-        xt, wt = torch.from_numpy(x), torch.from_numpy(layer.weight)
-        bt = torch.from_numpy(layer.bias) if p.bias else None
-        if p.padding_mode == "zeros":
-            with torch.no_grad():
-                F.conv_transpose1d(xt, wt, bt, p.stride, p.padding, p.output_padding, p.groups, p.dilation)
-            fns[f"pytorch {torch.__version__} ({threads} threads)"] = torch.no_grad()(
-                lambda: F.conv_transpose1d(xt, wt, bt, p.stride, p.padding, p.output_padding,
-                                           p.groups, p.dilation))
-    except ImportError:
-        print("pytorch not installed: no comparison")
+    rival, label = torch_call(w, x, layer.weight, layer.bias, threads)
+    if rival is None:
+        print(f"no PyTorch comparison: {label}")
+    else:
+        fns[f"{label.lower()} ({threads} threads)"] = rival
     times = interleaved_medians(fns, rounds=args.rounds, number=5)
     base = times["tvm_convt (module)"]
     print(f"\n{'':28s} {'median ms':>10s} {'GFLOP/s':>9s} {'vs tvm_convt':>13s}")
@@ -222,6 +222,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n({w.flops / 1e6:.0f} MFLOP of useful multiply-adds per call; medians of "
           f"{args.rounds} interleaved rounds of 5 calls)")
     return 0 if ok else 1
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import check_plotting, plot, run_bench, stream_progress
+    from .suite import default_suite, load_suite
+
+    if args.plot is not None:
+        try:
+            check_plotting()
+        except ImportError as err:
+            print(f"tvm-convt bench: error: {err}", file=sys.stderr)
+            return 2
+    suite = load_suite(args.suite) if args.suite is not None else default_suite()
+    print(f"benchmarking {len(suite)} layer(s) "
+          f"({'suite ' + str(args.suite) if args.suite else 'the default suite'}); "
+          "each is checked against PyTorch before it is timed", file=sys.stderr)
+    report = run_bench(suite, target=args.target, threads=args.threads, rounds=args.rounds,
+                       logs=args.logs, progress=stream_progress)
+    m = report.machine
+    print(f"machine: {m['cpu']}, {m['target_key']} ({m['target']}), {m['threads']} threads, "
+          f"tvm {m['tvm']}, torch {m['torch']}")
+    print(report.table())
+    if args.json is not None:
+        write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n"))
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        print(f"wrote {plot(report, args.plot)}")
+    return 0
 
 
 def tracker_arg(text: str) -> str:
@@ -324,6 +352,27 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: do not)")
     tune.set_defaults(func=_cmd_tune)
 
+    bench = sub.add_parser(
+        "bench", help="time tvm_convt against PyTorch on a suite of layers (default: real model layers)",
+        description="For each layer: compile with the best schedule available (your tuning logs, "
+                    "the shipped records, else the default rule), check the output against PyTorch, "
+                    "then time both in this process, interleaved after warm-up, on the same threads; "
+                    "report medians, GFLOP/s of useful multiply-adds and the speed-up.")
+    bench.add_argument("--suite", type=Path, default=None,
+                       help="JSON list of layers, the format tune reads (default: the shipped suite)")
+    bench.add_argument("--target", type=cpu_target_arg, default="llvm",
+                       help="'llvm' (this CPU) or a JSON llvm target, e.g. "
+                            '\'{"kind": "llvm", "mcpu": "znver3"}\' (default: %(default)s)')
+    bench.add_argument("--threads", type=positive_int, default=None,
+                       help="CPU threads for both sides (default: the physical cores)")
+    bench.add_argument("--rounds", type=positive_int, default=15,
+                       help="interleaved timing rounds per layer (default: %(default)s)")
+    bench.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
+    bench.add_argument("--plot", type=Path, default=None,
+                       help="also draw the speed-ups as a bar chart (PNG; needs matplotlib)")
+    bench.add_argument("--logs", type=Path, default=None, help=LOGS_HELP)
+    bench.set_defaults(func=_cmd_bench)
+
     info = sub.add_parser("info", help="TVM version, usable targets and the cache directory")
     info.add_argument("--json", action="store_true", help="print JSON (default: text)")
     info.add_argument("--logs", type=Path, default=None, help=LOGS_HELP)
@@ -332,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .benchmark import ResultMismatch
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -339,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as err:  # OSError: unreadable suite, unwritable -o
         print(f"tvm-convt {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except ResultMismatch as err:
+        print(f"tvm-convt {args.command}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ntvm-convt {args.command}: interrupted; every record already measured is kept",
               file=sys.stderr)

@@ -50,6 +50,15 @@ def use_all_cores() -> None:
     os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
 
 
+def set_cpu_threads(threads: int) -> None:
+    """Resize TVM's CPU thread pool to ``threads`` now (and for child processes)."""
+    import tvm_ffi
+
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    # mode 1: the "big" cores, which on a machine without big.LITTLE are all of them.
+    tvm_ffi.get_global_func("runtime.config_threadpool")(1, threads)
+
+
 def _cuda_arch_of_local_gpu() -> str:
     dev = tvm.cuda(0)
     if not dev.exist:

@@ -27,46 +27,11 @@ import tvm
 
 from . import _tvmscript_patch
 from ._files import read_json
-from .params import OP, ConvTranspose1dParams, Workload
+from .params import OP, Workload
+from .suite import load_suite  # noqa: F401 - the CLI and users find it here too
 from .records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, default_logs_dir, open_database,
                       read_index, workload_module, write_index)
 from .target import TargetLike, resolve_target, target_key
-
-
-# -- suites ---------------------------------------------------------------------------------
-_SUITE_KEYS = {"name", "batch", "in_channels", "out_channels", "length", "kernel_size", "stride",
-               "padding", "output_padding", "groups", "dilation"}
-_SUITE_OPTIONAL = {"padding_mode", "bias", "dtype"}
-
-
-def load_suite(path: str | Path) -> dict[str, Workload]:
-    """Read a suite file: a JSON list of objects with ``name, batch, in_channels,
-    out_channels, length, kernel_size, stride, padding, output_padding, groups,
-    dilation`` and optionally ``padding_mode, bias, dtype``."""
-    path = Path(path)
-    entries = read_json(path, "suite file")
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{OP}: suite file {path} must hold a non-empty JSON list of layers")
-    suite: dict[str, Workload] = {}
-    for i, entry in enumerate(entries):
-        where = f"suite file {path}, entry {i}"
-        if not isinstance(entry, dict):
-            raise ValueError(f"{OP}: {where} must be an object, got {type(entry).__name__}")
-        missing = sorted(_SUITE_KEYS - set(entry))
-        unknown = sorted(set(entry) - _SUITE_KEYS - _SUITE_OPTIONAL)
-        if missing or unknown:
-            raise ValueError(f"{OP}: {where}: missing keys {missing}, unknown keys {unknown}")
-        name = entry["name"]
-        if not isinstance(name, str) or not name or name in suite:
-            raise ValueError(f"{OP}: {where}: name must be a unique non-empty string, got {name!r}")
-        params = {k: v for k, v in entry.items() if k not in ("name", "batch", "length", "dtype")}
-        try:
-            suite[name] = Workload(ConvTranspose1dParams(**params), entry["batch"], entry["length"],
-                                   entry.get("dtype", "float32"))
-        except (TypeError, ValueError) as err:
-            rule = str(err).removeprefix(f"{OP}: ")
-            raise type(err)(f"{OP}: {where} ({name}): {rule}") from None
-    return suite
 
 
 # -- progress -------------------------------------------------------------------------------

@@ -1,37 +1,16 @@
-"""Default (untuned) schedules: an ordered list of rules per target kind.
-
-A rule returns a :class:`tvm.s_tir.Schedule` or ``None`` for "not applicable";
-:func:`default_schedule` tries them in order, and the fallback of each target
-kind goes last and always applies. The rules find the compute's stages by the
-names in :mod:`tvm_convt.compute`.
-"""
+"""Default schedule rules for LLVM CPUs (x86 AVX2/AVX-512, AArch64)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from . import compute as C
-from .params import OP, Workload
-
-
-class ScheduleRule(Protocol):
-    name: str
-
-    def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
-        ...
-
-
-def _has_block(sch: s_tir.Schedule, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-    except Exception:  # noqa: BLE001 - TVM raises its own ScheduleError subclasses
-        return False
-    return True
+from .. import compute as C
+from ..params import Workload
+from .common import has_block
 
 
 def _parallel_outer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_outer: int) -> None:
@@ -43,7 +22,7 @@ def _parallel_outer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_outer
 def _schedule_epilogue_cpu(sch: s_tir.Schedule) -> None:
     """Gather, fold and bias stages: cheap next to the GEMM; parallel over (batch, channel)."""
     for name in (C.FULL, C.MARGIN_LEFT, C.MARGIN_RIGHT, C.OUT):
-        if _has_block(sch, name):
+        if has_block(sch, name):
             _parallel_outer(sch, sch.get_sblock(name), 2)
 
 
@@ -142,51 +121,4 @@ class CpuFallbackRule:
         return sch
 
 
-@dataclass(frozen=True)
-class GpuFallbackRule:
-    """Always applies on GPU: dlight's fallback, every spatial loop bound to threads."""
-
-    name: str = "gpu-fallback"
-
-    def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
-        if "gpu" not in target.keys:
-            return None
-        from tvm.s_tir.dlight.gpu import Fallback
-
-        with target:
-            return Fallback().apply(func, target, False)
-
-
-RULES: dict[str, tuple[ScheduleRule, ...]] = {
-    "llvm": (CpuGemmRule(), CpuFallbackRule()),
-    "cuda": (GpuFallbackRule(),),
-}
-
-
-def default_schedule(
-    func: tirx.PrimFunc, workload: Workload, target: Target, *, rule: str | None = None
-) -> tuple[s_tir.Schedule, str]:
-    """Apply the first applicable rule for ``target`` (or only the one named ``rule``);
-    return the schedule and the rule's name."""
-    rules = RULES.get(target.kind.name)
-    if rules is None:
-        raise ValueError(
-            f"{OP}: target kind must be one of {', '.join(sorted(RULES))}, "
-            f"got kind={target.kind.name!r}"
-        )
-    if rule is not None:
-        names = [r.name for r in rules]
-        if rule not in names:
-            raise ValueError(f"{OP}: schedule rule for {target.kind.name} must be one of "
-                             f"{', '.join(names)}, got rule={rule!r}")
-        chosen = next(r for r in rules if r.name == rule)
-        sch = chosen.apply(func, workload, target)
-        if sch is None:
-            raise ValueError(f"{OP}: schedule rule {rule!r} does not apply to this workload, got "
-                             f"rule={rule!r} for {workload.params}")
-        return sch, chosen.name
-    for candidate in rules:
-        sch = candidate.apply(func, workload, target)
-        if sch is not None:
-            return sch, candidate.name
-    raise AssertionError(f"the fallback rule for {target.kind.name} did not apply")
+RULES = (CpuGemmRule(), CpuFallbackRule())

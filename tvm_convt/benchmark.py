@@ -1,0 +1,313 @@
+"""Benchmarks: tvm_convt against PyTorch in one process, on the same inputs and threads.
+
+``tvm-convt bench`` runs a suite through :func:`run_bench`; ``tvm-convt demo``
+times one layer with the same pieces (:func:`layer_inputs`, :func:`torch_call`,
+:func:`interleaved_medians`). Each workload is checked against PyTorch (or,
+without it, the float64 NumPy reference) before anything is timed.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .params import OP, Workload
+from .reference import conv_transpose1d_reference
+from .runtime import CompiledConvTranspose1d
+from .runtime import compile as compile_module
+from .target import TargetLike, host_cores, resolve_target, set_cpu_threads, target_key
+
+# Largest |tvm_convt - rival| / max(1, max|rival|) accepted before timing: both sides
+# accumulate in the working dtype, in different orders.
+CHECK_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
+
+
+class ResultMismatch(RuntimeError):
+    """tvm_convt's output differs from PyTorch's (or the reference's) beyond tolerance."""
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], *, rounds: int = 15, number: int = 5, warmup: int = 3
+) -> dict[str, float]:
+    """Median seconds per call of each function, measured round-robin after a warm-up.
+
+    Each round runs every function untimed for at least 20 ms, then ``number``
+    times back to back, and records the mean; rounds alternate between functions
+    so that frequency scaling, cache state and background load affect all alike.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            # After a rival's turn, thread pools may be asleep, another library's OpenMP
+            # threads may still spin, and caches hold the rival's data.
+            settle = time.perf_counter() + 0.02
+            fn()
+            while time.perf_counter() < settle:
+                fn()
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            samples[name].append((time.perf_counter() - start) / number)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def layer_inputs(workload: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """x (batch, in_channels, L_in) from N(0, 1); weight and bias from PyTorch's default
+    initialisation bound, so that outputs are of order one whatever the layer."""
+    p = workload.params
+    rng = np.random.default_rng(seed)
+    bound = math.sqrt(p.groups / (p.out_channels * p.kernel_size))
+    x = rng.standard_normal(workload.input_shape).astype(workload.dtype)
+    weight = rng.uniform(-bound, bound, p.weight_shape).astype(workload.dtype)
+    bias = rng.uniform(-bound, bound, p.out_channels).astype(workload.dtype) if p.bias else None
+    return x, weight, bias
+
+
+def torch_call(workload: Workload, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+               threads: int) -> tuple[Callable[[], np.ndarray] | None, str]:
+    """PyTorch's call on these arrays and its label, or ``(None, why not)``."""
+    try:
+        from . import torch as tt
+    except ImportError:
+        return None, "PyTorch is not installed (pip install torch)"
+    try:
+        call = tt.functional_call(workload, x, weight, bias)
+    except ValueError as err:
+        return None, str(err)
+    tt.set_threads(threads)
+    return call, f"PyTorch {tt.version()}"
+
+
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+    return float(np.max(np.abs(actual.astype(np.float64) - expected))) / scale if expected.size else 0.0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One workload's medians; the PyTorch fields are None when it could not run."""
+
+    name: str
+    workload: Workload
+    schedule: str
+    tvm_convt_s: float
+    torch_s: float | None
+    max_error: float
+    checked_against: str
+
+    @property
+    def gflops(self) -> float:
+        return self.workload.flops / self.tvm_convt_s / 1e9
+
+    @property
+    def torch_gflops(self) -> float | None:
+        return self.workload.flops / self.torch_s / 1e9 if self.torch_s else None
+
+    @property
+    def speedup(self) -> float | None:
+        return self.torch_s / self.tvm_convt_s if self.torch_s else None
+
+    def to_dict(self) -> dict[str, Any]:
+        def ms(s: float | None) -> float | None:
+            return None if s is None else round(s * 1e3, 4)
+
+        def r(v: float | None) -> float | None:
+            return None if v is None else round(v, 3)
+
+        return {"name": self.name, "workload": self.workload.to_dict(), "schedule": self.schedule,
+                "tvm_convt_ms": ms(self.tvm_convt_s), "torch_ms": ms(self.torch_s),
+                "speedup": r(self.speedup), "gflops": r(self.gflops), "torch_gflops": r(self.torch_gflops),
+                "max_error": self.max_error, "checked_against": self.checked_against}
+
+
+@dataclass
+class BenchReport:
+    """A suite's comparisons, the machine they ran on, and why PyTorch is missing if it is."""
+
+    machine: dict[str, Any]
+    records: list[Comparison] = field(default_factory=list)
+    torch_notes: dict[str, str] = field(default_factory=dict)  # workload name -> why no PyTorch time
+
+    @property
+    def geomean_speedup(self) -> float | None:
+        ratios = [c.speedup for c in self.records if c.speedup]
+        return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None
+
+    def to_dict(self) -> dict[str, Any]:
+        geo = self.geomean_speedup
+        return {"machine": self.machine, "records": [c.to_dict() for c in self.records],
+                "geomean_speedup": None if geo is None else round(geo, 3),
+                "torch_notes": self.torch_notes}
+
+    def table(self) -> str:
+        """The report as a fixed-width text table, one workload a line."""
+        head = (f"{'layer':20s} {'schedule':26s} {'tvm_convt ms':>12s} {'GFLOP/s':>8s} "
+                f"{'torch ms':>9s} {'GFLOP/s':>8s} {'speed-up':>8s}")
+        lines = [head, "-" * len(head)]
+        for c in self.records:
+            torch_cols = (f"{c.torch_s * 1e3:9.3f} {c.torch_gflops:8.1f} {c.speedup:7.2f}x" if c.torch_s
+                          else f"{'-':>9s} {'-':>8s} {'-':>8s}")
+            lines.append(f"{c.name:20s} {c.schedule[:26]:26s} {c.tvm_convt_s * 1e3:12.3f} "
+                         f"{c.gflops:8.1f} {torch_cols}")
+        geo = self.geomean_speedup
+        if geo is not None:
+            lines.append(f"geometric mean speed-up over PyTorch: {geo:.2f}x")
+        for name, why in self.torch_notes.items():
+            lines.append(f"{name}: no PyTorch time: {why}")
+        return "\n".join(lines)
+
+
+def machine_info(target: TargetLike, threads: int) -> dict[str, Any]:
+    """What the numbers were measured on: CPU, target and class, threads, versions."""
+    import tvm
+
+    tgt = resolve_target(target)
+    info: dict[str, Any] = {
+        "cpu": _cpu_name(), "physical_cores": host_cores(), "threads": threads,
+        "target": str(tgt.attrs.get("mcpu", tgt.attrs.get("arch", ""))) or tgt.kind.name,
+        "target_key": target_key(tgt), "python": platform.python_version(),
+        "numpy": np.__version__, "tvm": tvm.__version__,
+    }
+    try:
+        from . import torch as tt
+
+        info["torch"] = tt.version()
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def compare_workload(name: str, workload: Workload, *, target: TargetLike, threads: int,
+                     rounds: int, logs: str | Path | None = None) -> tuple[Comparison, str | None]:
+    """Compile (best schedule available), check against PyTorch, then time both.
+
+    Returns the comparison and, when PyTorch could not run it, why not. Raises
+    :class:`ResultMismatch` when the outputs disagree, before timing anything.
+    """
+    compiled = compile_module(workload.params, batch=workload.batch, length=workload.length,
+                              dtype=workload.dtype, target=target, logs=logs)
+    x, weight, bias = layer_inputs(workload)
+    rival, label = torch_call(workload, x, weight, bias, threads)
+    ours = compiled(x, weight, bias)
+    expected = rival() if rival is not None else conv_transpose1d_reference(x, weight, bias, workload.params)
+    against = label if rival is not None else "the float64 NumPy reference"
+    error = relative_error(ours, expected)
+    if not error <= CHECK_TOLERANCE[workload.dtype]:
+        raise ResultMismatch(f"{OP}: {name}: tvm_convt's output differs from {against} by a relative "
+                             f"{error:.2e}, more than {CHECK_TOLERANCE[workload.dtype]:.0e}; not timed")
+    fns = {"tvm_convt": module_call(compiled, x, weight, bias)}
+    if rival is not None:
+        fns["torch"] = rival
+    times = interleaved_medians(fns, rounds=rounds)
+    comparison = Comparison(name, workload, compiled.metadata.schedule, times["tvm_convt"],
+                            times.get("torch"), error, against)
+    return comparison, None if rival is not None else label
+
+
+def module_call(compiled: CompiledConvTranspose1d, x: np.ndarray, weight: np.ndarray,
+                bias: np.ndarray | None) -> Callable[[], object]:
+    """The compiled module on device tensors made once: what the kernel itself costs."""
+    xd = compiled.to_device(x)
+    weights = [compiled.to_device(weight)] + ([compiled.to_device(bias)] if bias is not None else [])
+    return lambda: compiled.run(xd, weights)
+
+
+def run_bench(
+    suite: dict[str, Workload], *, target: TargetLike = "llvm", threads: int | None = None,
+    rounds: int = 15, logs: str | Path | None = None,
+    progress: Callable[[Comparison], None] | None = None,
+) -> BenchReport:
+    """Compare tvm_convt with PyTorch on every workload of ``suite``.
+
+    Args:
+        suite: ``{name: workload}``, e.g. :func:`tvm_convt.suite.default_suite`.
+        target: where tvm_convt runs; PyTorch runs on the CPU.
+        threads: CPU threads for both sides (default: the physical cores).
+        rounds: interleaved timing rounds per workload; medians are reported.
+        logs: the user's tuning logs, looked up before the shipped records.
+        progress: called with each comparison as soon as it is measured.
+    """
+    threads = host_cores() if threads is None else threads
+    if threads < 1:
+        raise ValueError(f"{OP}: threads must be positive, got threads={threads}")
+    set_cpu_threads(threads)
+    report = BenchReport(machine_info(target, threads))
+    for name, workload in suite.items():
+        comparison, why = compare_workload(name, workload, target=target, threads=threads,
+                                           rounds=rounds, logs=logs)
+        report.records.append(comparison)
+        if why is not None:
+            report.torch_notes[name] = why
+        if progress is not None:
+            progress(comparison)
+    return report
+
+
+def check_plotting() -> None:
+    """Raise ImportError with the fix when matplotlib (the ``bench`` extra) is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError(f"{OP}: --plot needs matplotlib: pip install 'tvm_convt[bench]'") from None
+
+
+def plot(report: BenchReport, path: str | Path) -> Path:
+    """Save a bar chart of the speed-up over PyTorch per layer, with the 1.0x line."""
+    check_plotting()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [c for c in report.records if c.speedup]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(rows) + 2), 4.5), layout="constrained")
+    colours = ["tab:green" if c.speedup >= 1 else "tab:red" for c in rows]
+    bars = ax.bar([c.name for c in rows], [c.speedup for c in rows], color=colours)
+    ax.bar_label(bars, labels=[f"{c.speedup:.2f}x" for c in rows], fontsize=8)
+    ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="PyTorch (1.0x)")
+    ax.set_yscale("log")
+    ax.set_ylabel("speed-up over PyTorch (higher is faster)")
+    m = report.machine
+    geo = report.geomean_speedup
+    ax.set_title(f"tvm_convt vs PyTorch {m.get('torch')}: {m['cpu']}, {m['target_key']}, "
+                 f"{m['threads']} threads" + (f"; geomean {geo:.2f}x" if geo else ""), fontsize=9)
+    ax.tick_params(axis="x", labelrotation=35)
+    ax.legend(loc="upper left", fontsize=8)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def stream_progress(comparison: Comparison, stream=None) -> None:
+    """One line per measured workload, for the CLI."""
+    stream = stream or sys.stderr
+    rival = f", PyTorch {comparison.torch_s * 1e3:.3f} ms" if comparison.torch_s else ""
+    print(f"  {comparison.name}: {comparison.tvm_convt_s * 1e3:.3f} ms{rival} ({comparison.schedule})",
+          file=stream, flush=True)
+
+
+__all__ = ["BenchReport", "CHECK_TOLERANCE", "Comparison", "ResultMismatch", "compare_workload",
+           "interleaved_medians", "layer_inputs", "machine_info", "plot", "run_bench", "torch_call"]

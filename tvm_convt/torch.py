@@ -1,0 +1,48 @@
+"""PyTorch interop; the only module of the package that imports torch.
+
+Importing it raises ImportError when torch is not installed: callers that
+treat PyTorch as optional (the benchmark) catch that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .params import Workload
+
+__all__ = ["functional_call", "set_threads", "version"]
+
+
+def version() -> str:
+    return torch.__version__
+
+
+def set_threads(threads: int) -> None:
+    """Run PyTorch's CPU kernels on ``threads`` threads (intra-op)."""
+    torch.set_num_threads(threads)
+
+
+def functional_call(workload: Workload, x: np.ndarray, weight: np.ndarray,
+                    bias: np.ndarray | None) -> Callable[[], np.ndarray]:
+    """A no-argument call of ``torch.nn.functional.conv_transpose1d`` on these arrays.
+
+    The tensors share memory with the NumPy arrays (no copies per call); the call
+    returns the output as NumPy. PyTorch's transposed convolution has only
+    zero padding, so other padding modes raise ValueError.
+    """
+    p = workload.params
+    if p.padding_mode != "zeros":
+        raise ValueError(f"PyTorch's conv_transpose1d has no padding_mode={p.padding_mode!r}")
+    xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
+    bt = torch.from_numpy(bias) if bias is not None else None
+
+    @torch.no_grad()
+    def call() -> np.ndarray:
+        return F.conv_transpose1d(xt, wt, bt, p.stride, p.padding, p.output_padding, p.groups,
+                                  p.dilation).numpy()
+
+    return call
