@@ -119,22 +119,34 @@ def resolve_target(spec: TargetLike) -> Target:
         raise ValueError(f"{OP}: TVM rejected target {json.dumps(config)}: {err}") from None
 
 
-def target_key(target: Target) -> str:
-    """Name the hardware class: ``llvm-x86_64-avx512``, ``llvm-aarch64-neon``, ``cuda-sm_90``."""
-    if target.kind.name == "cuda":
-        return f"cuda-{target.attrs['arch']}"
+def cpu_isa(target: Target) -> tuple[str, str]:
+    """The CPU's architecture and widest vector instruction set, as LLVM sees the target:
+    ``("x86_64", "avx512")``, ``("x86_64", "avx2")``, ``("aarch64", "neon")``.
+
+    Read from the target's features (its ``mcpu``/``mattr``), not from the host:
+    ``llvm_get_vector_width`` reports the host's width whatever ``mcpu`` says.
+    """
     triple = str(target.attrs.get("mtriple", "")) or tvm.target.codegen.llvm_get_system_triple()
     arch = triple.split("-")[0]
+    has = tvm.target.codegen.llvm_cpu_has_features
     if arch in ("x86_64", "i686", "i386"):
-        has = tvm.target.codegen.llvm_cpu_has_features
         with target:
             isa = next((name for feature, name in (("avx512f", "avx512"), ("avx2", "avx2"),
                                                     ("avx", "avx"), ("sse4.2", "sse4"))
                         if has(feature, target)), "generic")
     elif arch in ("aarch64", "arm64"):
-        isa = "sve" if tvm.target.codegen.llvm_cpu_has_features("sve", target) else "neon"
+        with target:
+            isa = "sve" if has("sve", target) else "neon"
     else:
         isa = str(target.attrs.get("mcpu", "generic"))
+    return arch, isa
+
+
+def target_key(target: Target) -> str:
+    """Name the hardware class: ``llvm-x86_64-avx512``, ``llvm-aarch64-neon``, ``cuda-sm_90``."""
+    if target.kind.name == "cuda":
+        return f"cuda-{target.attrs['arch']}"
+    arch, isa = cpu_isa(target)
     return f"llvm-{arch}-{isa}"
 
 

@@ -10,6 +10,7 @@ from tvm.target import Target
 
 from .. import compute as C
 from ..params import Workload
+from ..target import cpu_isa
 from .common import has_block
 
 
@@ -26,18 +27,108 @@ def _schedule_epilogue_cpu(sch: s_tir.Schedule) -> None:
             _parallel_outer(sch, sch.get_sblock(name), 2)
 
 
+@dataclass(frozen=True)
+class CpuArch:
+    """What the CPU rules need to know of a vector instruction set.
+
+    ``gemm_vectors`` x ``gemm_rows`` is the GEMM's accumulator tile in registers
+    (vectors along the weight's (o, k) axis, rows along the input samples);
+    with the weight vectors and one broadcast of x it must fit in ``registers``.
+    """
+
+    vector_bits: int
+    registers: int
+    gemm_vectors: int
+    gemm_rows: int
+
+
+# Blockings measured on Zen 4 (AVX-512 natively, AVX2 with mcpu=znver3); see docs/performance.md.
+# SSE, NEON and SVE (LLVM vectorises SVE at a fixed 128 bits here) are not measured.
+CPU_ARCHS: dict[str, CpuArch] = {
+    "avx512": CpuArch(vector_bits=512, registers=32, gemm_vectors=1, gemm_rows=12),
+    "avx2": CpuArch(vector_bits=256, registers=16, gemm_vectors=2, gemm_rows=6),
+    "avx": CpuArch(vector_bits=256, registers=16, gemm_vectors=2, gemm_rows=6),
+    "sse4": CpuArch(vector_bits=128, registers=16, gemm_vectors=2, gemm_rows=6),
+    "neon": CpuArch(vector_bits=128, registers=32, gemm_vectors=2, gemm_rows=12),
+    "sve": CpuArch(vector_bits=128, registers=32, gemm_vectors=2, gemm_rows=12),
+}
+GENERIC = CpuArch(vector_bits=128, registers=16, gemm_vectors=2, gemm_rows=6)
+
+
+def cpu_arch(target: Target) -> CpuArch:
+    """The :class:`CpuArch` of an LLVM target's instruction set."""
+    return CPU_ARCHS.get(cpu_isa(target)[1], GENERIC)
+
+
 def cpu_vector_lanes(target: Target, dtype: str) -> int:
     """SIMD lanes of ``dtype`` in the target's widest vector register."""
-    bits = int(tvm.target.codegen.llvm_get_vector_width(target))
-    return max(1, bits // tvm.DataType(dtype).bits)
+    return max(1, cpu_arch(target).vector_bits // tvm.DataType(dtype).bits)
 
 
-def cpu_vector_registers(target: Target) -> int:
-    # AVX-512 has 32 vector registers, AVX2 16, AArch64 NEON/SVE 32.
-    arch = str(target.attrs.get("mtriple", "")) or tvm.target.codegen.llvm_get_system_triple()
-    if arch.startswith("aarch64") or arch.startswith("arm64"):
-        return 32
-    return 32 if int(tvm.target.codegen.llvm_get_vector_width(target)) >= 512 else 16
+@dataclass(frozen=True)
+class GemmPlan:
+    """The register tile of one workload: ``vectors`` x ``lanes`` along m, ``rows`` samples;
+    and which operand the parallel loop walks: the samples (``samples_outer``) when the
+    input is larger than the weight, else the weight's columns."""
+
+    lanes: int
+    vectors: int
+    rows: int
+    samples_outer: bool
+
+
+def gemm_plan(workload: Workload, target: Target) -> GemmPlan | None:
+    """The accumulator tile for ``workload``, or None when m has no vector-lane divisor."""
+    p = workload.params
+    m_total = p.out_per_group * p.kernel_size
+    lanes = cpu_vector_lanes(target, workload.dtype)
+    # Halve the vector while it does not divide m: a ragged split would leave a
+    # predicate inside the vectorised loop.
+    while lanes > 1 and m_total % lanes:
+        lanes //= 2
+    if lanes < 4:
+        return None
+    arch = cpu_arch(target)
+    vectors = arch.gemm_vectors if m_total % (arch.gemm_vectors * lanes) == 0 else 1
+    # The operand walked by the inner loop is read once per block of the outer one:
+    # keep the larger operand outside, so that the smaller is the one read again.
+    samples_outer = workload.length > m_total
+    return GemmPlan(lanes, vectors, min(workload.length, arch.gemm_rows), samples_outer)
+
+
+def _col_blocks(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> list[str]:
+    """Names of the blocks under ``loop`` that compute ``col``: more than one once a loop
+    is partitioned, nested in wrapper blocks that declare no reads or writes."""
+    found: list[str] = []
+    pending = list(sch.get_child_blocks(loop))
+    while pending:
+        block = pending.pop(0)
+        stmt = sch.get(block)
+        if any(region.source.name == C.COL for region in stmt.writes):
+            found.append(stmt.name_hint)
+        else:
+            pending.extend(sch.get_child_blocks(block))
+    return found
+
+
+def _register_tile(sch: s_tir.Schedule, block_name: str, lanes: int) -> None:
+    """Accumulate one (rows x vectors) tile of ``col`` in registers over the whole reduction.
+
+    The block's loops end in (tile, c, ji, mi), ``tile`` being the last loop over
+    tiles: the tile is written back after the last input channel, ``ji`` unrolled
+    and ``mi`` vectorised.
+    """
+    block = sch.get_sblock(block_name)
+    *_, tile, c, ji, mi = sch.get_loops(block)
+    acc = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(acc, tile)
+    # The gather walks col down a column (stride m): a power-of-two row
+    # stride would map every row to one cache set. Pad rows by one vector.
+    sch.storage_align(acc, 0, axis=2, factor=256, offset=lanes)
+    sch.vectorize(sch.get_loops(acc)[-1])
+    sch.unroll(ji)
+    sch.vectorize(mi)
+    sch.decompose_reduction(block, c)
 
 
 @dataclass(frozen=True)
@@ -45,49 +136,42 @@ class CpuGemmRule:
     """Register-blocked GEMM for the ``col`` stage, vectorised along (out channel, tap).
 
     The weight's contiguous (o, k) axis ``m`` is split into ``lanes * vectors``-wide
-    vector blocks; ``rows`` input samples are
-    unrolled beside them, so ``rows * vectors`` accumulators stay in registers
-    across the whole reduction over input channels. A block of the weight is
-    loaded once per parallel task and reused for every input sample. Not
-    applicable when ``m`` has no vector-lane multiple as a divisor.
+    vector blocks; ``rows`` input samples are unrolled beside them, so
+    ``rows * vectors`` accumulators stay in registers across the whole reduction
+    over input channels. When ``rows`` does not divide the length, the last
+    tile is a loop of its own: a bounds check inside the unrolled loop makes
+    LLVM spill the accumulators. Not applicable when ``m`` has no vector-lane
+    multiple as a divisor.
     """
 
     name: str = "cpu-gemm"
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
-        if target.kind.name != "llvm":
+        plan = gemm_plan(workload, target) if target.kind.name == "llvm" else None
+        if plan is None:
             return None
-        p = workload.params
-        m_total = p.out_per_group * p.kernel_size
-        lanes = cpu_vector_lanes(target, workload.dtype)
-        # Halve the vector while it does not divide m: a ragged split would leave a
-        # predicate inside the vectorised loop.
-        while lanes > 1 and m_total % lanes:
-            lanes //= 2
-        if lanes < 4:
-            return None
-        regs = cpu_vector_registers(target)
-        # rows * vectors accumulators, the weight vectors and one broadcast of x
-        # must fit in the register file (AVX2: 2x6 + 2 + 1 = 15 of 16; AVX-512 with
-        # 1x12 measured faster than 2x12 or 1x24 on the demo layer).
-        vectors = 2 if regs == 16 and m_total % (2 * lanes) == 0 else 1
-        rows = min(workload.length, 6 if vectors == 2 else 12)
         sch = s_tir.Schedule(func)
         col = sch.get_sblock(C.COL)
         n, g, j, m, c = sch.get_loops(col)
-        mo, mi = sch.split(m, [None, lanes * vectors])
-        jo, ji = sch.split(j, [None, rows])
-        sch.reorder(n, g, mo, jo, c, ji, mi)
-        sch.parallel(sch.fuse(n, g, mo))
-        acc = sch.cache_write(col, 0, "local")
-        sch.reverse_compute_at(acc, jo)
-        # The gather walks col down a column (stride m): a power-of-two row
-        # stride would map every row to one cache set. Pad rows by one vector.
-        sch.storage_align(acc, 0, axis=2, factor=256, offset=lanes)
-        sch.vectorize(sch.get_loops(acc)[-1])
-        sch.unroll(ji)
-        sch.vectorize(mi)
-        sch.decompose_reduction(col, c)
+        mo, mi = sch.split(m, [None, plan.lanes * plan.vectors])
+        jo, ji = sch.split(j, [None, plan.rows])
+        ragged = workload.length % plan.rows != 0
+        if plan.samples_outer:
+            sch.reorder(n, g, jo, mo, c, ji, mi)
+        else:
+            sch.reorder(n, g, mo, jo, c, ji, mi)
+        if plan.samples_outer and ragged:
+            # The tail tile runs after the parallel loop, on one thread: it is one tile.
+            main, _ = sch.loop_partition(jo, [workload.length // plan.rows, None])
+            sch.parallel(main)
+            outer = n
+        else:
+            outer = sch.fuse(n, g, jo if plan.samples_outer else mo)
+            sch.parallel(outer)
+            if ragged:
+                sch.loop_partition(jo, [workload.length // plan.rows, None])
+        for name in _col_blocks(sch, outer):
+            _register_tile(sch, name, plan.lanes)
         _schedule_epilogue_cpu(sch)
         return sch
 
