@@ -1,0 +1,141 @@
+"""`tvm-convt bench` end to end on a tiny suite: JSON shape, the check before timing,
+the path without PyTorch, the plot. No assertion on any time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tvm_convt import benchmark
+from tvm_convt.suite import default_suite, load_suite, write_suite
+from tvm_convt.params import ConvTranspose1dParams as P
+from tvm_convt.params import Workload
+
+from conftest import needs_torch
+
+TINY = {
+    "dense": Workload(P(8, 4, 4, stride=2, padding=1), 2, 12),
+    "grouped": Workload(P(6, 6, 3, stride=3, groups=3, dilation=2, bias=False), 1, 9),
+    "reflect": Workload(P(4, 4, 4, stride=2, padding=1, padding_mode="reflect"), 1, 10),
+}
+RECORD_KEYS = {"name", "workload", "schedule", "tvm_convt_ms", "torch_ms", "speedup", "gflops",
+               "torch_gflops", "max_error", "checked_against"}
+
+
+@pytest.fixture
+def tiny_suite(tmp_path):
+    return write_suite(tmp_path / "tiny.json", TINY)
+
+
+def run_cli(*args: str, block_torch: bool = False) -> subprocess.CompletedProcess:
+    prelude = "import sys; sys.modules['torch'] = None; " if block_torch else ""
+    code = prelude + "from tvm_convt.cli import main; sys.exit(main(sys.argv[1:]))"
+    if not block_torch:
+        code = "import sys; " + code
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_suite_file_round_trip(tiny_suite):
+    assert load_suite(tiny_suite) == TINY
+
+
+def test_default_suite_is_the_ten_model_layers():
+    suite = default_suite()
+    assert len(suite) == 10
+    assert suite["hifigan_v1_up0"] == Workload(P(512, 256, 16, stride=8, padding=4), 1, 86)
+    assert suite["mimi_depthwise"].params.groups == 512
+    assert suite["grouped_g8"].batch == 4
+
+
+@needs_torch
+def test_bench_cli_writes_json_and_table(tiny_suite, tmp_path):
+    out = tmp_path / "out.json"
+    result = run_cli("bench", "--suite", str(tiny_suite), "--rounds", "2", "--threads", "1",
+                     "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert set(report) == {"machine", "records", "geomean_speedup", "torch_notes"}
+    assert report["machine"]["threads"] == 1 and report["machine"]["torch"]
+    assert [r["name"] for r in report["records"]] == list(TINY)
+    for record in report["records"]:
+        assert set(record) == RECORD_KEYS
+        assert record["tvm_convt_ms"] > 0 and record["gflops"] > 0
+        assert record["schedule"].startswith(("default:", "tuned:"))
+        assert record["max_error"] <= benchmark.CHECK_TOLERANCE["float32"]
+    by_name = {r["name"]: r for r in report["records"]}
+    assert by_name["dense"]["checked_against"].startswith("PyTorch")
+    assert by_name["dense"]["speedup"] == pytest.approx(
+        by_name["dense"]["torch_ms"] / by_name["dense"]["tvm_convt_ms"], rel=0.01)
+    # PyTorch has no reflect-padded transposed convolution: checked against the reference.
+    assert by_name["reflect"]["torch_ms"] is None and by_name["reflect"]["speedup"] is None
+    assert by_name["reflect"]["checked_against"] == "the float64 NumPy reference"
+    assert "padding_mode='reflect'" in report["torch_notes"]["reflect"]
+    geo = np.exp(np.mean(np.log([by_name[n]["speedup"] for n in ("dense", "grouped")])))
+    assert report["geomean_speedup"] == pytest.approx(geo, rel=0.01)
+    assert "geometric mean speed-up" in result.stdout and "hifigan" not in result.stdout
+
+
+def test_bench_without_torch_times_tvm_convt_and_says_why(tiny_suite, tmp_path):
+    out = tmp_path / "out.json"
+    result = run_cli("bench", "--suite", str(tiny_suite), "--rounds", "2", "--json", str(out),
+                     block_torch=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["machine"]["torch"] is None and report["geomean_speedup"] is None
+    for record in report["records"]:
+        assert record["torch_ms"] is None and record["tvm_convt_ms"] > 0
+        assert record["checked_against"] == "the float64 NumPy reference"
+    assert "PyTorch is not installed" in report["torch_notes"]["dense"]
+    assert "no PyTorch time: PyTorch is not installed" in result.stdout
+
+
+def test_a_wrong_result_is_refused_before_timing(monkeypatch):
+    def wrong_rival(workload, x, weight, bias, threads):
+        return (lambda: np.zeros(workload.output_shape, workload.dtype)), "a rival"
+
+    def never(*args, **kwargs):
+        raise AssertionError("timed a workload whose output did not match")
+
+    monkeypatch.setattr(benchmark, "torch_call", wrong_rival)
+    monkeypatch.setattr(benchmark, "interleaved_medians", never)
+    with pytest.raises(benchmark.ResultMismatch, match=r"dense: tvm_convt's output differs from a rival"):
+        benchmark.run_bench({"dense": TINY["dense"]}, rounds=1)
+
+
+def test_bench_cli_reports_a_mismatch_in_one_line(tiny_suite, tmp_path):
+    # The reference itself is swapped for a wrong one inside the CLI's process.
+    code = ("import sys, numpy as np; sys.modules['torch'] = None; import tvm_convt.benchmark as b; "
+            "b.conv_transpose1d_reference = lambda x, w, bias, p: np.ones(1); "
+            "from tvm_convt.cli import main; sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, "bench", "--suite", str(tiny_suite)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("tvm-convt bench: error: conv_transpose1d: dense:")
+    assert "Traceback" not in result.stderr
+
+
+def test_plot_is_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    report = benchmark.BenchReport({"cpu": "test CPU", "target_key": "llvm-x", "threads": 1, "torch": "x"})
+    for name, speedup in (("a", 0.8), ("b", 2.5)):
+        report.records.append(benchmark.Comparison(name, TINY["dense"], "default:cpu-gemm", 1e-3,
+                                                   speedup * 1e-3, 0.0, "PyTorch"))
+    path = benchmark.plot(report, tmp_path / "speedups.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    assert report.geomean_speedup == pytest.approx(np.sqrt(0.8 * 2.5))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target", '{"kind": "cuda", "arch": "sm_90"}'], "for CUDA use tools/gpu_check.py"),
+    (["--rounds", "0"], "must be positive"),
+    (["--suite", "/nonexistent/suite.json"], "suite file /nonexistent/suite.json does not exist"),
+])
+def test_bench_cli_rejects_bad_arguments(args, message):
+    result = run_cli("bench", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
