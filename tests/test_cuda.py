@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -9,9 +10,13 @@ import pytest
 import tvm
 
 import tvm_convt
-from tvm_convt.build import device_source
+from tvm_convt.build import device_source, schedule
 from tvm_convt.params import ConvTranspose1dParams, Workload
+from tvm_convt.records import prim_func
 from tvm_convt.reference import conv_transpose1d_reference
+from tvm_convt.schedule import default_schedule
+from tvm_convt.suite import default_suite
+from tvm_convt.target import resolve_target
 
 from conftest import assert_close, random_inputs
 
@@ -22,28 +27,109 @@ CUDA_LAYERS = [
     P(6, 3, 3, stride=2, dilation=2, output_padding=1, padding_mode="replicate", bias=False),
     P(16, 8, 16, stride=8, padding=4, padding_mode="circular"),
 ]
+# (rule, layer, batch, length): each rule through groups, dilation, output_padding, every
+# padding mode and bias or none, with sizes ragged against its tiles.
+RULE_CASES = [
+    ("gpu-direct", P(6, 6, 4, stride=2, padding=1, groups=6, padding_mode="reflect"), 2, 40),
+    ("gpu-direct", P(8, 4, 5, stride=3, padding=2, dilation=2, output_padding=1, groups=2,
+                     padding_mode="replicate", bias=False), 1, 70),
+    ("gpu-direct", P(4, 8, 3, stride=1, padding=2, dilation=3, groups=4, padding_mode="circular"), 2, 33),
+    ("gpu-direct", P(4, 4, 16, stride=8, padding=4, groups=4), 1, 9),
+    ("gpu-gemm", P(20, 6, 5, stride=3, padding=2, groups=2), 2, 9),
+    ("gpu-gemm", P(24, 12, 4, stride=2, padding=3, dilation=3, output_padding=1,
+                   padding_mode="reflect", bias=False), 1, 70),
+    ("gpu-gemm", P(17, 9, 16, stride=8, padding=4, padding_mode="replicate"), 2, 75),
+    ("gpu-gemm", P(32, 16, 7, stride=4, padding=3, output_padding=1, groups=2,
+                   padding_mode="circular"), 1, 130),
+    ("gpu-fallback", P(8, 6, 3, stride=2, padding=1, groups=2, padding_mode="reflect"), 2, 9),
+]
+SUITE_RULES = {
+    "hifigan_v1_up0": "gpu-gemm", "hifigan_v1_up1": "gpu-gemm", "hifigan_v1_up2": "gpu-gemm",
+    "hifigan_v1_up3": "gpu-gemm", "hifigan_train_up0": "gpu-gemm", "encodec_up0": "gpu-gemm",
+    "encodec_up3": "gpu-gemm", "mimi_depthwise": "gpu-direct", "dilated_s1": "gpu-gemm",
+    "grouped_g8": "gpu-gemm",
+}
+ARCHS = ("sm_80", "sm_90")
 has_gpu = tvm.cuda(0).exist
 
 
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("p", CUDA_LAYERS, ids=str)
-def test_cuda_source_compiles_with_nvcc(p, arch, tmp_path):
+def _case_id(case) -> str:
+    rule, p, batch, length = case
+    return (f"{rule}-{p.in_channels}to{p.out_channels}-k{p.kernel_size}s{p.stride}d{p.dilation}"
+            f"g{p.groups}-{p.padding_mode}-{batch}x{length}")
+
+
+def _cuda(arch: str):
+    return resolve_target({"kind": "cuda", "arch": arch})
+
+
+def _sources(arch: str) -> dict[str, str]:
+    """Every kernel file the nvcc test compiles for ``arch``: the default suite and the
+    small layers under their default rule, and each rule on its own layers."""
+    target = _cuda(arch)
+    sources = {f"suite_{name}": device_source(w, target=target) for name, w in default_suite().items()}
+    for i, p in enumerate(CUDA_LAYERS):
+        sources[f"layer{i}"] = device_source(Workload(p, 2, 9), target=target)
+    for i, (rule, p, batch, length) in enumerate(RULE_CASES):
+        sources[f"{rule}{i}"] = device_source(Workload(p, batch, length), target=target, rule=rule)
+    return sources
+
+
+def test_default_suite_rules():
+    for arch in ARCHS:
+        got = {name: schedule(w, _cuda(arch), tuned=False)[1] for name, w in default_suite().items()}
+        assert got == {name: f"default:{rule}" for name, rule in SUITE_RULES.items()}, arch
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cuda_sources_compile_with_nvcc(arch, tmp_path):
+    """One nvcc call an architecture for all the files (about 0.5 s a file, 1.3 s a call)."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
-        pytest.skip("nvcc is not installed")
-    source = device_source(Workload(p, 2, 9), target={"kind": "cuda", "arch": arch})
-    assert "__global__" in source
-    (tmp_path / "k.cu").write_text(source)
-    result = subprocess.run([nvcc, f"-arch={arch}", "-cubin", "-o", str(tmp_path / "k.cubin"),
-                             str(tmp_path / "k.cu")], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "k.cubin").stat().st_size > 0
+        pytest.skip("nvcc is not installed: CUDA sources are generated but not compiled")
+    sources = _sources(arch)
+    for name, source in sources.items():
+        assert "__global__" in source, name
+        # Every kernel staging data in shared memory must synchronise its threads.
+        for kernel in re.split(r"(?=extern \"C\" __global__)", source):
+            if "__shared__" in kernel:
+                assert "__syncthreads()" in kernel, name
+        (tmp_path / f"{name}.cu").write_text(source)
+    files = sorted(str(f) for f in tmp_path.glob("*.cu"))
+    result = subprocess.run([nvcc, f"-arch={arch}", "-cubin", "-odir", str(tmp_path), *files],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for name in sources:
+        assert (tmp_path / f"{name}.cubin").stat().st_size > 0, name
+
+
+def _threads_as_loops(mod: tvm.IRModule) -> tvm.IRModule:
+    """The scheduled program with every thread binding a plain loop and every buffer in
+    ordinary memory: what the CPU runs is then the schedule's TIR semantics."""
+    text = re.sub(r'T\.thread_binding\((\d+), thread="[^"]+"', r"T.serial(\1", mod.script())
+    text = text.replace(', scope="shared"', "").replace(', scope="local"', "")
+    return tvm.script.from_source(text)
+
+
+@pytest.mark.parametrize("case", RULE_CASES, ids=_case_id)
+def test_cuda_rules_compute_the_reference_on_cpu(case):
+    """Without a GPU: each rule's program, threads run as loops, matches the reference.
+    Catches layout and predicate mistakes (gpu-direct's modular col tile among them)."""
+    rule, p, batch, length = case
+    w = Workload(p, batch, length)
+    sch, name = default_schedule(prim_func(w), w, _cuda("sm_80"), rule=rule)
+    executable = tvm.compile(_threads_as_loops(sch.mod), target="llvm")
+    x, weight, b = random_inputs(p, batch, length, "float32")
+    args = [tvm.runtime.tensor(a) for a in (x, weight, b) if a is not None]
+    out = tvm.runtime.empty(w.output_shape, "float32")
+    executable["main"](*args, out)
+    assert_close(out.numpy(), conv_transpose1d_reference(x, weight, b, p), "float32")
 
 
 def test_cuda_module_exports_without_gpu(tmp_path):
     compiled = tvm_convt.compile(CUDA_LAYERS[0], batch=2, length=9, target={"kind": "cuda", "arch": "sm_90"})
     assert compiled.metadata.target_key == "cuda-sm_90"
-    assert compiled.metadata.schedule == "default:gpu-fallback"
+    assert compiled.metadata.schedule == "default:gpu-direct"
     path = compiled.export(tmp_path / "cuda.so")
     assert path.stat().st_size > 0
     if not has_gpu:
@@ -66,3 +152,25 @@ def test_cuda_matches_reference(p):
     x, w, b = random_inputs(p, 2, 9, "float32")
     y = tvm_convt.compile(p, batch=2, length=9, target="cuda")(x, w, b)
     assert_close(y, conv_transpose1d_reference(x, w, b, p), "float32")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_gpu, reason="no CUDA GPU")
+@pytest.mark.parametrize("case", RULE_CASES, ids=_case_id)
+def test_cuda_rules_match_reference(case):
+    rule, p, batch, length = case
+    x, w, b = random_inputs(p, batch, length, "float32")
+    y = tvm_convt.compile(p, batch=batch, length=length, target="cuda", rule=rule, tuned=False)(x, w, b)
+    assert_close(y, conv_transpose1d_reference(x, w, b, p), "float32")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_gpu, reason="no CUDA GPU")
+@pytest.mark.parametrize("name", list(SUITE_RULES))
+def test_default_suite_matches_reference_on_gpu(name):
+    w = default_suite()[name]
+    x, weight, b = random_inputs(w.params, w.batch, w.length, w.dtype)
+    compiled = tvm_convt.compile(w.params, batch=w.batch, length=w.length, dtype=w.dtype, target="cuda",
+                                 tuned=False)
+    assert compiled.metadata.schedule == f"default:{SUITE_RULES[name]}"
+    assert_close(compiled(x, weight, b), conv_transpose1d_reference(x, weight, b, w.params), w.dtype)

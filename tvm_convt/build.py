@@ -94,8 +94,9 @@ def schedule(
     return sch.mod, f"default:{name}"
 
 
-def device_source(workload: Workload, *, target: TargetLike) -> str:
-    """The generated device code (CUDA C++ for a CUDA target) of the default schedule.
+def device_source(workload: Workload, *, target: TargetLike, rule: str | None = None) -> str:
+    """The generated device code (CUDA C++ for a CUDA target) of the default schedule,
+    or of the default rule named ``rule``.
 
     TVM 0.27 keeps CUDA kernels as source inside the library and compiles them
     when the library is loaded; this returns that source, so it can be checked
@@ -104,7 +105,7 @@ def device_source(workload: Workload, *, target: TargetLike) -> str:
     tgt = resolve_target(target)
     if tgt.kind.name != "cuda":
         raise ValueError(f"{OP}: device_source needs a CUDA target, got kind={tgt.kind.name!r}")
-    mod, _ = schedule(workload, tgt, tuned=False)
+    mod, _ = schedule(workload, tgt, rule=rule, tuned=False)
     executable = tvm.compile(mod, target=tgt)
     return "\n".join(m.inspect_source("cuda") for m in executable.mod.imports if m.kind == "cuda")
 
