@@ -23,7 +23,8 @@ from tvm_convt.records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, TuningLog
                                stale_workloads, write_index)
 from tvm_convt.reference import conv_transpose1d_reference
 from tvm_convt.target import resolve_target, target_key
-from tvm_convt.tuning import load_suite, prune, tune
+from tvm_convt.suite import load_suite
+from tvm_convt.tuning import prune, tune
 
 from conftest import assert_close, random_inputs
 

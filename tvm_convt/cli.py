@@ -263,7 +263,8 @@ def tracker_arg(text: str) -> str:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from .tuning import load_suite, prune, tune
+    from .suite import load_suite
+    from .tuning import prune, tune
 
     if args.suite is not None:
         workloads = load_suite(args.suite)

@@ -26,9 +26,7 @@ from typing import Any
 import tvm
 
 from . import _tvmscript_patch
-from ._files import read_json
 from .params import OP, Workload
-from .suite import load_suite  # noqa: F401 - the CLI and users find it here too
 from .records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, default_logs_dir, open_database,
                       read_index, workload_module, write_index)
 from .target import TargetLike, resolve_target, target_key

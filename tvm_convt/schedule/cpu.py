@@ -41,6 +41,10 @@ class CpuArch:
     gemm_vectors: int
     gemm_rows: int
 
+    def __post_init__(self) -> None:
+        # Accumulators, the weight vectors and one broadcast of x, all live at once.
+        assert self.gemm_vectors * self.gemm_rows + self.gemm_vectors + 1 <= self.registers, self
+
 
 # Blockings measured on Zen 4 (AVX-512 natively, AVX2 with mcpu=znver3); see docs/performance.md.
 # SSE, NEON and SVE (LLVM vectorises SVE at a fixed 128 bits here) are not measured.
