@@ -34,6 +34,10 @@ CASES = [
     ("hifigan-small", P(32, 16, 16, stride=8, padding=4), 1, 20),
     ("gemm-vectorised", P(16, 32, 4, stride=2, padding=1), 2, 13),
     ("odd-m", P(6, 3, 3, stride=2), 1, 5),
+    # The GEMM rule needs 16 input channels per group: its cases with groups, gcd and output_padding.
+    ("gemm-groups-dilated", P(32, 16, 4, stride=2, padding=3, groups=2, dilation=3), 2, 8),
+    ("gemm-output_padding", P(16, 16, 8, stride=4, padding=2, output_padding=3), 1, 7),
+    ("gemm-gcd", P(16, 8, 5, stride=4, dilation=2, padding=1), 3, 6),
     ("unbatched", P(4, 6, 4, stride=2, padding=1), None, 7),
 ]
 for mode in ("reflect", "replicate", "circular"):
@@ -70,7 +74,7 @@ def test_float32(p, batch, length):
     _check(p, batch, length, "float32")
 
 
-FLOAT64 = ["basic", "groups-dilated", "l_in=1", "depthwise", "gemm-vectorised", "reflect",
+FLOAT64 = ["basic", "groups-dilated", "gemm-groups-dilated", "l_in=1", "depthwise", "gemm-vectorised", "reflect",
            "replicate", "circular", "stride<=output_padding<dilation"]
 
 
@@ -92,6 +96,8 @@ def test_default_rule_choice():
     assert tvm_convt.compile(P(16, 32, 4), batch=1, length=8).metadata.schedule == "default:cpu-gemm"
     # out_channels/groups * kernel_size = 9 has no vector-lane divisor: the fallback serves it.
     assert tvm_convt.compile(P(6, 3, 3), batch=1, length=8).metadata.schedule == "default:cpu-fallback"
+    # Fewer than 16 input channels per group: too short a reduction for a register tile.
+    assert tvm_convt.compile(P(8, 32, 4), batch=1, length=8).metadata.schedule == "default:cpu-fallback"
     with pytest.raises(ValueError, match="schedule rule 'cpu-gemm' does not apply"):
         tvm_convt.compile(P(6, 3, 3), batch=1, length=8, rule="cpu-gemm")
     with pytest.raises(ValueError, match="must be one of cpu-gemm, cpu-fallback, got rule='gpu'"):
@@ -166,7 +172,7 @@ AVX2 = {"kind": "llvm", "mcpu": "haswell"}  # AVX2 + FMA, 16 vector registers
 
 @pytest.mark.skipif(not _host_has_avx2(), reason="needs an x86-64 CPU with AVX2 to run AVX2 code")
 @pytest.mark.parametrize("name", ["gemm-vectorised", "hifigan-small", "reflect-vectorised", "depthwise",
-                                  "groups-dilated", "odd-m"])
+                                  "groups-dilated", "odd-m", "gemm-groups-dilated", "gemm-gcd"])
 def test_avx2_code_path(name):
     """The AVX2 blocking (2 vectors x 6 samples, 16 registers) is what an AVX2 machine runs
     by default; check it here even on an AVX-512 host."""

@@ -59,6 +59,29 @@ def set_cpu_threads(threads: int) -> None:
     tvm_ffi.get_global_func("runtime.config_threadpool")(1, threads)
 
 
+def host_cpu_config() -> dict[str, Any]:
+    """``mcpu`` and ``mattr`` for this machine's CPU, limited to what the CPU reports it has.
+
+    LLVM names the CPU from its family and model, so a virtual machine that hides
+    AVX-512 from a Zen 4 host still gets ``znver4`` and code that dies with SIGILL;
+    the features the named CPU implies and the host lacks are switched off in ``mattr``.
+    """
+    cpu = tvm.target.codegen.llvm_get_system_cpu()
+    config: dict[str, Any] = {"mcpu": cpu}
+    host = {str(k): bool(v) for k, v in dict(_host_cpu_features()).items()}
+    implied = tvm.target.codegen.llvm_get_cpu_features(Target({"kind": "llvm", "mcpu": cpu}))
+    absent = sorted(f for f in implied if f in host and not host[f])
+    if absent:
+        config["mattr"] = [f"-{f}" for f in absent]
+    return config
+
+
+def _host_cpu_features():
+    import tvm_ffi
+
+    return tvm_ffi.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")()
+
+
 def _cuda_arch_of_local_gpu() -> str:
     dev = tvm.cuda(0)
     if not dev.exist:
@@ -72,8 +95,8 @@ def _cuda_arch_of_local_gpu() -> str:
 def resolve_target(spec: TargetLike) -> Target:
     """Turn ``"llvm"``, ``"cuda"``, a JSON string or a dict into a complete TVM target.
 
-    A CPU target gets this machine's ``mcpu`` (so LLVM uses its instruction set)
-    and ``num-cores`` unless given; a CUDA target gets ``arch`` from the local GPU
+    A CPU target gets this machine's ``mcpu`` and ``mattr`` (so LLVM uses its
+    instruction set, and only what the CPU reports) and ``num-cores`` unless given; a CUDA target gets ``arch`` from the local GPU
     when not given, and MetaSchedule's required limits.
     """
     if isinstance(spec, Target):
@@ -102,7 +125,7 @@ def resolve_target(spec: TargetLike) -> Target:
     kind = config.get("kind")
     if kind == "llvm":
         if "mtriple" not in config and "mcpu" not in config:
-            config["mcpu"] = tvm.target.codegen.llvm_get_system_cpu()
+            config.update(host_cpu_config())
         config.setdefault("num-cores", host_cores())
     elif kind == "cuda":
         if "arch" not in config:
@@ -154,9 +177,21 @@ def target_json(target: Target) -> str:
     """A stable JSON form of a target, for metadata and cache keys."""
     # keys, tag and feature.* are derived by TVM from the rest; dropping them keeps
     # the JSON accepted by resolve_target, so it round-trips.
-    config = {k: v for k, v in dict(target.export()).items()
+    config = {k: _plain(v) for k, v in dict(target.export()).items()
               if k not in ("keys", "tag") and not k.startswith("feature.")}
     return json.dumps(config, sort_keys=True, default=str)
+
+
+def _plain(value: Any) -> Any:
+    """TVM's containers as JSON-ready Python values (an ``mattr`` Array as a list)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    try:
+        return [_plain(v) for v in value]
+    except TypeError:
+        return str(value)
 
 
 def device_of(target: Target) -> tvm.runtime.Device:

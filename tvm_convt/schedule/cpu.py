@@ -34,12 +34,16 @@ class CpuArch:
     ``gemm_vectors`` x ``gemm_rows`` is the GEMM's accumulator tile in registers
     (vectors along the weight's (o, k) axis, rows along the input samples);
     with the weight vectors and one broadcast of x it must fit in ``registers``.
+    Below ``gemm_min_channels`` input channels per group the tile's loads and
+    stores are not amortised over the reduction, and the fallback (vectorised
+    along the samples) is faster.
     """
 
     vector_bits: int
     registers: int
     gemm_vectors: int
     gemm_rows: int
+    gemm_min_channels: int = 16
 
     def __post_init__(self) -> None:
         # Accumulators, the weight vectors and one broadcast of x, all live at once.
@@ -82,8 +86,12 @@ class GemmPlan:
 
 
 def gemm_plan(workload: Workload, target: Target) -> GemmPlan | None:
-    """The accumulator tile for ``workload``, or None when m has no vector-lane divisor."""
+    """The accumulator tile for ``workload``, or None when m has no vector-lane divisor
+    or the groups are too narrow for a register tile to pay."""
     p = workload.params
+    arch = cpu_arch(target)
+    if p.in_per_group < arch.gemm_min_channels:
+        return None
     m_total = p.out_per_group * p.kernel_size
     lanes = cpu_vector_lanes(target, workload.dtype)
     # Halve the vector while it does not divide m: a ragged split would leave a
@@ -92,7 +100,6 @@ def gemm_plan(workload: Workload, target: Target) -> GemmPlan | None:
         lanes //= 2
     if lanes < 4:
         return None
-    arch = cpu_arch(target)
     vectors = arch.gemm_vectors if m_total % (arch.gemm_vectors * lanes) == 0 else 1
     # The operand walked by the inner loop is read once per block of the outer one:
     # keep the larger operand outside, so that the smaller is the one read again.
@@ -164,11 +171,17 @@ class CpuGemmRule:
             sch.reorder(n, g, jo, mo, c, ji, mi)
         else:
             sch.reorder(n, g, mo, jo, c, ji, mi)
-        if plan.samples_outer and ragged:
+        if plan.samples_outer and ragged and workload.batch * workload.params.groups == 1:
             # The tail tile runs after the parallel loop, on one thread: it is one tile.
+            # With more than one (batch, group) this would start the thread pool once
+            # per pair (512 times for a depthwise layer): they go parallel instead.
             main, _ = sch.loop_partition(jo, [workload.length // plan.rows, None])
             sch.parallel(main)
             outer = n
+        elif ragged and plan.samples_outer:
+            outer = sch.fuse(n, g)
+            sch.parallel(outer)
+            sch.loop_partition(jo, [workload.length // plan.rows, None])
         else:
             outer = sch.fuse(n, g, jo if plan.samples_outer else mo)
             sch.parallel(outer)
