@@ -142,6 +142,32 @@ def _register_tile(sch: s_tir.Schedule, block_name: str, lanes: int) -> None:
     sch.decompose_reduction(block, c)
 
 
+def _read_index(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buffer: str) -> int:
+    reads = [r.source.name for r in sch.get(block).reads]
+    assert buffer in reads, (buffer, reads)
+    return reads.index(buffer)
+
+
+def _pack_weight(sch: s_tir.Schedule, col: s_tir.schedule.SBlockRV, at: s_tir.schedule.LoopRV | None,
+                 kernel_size: int, width: int) -> None:
+    """Copy the weight, as (m block, input channel, ``width``), into a buffer made at loop ``at``
+    (at the start of the function when None).
+
+    The GEMM reads one ``width``-wide column block of the weight for every input
+    channel, rows ``m`` floats apart: a power-of-two ``m`` puts every row in one
+    L1 set. The packed block is contiguous and read from L1 for each tile of samples.
+    """
+    packed = sch.cache_read(col, _read_index(sch, col, "weight"), "global")
+    sch.transform_layout(packed, ("write", 0),
+                         lambda c, o, k: ((o * kernel_size + k) // width, c, (o * kernel_size + k) % width))
+    if at is not None:
+        sch.compute_at(packed, at)
+    if kernel_size % width == 0:
+        # The copy loops follow the weight's (c, o, k) axes: only when a block is
+        # part of one kernel row is the innermost loop ``width`` long at most.
+        sch.vectorize(sch.get_loops(packed)[-1])
+
+
 @dataclass(frozen=True)
 class CpuGemmRule:
     """Register-blocked GEMM for the ``col`` stage, vectorised along (out channel, tap).
@@ -164,27 +190,40 @@ class CpuGemmRule:
         sch = s_tir.Schedule(func)
         col = sch.get_sblock(C.COL)
         n, g, j, m, c = sch.get_loops(col)
-        mo, mi = sch.split(m, [None, plan.lanes * plan.vectors])
+        width = plan.lanes * plan.vectors
+        mo, mi = sch.split(m, [None, width])
         jo, ji = sch.split(j, [None, plan.rows])
         ragged = workload.length % plan.rows != 0
         if plan.samples_outer:
             sch.reorder(n, g, jo, mo, c, ji, mi)
         else:
-            sch.reorder(n, g, mo, jo, c, ji, mi)
-        if plan.samples_outer and ragged and workload.batch * workload.params.groups == 1:
+            # Every batch element reuses the weight's column block while it is packed.
+            sch.reorder(g, mo, n, jo, c, ji, mi)
+        one_pair = workload.batch * workload.params.groups == 1
+        if plan.samples_outer:
+            # The weight is the smaller operand: pack all of it once, before the loops.
+            _pack_weight(sch, col, None, workload.params.kernel_size, width)
+        if plan.samples_outer and ragged and one_pair:
             # The tail tile runs after the parallel loop, on one thread: it is one tile.
             # With more than one (batch, group) this would start the thread pool once
             # per pair (512 times for a depthwise layer): they go parallel instead.
             main, _ = sch.loop_partition(jo, [workload.length // plan.rows, None])
             sch.parallel(main)
             outer = n
-        elif ragged and plan.samples_outer:
-            outer = sch.fuse(n, g)
-            sch.parallel(outer)
-            sch.loop_partition(jo, [workload.length // plan.rows, None])
         else:
-            outer = sch.fuse(n, g, jo if plan.samples_outer else mo)
+            if plan.samples_outer:
+                parallel = (n, g) if ragged else (n, g, jo)
+            else:
+                parallel = (g, mo)
+            outer = sch.fuse(*parallel)
             sch.parallel(outer)
+            if not plan.samples_outer:
+                # Each thread packs the weight's column block it works on, when a block
+                # is whole kernel rows or part of one; otherwise the copy of a block's
+                # region would write beyond it, and all the weight is packed first.
+                kernel = workload.params.kernel_size
+                aligned = kernel % width == 0 or width % kernel == 0
+                _pack_weight(sch, col, outer if aligned else None, kernel, width)
             if ragged:
                 sch.loop_partition(jo, [workload.length // plan.rows, None])
         for name in _col_blocks(sch, outer):
