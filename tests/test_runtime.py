@@ -137,6 +137,45 @@ def test_layer_call_batched_unbatched_and_weight_assignment():
         layer(x.astype(np.float64))
 
 
+def _misaligned(arr: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``arr`` whose data is 4 bytes past a 64-byte boundary."""
+    raw = np.empty(arr.nbytes + 128, np.uint8)
+    start = (-raw.ctypes.data % 64) + 4
+    out = raw[start:start + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    out[...] = arr
+    return out
+
+
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    out = arr.copy()
+    out.flags.writeable = False
+    return out
+
+
+@pytest.mark.parametrize("layout", [np.ascontiguousarray, _misaligned, _read_only,
+                                    lambda a: np.asfortranarray(a), lambda a: a[..., ::-1].copy()[..., ::-1]])
+def test_inputs_in_any_memory_layout(layout):
+    """Host arrays are shared with the module when TVM can use them, copied when not."""
+    layer = ConvTranspose1d(4, 6, 3, stride=2, padding=1, seed=3)
+    x, w, b = random_inputs(layer.params, 2, 9, "float32", seed=5)
+    expected = conv_transpose1d_reference(x, w, b, layer.params)
+    layer.weight, layer.bias = layout(w), layout(b)
+    assert_close(layer(layout(x)), expected, "float32")
+    assert_close(tvm_convt.conv_transpose1d(layout(x), layout(w), layout(b), stride=2, padding=1),
+                 expected, "float32")
+    y = layer(x)
+    assert y.flags.c_contiguous and y.flags.writeable
+
+
+def test_in_place_weight_changes_take_effect():
+    layer = ConvTranspose1d(4, 6, 3, stride=2, padding=1, seed=3)
+    x = random_inputs(layer.params, 2, 9, "float32", seed=5)[0]
+    layer(x)  # the weights are on the device now
+    layer.weight[:] = 0
+    layer.bias *= 2
+    assert_close(layer(x), np.broadcast_to(layer.bias[None, :, None], (2, 6, 17)), "float32")
+
+
 def test_layer_float64_and_no_bias():
     layer = ConvTranspose1d(3, 4, 4, stride=2, bias=False, dtype="float64", seed=0)
     x = np.random.default_rng(0).standard_normal((1, 3, 6))

@@ -44,6 +44,30 @@ def as_array(value: Any, name: str) -> np.ndarray:
                     f"got {type(value).__name__}")
 
 
+# TVM imports host memory through DLPack only at this alignment (its allocations' own).
+ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: str | np.dtype) -> np.ndarray:
+    """An uninitialised C-contiguous NumPy array whose data starts on an ``ALIGNMENT`` boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def aligned_copy(arr: np.ndarray) -> np.ndarray:
+    out = aligned_empty(arr.shape, arr.dtype)
+    np.copyto(out, arr)
+    return out
+
+
+def _shareable(arr: np.ndarray) -> bool:
+    """Whether TVM can use ``arr``'s memory as it is (DLPack does not export read-only arrays)."""
+    return arr.flags.c_contiguous and arr.flags.writeable and arr.ctypes.data % ALIGNMENT == 0
+
+
 def _check_array_dtype(arr: np.ndarray, name: str, dtype: str) -> None:
     if arr.dtype != np.dtype(dtype):
         raise TypeError(f"{OP}: {name} must have dtype {dtype}, got {name}.dtype={arr.dtype}")
@@ -103,8 +127,12 @@ class CompiledConvTranspose1d:
 
     # -- running ------------------------------------------------------------------------
     def to_device(self, arr: np.ndarray) -> tvm.runtime.Tensor:
+        """``arr`` as a tensor on the module's device. On the CPU an aligned C-contiguous
+        array is shared, not copied: later in-place changes to it are seen by the module."""
         self._require_device()
-        return tvm.runtime.tensor(np.ascontiguousarray(arr), self.device)
+        if self.device.dlpack_device_type() != tvm.cpu(0).dlpack_device_type():
+            return tvm.runtime.tensor(np.ascontiguousarray(arr), self.device)
+        return tvm.runtime.from_dlpack(arr if _shareable(arr) else aligned_copy(arr))
 
     def check_weights(self, weight: Any, bias: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
         p, dtype = self.params, self.workload.dtype
@@ -119,11 +147,17 @@ class CompiledConvTranspose1d:
             raise ValueError(f"{OP}: this module was compiled with bias=False, got a bias")
         return weight, bias
 
-    def run(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor]) -> tvm.runtime.Tensor:
-        """Run on device tensors already checked: ``x`` batched, ``weights`` = [weight(, bias)]."""
-        y = tvm.runtime.empty(self.workload.output_shape, self.workload.dtype, self.device)
-        self.func(x, *weights, y)
-        return y
+    def run(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor]) -> np.ndarray:
+        """Run on device tensors already checked: ``x`` batched, ``weights`` = [weight(, bias)];
+        return the output as a NumPy array (written in place on the CPU, copied back otherwise)."""
+        w = self.workload
+        if self.device.dlpack_device_type() == tvm.cpu(0).dlpack_device_type():
+            y = aligned_empty(w.output_shape, w.dtype)
+            self.func(x, *weights, tvm.runtime.from_dlpack(y))
+            return y
+        y_dev = tvm.runtime.empty(w.output_shape, w.dtype, self.device)
+        self.func(x, *weights, y_dev)
+        return y_dev.numpy()
 
     def check_input(self, x: Any) -> tuple[np.ndarray, bool]:
         """Return ``x`` as a batched array and whether it came unbatched."""
@@ -142,7 +176,7 @@ class CompiledConvTranspose1d:
         xb, unbatched = self.check_input(x)
         weight, bias = self.check_weights(weight, bias)
         weights = [self.to_device(weight)] + ([self.to_device(bias)] if bias is not None else [])
-        y = self.run(self.to_device(xb), weights).numpy()
+        y = self.run(self.to_device(xb), weights)
         return y[0] if unbatched else y
 
     # -- files ----------------------------------------------------------------------------
@@ -272,8 +306,8 @@ class ConvTranspose1d:
         p = self.params
         bound = math.sqrt(p.groups / (p.out_channels * p.kernel_size))
         rng = np.random.default_rng(seed)
-        weight = rng.uniform(-bound, bound, p.weight_shape).astype(self.dtype)
-        bias = rng.uniform(-bound, bound, (p.out_channels,)).astype(self.dtype) if p.bias else None
+        weight = aligned_copy(rng.uniform(-bound, bound, p.weight_shape).astype(self.dtype))
+        bias = aligned_copy(rng.uniform(-bound, bound, (p.out_channels,)).astype(self.dtype)) if p.bias else None
         # (weight, bias, device copies by device): replaced as one on assignment, so a
         # call running meanwhile can only fill the copies of the values it read.
         self._state: tuple[np.ndarray, np.ndarray | None, dict[str, list[tvm.runtime.Tensor]]] = (
@@ -296,7 +330,7 @@ class ConvTranspose1d:
     def weight(self, value: Any) -> None:
         arr = as_array(value, "weight")
         _check_array(arr, "weight", self.params.weight_shape, self.dtype)
-        self._state = (np.array(arr, copy=True), self._state[1], {})
+        self._state = (aligned_copy(arr), self._state[1], {})
 
     @property
     def bias(self) -> np.ndarray | None:
@@ -312,7 +346,7 @@ class ConvTranspose1d:
             raise ValueError(f"{OP}: this layer was built with bias=True; assign an array, not None")
         arr = as_array(value, "bias")
         _check_array(arr, "bias", (self.params.out_channels,), self.dtype)
-        self._state = (self._state[0], np.array(arr, copy=True), {})
+        self._state = (self._state[0], aligned_copy(arr), {})
 
     def compiled_for(self, x_shape: tuple[int, ...], output_size: Any = None) -> CompiledConvTranspose1d:
         """The compiled module that serves an input of ``x_shape`` (compiling it if needed)."""
@@ -336,7 +370,7 @@ class ConvTranspose1d:
             w, b = compiled.check_weights(weight, bias)
             weights = [compiled.to_device(w)] + ([compiled.to_device(b)] if b is not None else [])
             copies[key] = weights
-        y = compiled.run(compiled.to_device(xb), weights).numpy()
+        y = compiled.run(compiled.to_device(xb), weights)
         return y[0] if unbatched else y
 
 
