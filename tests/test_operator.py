@@ -38,6 +38,8 @@ CASES = [
     ("gemm-groups-dilated", P(32, 16, 4, stride=2, padding=3, groups=2, dilation=3), 2, 8),
     ("gemm-output_padding", P(16, 16, 8, stride=4, padding=2, output_padding=3), 1, 7),
     ("gemm-gcd", P(16, 8, 5, stride=4, dilation=2, padding=1), 3, 6),
+    # More input channels than one channel block (128), in blocks that do not divide them.
+    ("gemm-channel-blocks", P(129, 16, 4, stride=2, padding=1), 2, 7),
     ("unbatched", P(4, 6, 4, stride=2, padding=1), None, 7),
 ]
 for mode in ("reflect", "replicate", "circular"):
@@ -172,7 +174,8 @@ AVX2 = {"kind": "llvm", "mcpu": "haswell"}  # AVX2 + FMA, 16 vector registers
 
 @pytest.mark.skipif(not _host_has_avx2(), reason="needs an x86-64 CPU with AVX2 to run AVX2 code")
 @pytest.mark.parametrize("name", ["gemm-vectorised", "hifigan-small", "reflect-vectorised", "depthwise",
-                                  "groups-dilated", "odd-m", "gemm-groups-dilated", "gemm-gcd"])
+                                  "groups-dilated", "odd-m", "gemm-groups-dilated", "gemm-gcd",
+                                  "gemm-channel-blocks"])
 def test_avx2_code_path(name):
     """The AVX2 blocking (2 vectors x 6 samples, 16 registers) is what an AVX2 machine runs
     by default; check it here even on an AVX-512 host."""

@@ -75,6 +75,22 @@ def test_compile_uses_tuned_record_and_stays_exact(tuned_logs):
         .startswith("default:"), "a record must only serve its own shape"
 
 
+def test_a_changed_default_schedule_is_measured_again(tuned_logs, tmp_path, monkeypatch):
+    """A better default in a later version joins the records; an unchanged one is not re-measured."""
+    from tvm_convt import schedule
+    from tvm_convt.schedule.cpu import CpuFallbackRule
+
+    logs = tmp_path / "logs"
+    shutil.copytree(tuned_logs[0], logs)
+    before = _records(logs / HOST_KEY)
+    monkeypatch.setitem(schedule.RULES, "llvm", (CpuFallbackRule(),))
+    tune(SUITE, trials=2, trials_per_iter=2, logs=logs, seed=0, progress=False)
+    # "up" had the GEMM rule's schedule and gets the fallback's; "dw" had the fallback's already.
+    assert _records(logs / HOST_KEY) == before + 2 + 1
+    tune(SUITE, trials=2, trials_per_iter=2, logs=logs, seed=1, progress=False)
+    assert _records(logs / HOST_KEY) == before + 4 + 1
+
+
 def test_records_are_kept_per_hardware_class(tuned_logs):
     logs, _ = tuned_logs
     w = SUITE["up"]

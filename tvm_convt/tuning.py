@@ -195,10 +195,13 @@ def check_tracker(rpc_tracker: str, rpc_key: str) -> None:
 
 def _seed_default_schedules(named: dict[str, Workload], mods: dict[str, tvm.IRModule], target, builder,
                             runner, database, report: TuningReport) -> None:
-    """Measure each workload's default schedule and commit it as a record, once per database.
+    """Measure each workload's default schedule and commit it as a record, unless the
+    database already holds a record of this very schedule.
 
     The evolutionary search starts from the best records in the database, so the
-    search begins at the hand-written schedule and a tuned result is never worse.
+    search begins at the hand-written schedule and a tuned result is never worse;
+    when a later version improves the default, its record joins the old ones and
+    the best of them is what gets used.
     """
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.builder import BuilderInput
@@ -209,10 +212,12 @@ def _seed_default_schedules(named: dict[str, Workload], mods: dict[str, tvm.IRMo
 
     pending = []
     for name, mod in mods.items():
-        if database.has_workload(mod) and database.get_top_k(database.commit_workload(mod), 1):
-            continue
         # Scheduled from the task's own function, so the trace replays on the task.
         sch, _ = default_schedule(mod["main"], named[name], target)
+        if database.has_workload(mod):
+            known = {str(r.trace) for r in database.get_top_k(database.commit_workload(mod), 1000)}
+            if str(sch.trace) in known:
+                continue
         pending.append((name, mod, sch))
     if not pending:
         return

@@ -20,9 +20,21 @@ def _parallel_outer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_outer
     sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
 
 
-def _schedule_epilogue_cpu(sch: s_tir.Schedule) -> None:
-    """Gather, fold and bias stages: cheap next to the GEMM; parallel over (batch, channel)."""
-    for name in (C.FULL, C.MARGIN_LEFT, C.MARGIN_RIGHT, C.OUT):
+def _schedule_epilogue_cpu(sch: s_tir.Schedule, gather_rows: int | None = None) -> None:
+    """Gather, fold and bias stages: cheap next to the GEMM; parallel over (batch, channel).
+
+    With ``gather_rows``, the gather walks the output ``gather_rows`` phase positions at a
+    time for every channel, so that the rows of a sample-major ``col`` it reads stay in
+    L1 across channels instead of being fetched once per channel.
+    """
+    stages = [C.FULL, C.MARGIN_LEFT, C.MARGIN_RIGHT, C.OUT]
+    if gather_rows is not None:
+        n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))
+        qo, qi = sch.split(q, [None, gather_rows])
+        sch.reorder(n, qo, co, r, qi)
+        sch.parallel(sch.fuse(n, qo))
+        stages.remove(C.FULL)
+    for name in stages:
         if has_block(sch, name):
             _parallel_outer(sch, sch.get_sblock(name), 2)
 
@@ -34,7 +46,9 @@ class CpuArch:
     ``gemm_vectors`` x ``gemm_rows`` is the GEMM's accumulator tile in registers
     (vectors along the weight's (o, k) axis, rows along the input samples);
     with the weight vectors and one broadcast of x it must fit in ``registers``.
-    Below ``gemm_min_channels`` input channels per group the tile's loads and
+    ``gather_tile_bytes`` of ``col`` rows are gathered for all channels at a time
+    (half of a 32 KiB L1). ``gemm_channel_block`` input channels of a packed weight
+    block (8 KiB at 16 floats) stay in L1 while every sample passes. Below ``gemm_min_channels`` input channels per group the tile's loads and
     stores are not amortised over the reduction, and the fallback (vectorised
     along the samples) is faster.
     """
@@ -44,6 +58,8 @@ class CpuArch:
     gemm_vectors: int
     gemm_rows: int
     gemm_min_channels: int = 16
+    gemm_channel_block: int = 128
+    gather_tile_bytes: int = 16384
 
     def __post_init__(self) -> None:
         # Accumulators, the weight vectors and one broadcast of x, all live at once.
@@ -105,6 +121,13 @@ def gemm_plan(workload: Workload, target: Target) -> GemmPlan | None:
     # keep the larger operand outside, so that the smaller is the one read again.
     samples_outer = workload.length > m_total
     return GemmPlan(lanes, vectors, min(workload.length, arch.gemm_rows), samples_outer)
+
+
+def _gather_rows(workload: Workload, target: Target) -> int:
+    """Phase positions the gather takes at a time: ``col`` rows (all groups) of one L1 tile."""
+    p = workload.params
+    row_bytes = p.groups * p.out_per_group * p.kernel_size * tvm.DataType(workload.dtype).bits // 8
+    return max(8, cpu_arch(target).gather_tile_bytes // row_bytes)
 
 
 def _col_blocks(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> list[str]:
@@ -174,11 +197,12 @@ class CpuGemmRule:
 
     The weight's contiguous (o, k) axis ``m`` is split into ``lanes * vectors``-wide
     vector blocks; ``rows`` input samples are unrolled beside them, so
-    ``rows * vectors`` accumulators stay in registers across the whole reduction
-    over input channels. When ``rows`` does not divide the length, the last
-    tile is a loop of its own: a bounds check inside the unrolled loop makes
-    LLVM spill the accumulators. Not applicable when ``m`` has no vector-lane
-    multiple as a divisor.
+    ``rows * vectors`` accumulators stay in registers across the reduction over
+    input channels. The larger operand is walked by the parallel loop (see
+    :class:`GemmPlan`), and the weight is read from a packed copy. When ``rows``
+    does not divide the length, the last tile is a loop of its own: a bounds check
+    inside the unrolled loop makes LLVM spill the accumulators. Not applicable
+    when ``m`` has no vector-lane multiple as a divisor, or the groups are narrow.
     """
 
     name: str = "cpu-gemm"
@@ -188,48 +212,77 @@ class CpuGemmRule:
         if plan is None:
             return None
         sch = s_tir.Schedule(func)
-        col = sch.get_sblock(C.COL)
-        n, g, j, m, c = sch.get_loops(col)
-        width = plan.lanes * plan.vectors
-        mo, mi = sch.split(m, [None, width])
-        jo, ji = sch.split(j, [None, plan.rows])
-        ragged = workload.length % plan.rows != 0
         if plan.samples_outer:
-            sch.reorder(n, g, jo, mo, c, ji, mi)
+            _gemm_samples_outer(sch, workload, plan)
         else:
-            # Every batch element reuses the weight's column block while it is packed.
-            sch.reorder(g, mo, n, jo, c, ji, mi)
-        one_pair = workload.batch * workload.params.groups == 1
-        if plan.samples_outer:
-            # The weight is the smaller operand: pack all of it once, before the loops.
-            _pack_weight(sch, col, None, workload.params.kernel_size, width)
-        if plan.samples_outer and ragged and one_pair:
-            # The tail tile runs after the parallel loop, on one thread: it is one tile.
-            # With more than one (batch, group) this would start the thread pool once
-            # per pair (512 times for a depthwise layer): they go parallel instead.
-            main, _ = sch.loop_partition(jo, [workload.length // plan.rows, None])
-            sch.parallel(main)
-            outer = n
-        else:
-            if plan.samples_outer:
-                parallel = (n, g) if ragged else (n, g, jo)
-            else:
-                parallel = (g, mo)
-            outer = sch.fuse(*parallel)
-            sch.parallel(outer)
-            if not plan.samples_outer:
-                # Each thread packs the weight's column block it works on, when a block
-                # is whole kernel rows or part of one; otherwise the copy of a block's
-                # region would write beyond it, and all the weight is packed first.
-                kernel = workload.params.kernel_size
-                aligned = kernel % width == 0 or width % kernel == 0
-                _pack_weight(sch, col, outer if aligned else None, kernel, width)
-            if ragged:
-                sch.loop_partition(jo, [workload.length // plan.rows, None])
-        for name in _col_blocks(sch, outer):
-            _register_tile(sch, name, plan.lanes)
-        _schedule_epilogue_cpu(sch)
+            _gemm_weight_outer(sch, workload, plan, cpu_arch(target).gemm_channel_block)
+        _schedule_epilogue_cpu(sch, _gather_rows(workload, target))
         return sch
+
+
+def _gemm_loops(sch: s_tir.Schedule, plan: GemmPlan) -> tuple[s_tir.schedule.LoopRV, ...]:
+    """Split col's loops into tiles: (n, g, jo, ji, mo, mi, c)."""
+    n, g, j, m, c = sch.get_loops(sch.get_sblock(C.COL))
+    mo, mi = sch.split(m, [None, plan.lanes * plan.vectors])
+    jo, ji = sch.split(j, [None, plan.rows])
+    return n, g, jo, ji, mo, mi, c
+
+
+def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan) -> None:
+    """Parallel over tiles of samples; each walks all of the (packed) weight."""
+    width = plan.lanes * plan.vectors
+    col = sch.get_sblock(C.COL)
+    n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
+    sch.reorder(n, g, jo, mo, c, ji, mi)
+    # The weight is the smaller operand: pack all of it once, before the loops.
+    _pack_weight(sch, col, None, workload.params.kernel_size, width)
+    ragged = workload.length % plan.rows != 0
+    if ragged and workload.batch * workload.params.groups == 1:
+        # The tail tile runs after the parallel loop, on one thread: it is one tile.
+        # With more than one (batch, group) this would start the thread pool once
+        # per pair (512 times for a depthwise layer): they go parallel instead.
+        main, _ = sch.loop_partition(jo, [workload.length // plan.rows, None])
+        sch.parallel(main)
+        outer = n
+    else:
+        outer = sch.fuse(n, g) if ragged else sch.fuse(n, g, jo)
+        sch.parallel(outer)
+        if ragged:
+            sch.loop_partition(jo, [workload.length // plan.rows, None])
+    for name in _col_blocks(sch, outer):
+        _register_tile(sch, name, plan.lanes)
+
+
+def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan, channel_block: int) -> None:
+    """Parallel over the weight's column blocks; each is packed, then met by every sample.
+
+    The input channels go in blocks of ``channel_block`` outside the sample tiles, so
+    that one block of the packed weight stays in L1 while all samples pass over it;
+    the accumulators are loaded and stored once per channel block, which LLVM hoists
+    out of the innermost channel loop.
+    """
+    width = plan.lanes * plan.vectors
+    kernel = workload.params.kernel_size
+    col = sch.get_sblock(C.COL)
+    n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
+    cblocks = -(-workload.params.in_per_group // channel_block)
+    co, ci = sch.split(c, [cblocks, None])
+    sch.reorder(g, mo, co, n, jo, ci, ji, mi)
+    outer = sch.fuse(g, mo)
+    sch.parallel(outer)
+    # Each thread packs the weight's column block it works on, when a block is whole
+    # kernel rows or part of one; otherwise the copy of a block's region would write
+    # beyond it, and all the weight is packed first.
+    aligned = kernel % width == 0 or width % kernel == 0
+    _pack_weight(sch, col, outer if aligned else None, kernel, width)
+    sch.unroll(ji)
+    sch.vectorize(mi)
+    sch.decompose_reduction(col, co)
+    # The gather walks col down a column (stride m): a power-of-two row
+    # stride would map every row to one cache set. Pad rows by one vector.
+    sch.storage_align(col, 0, axis=2, factor=256, offset=plan.lanes)
+    if workload.length % plan.rows:
+        sch.loop_partition(jo, [workload.length // plan.rows, None])
 
 
 @dataclass(frozen=True)
