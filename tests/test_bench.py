@@ -131,7 +131,7 @@ def test_plot_is_a_png(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--target", '{"kind": "cuda", "arch": "sm_90"}'], "for CUDA use tools/gpu_check.py"),
+    (["--target", '{"kind": "cuda", "arch": "sm_90"}'], "takes llvm targets only"),
     (["--rounds", "0"], "must be positive"),
     (["--suite", "/nonexistent/suite.json"], "suite file /nonexistent/suite.json does not exist"),
 ])

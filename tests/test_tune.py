@@ -20,7 +20,7 @@ import tvm_convt
 from tvm_convt.params import ConvTranspose1dParams, Workload
 from tvm_convt.records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, TuningLogWarning, find_tuned_schedule,
                                open_database, read_index, sanitize_logs, shipped_schedules_dir,
-                               stale_workloads, write_index)
+                               stale_workloads, workload_module, write_index)
 from tvm_convt.reference import conv_transpose1d_reference
 from tvm_convt.target import resolve_target, target_key
 from tvm_convt.suite import load_suite
@@ -101,6 +101,17 @@ def test_records_are_kept_per_hardware_class(tuned_logs):
     assert find_tuned_schedule(w, other, logs=logs) is None
 
 
+def test_bench_default_schedule_skips_the_records(tuned_logs):
+    from tvm_convt.benchmark import run_bench
+
+    logs, report = tuned_logs
+    suite = {name: SUITE[name] for name in report.best_seconds}
+    tuned = run_bench(suite, logs=logs, rounds=1, threads=1)
+    default = run_bench(suite, logs=logs, rounds=1, threads=1, tuned=False)
+    assert [c.schedule for c in tuned.records] == [f"tuned:{logs / HOST_KEY}"] * len(suite)
+    assert all(c.schedule.startswith("default:") for c in default.records)
+
+
 def test_prune_keeps_best_record_per_workload(tuned_logs, tmp_path):
     logs, report = tuned_logs
     assert sorted(read_index(logs / HOST_KEY), key=str) == sorted(SUITE.values(), key=str)
@@ -111,6 +122,19 @@ def test_prune_keeps_best_record_per_workload(tuned_logs, tmp_path):
     assert stale_workloads(out) == []
     w = SUITE[next(iter(report.best_seconds))]
     assert find_tuned_schedule(w, resolve_target("llvm"), logs=tmp_path) is not None
+
+
+def test_prune_can_keep_several_records_per_workload(tuned_logs, tmp_path):
+    logs, report = tuned_logs
+    [out] = prune(logs, tmp_path, keep=3)
+    db = open_database(out)
+    best = open_database(logs / HOST_KEY)
+    for name in report.best_seconds:
+        mod = workload_module(SUITE[name])
+        kept = db.get_top_k(db.commit_workload(mod), 10)
+        assert 1 <= len(kept) <= 3
+        top = best.get_top_k(best.commit_workload(mod), 1)[0]
+        assert [float(s) for s in kept[0].run_secs] == [float(s) for s in top.run_secs]
 
 
 def test_shipped_schedules_come_after_user_logs(tuned_logs, tmp_path, monkeypatch):

@@ -200,14 +200,16 @@ def _cpu_name() -> str:
 
 
 def compare_workload(name: str, workload: Workload, *, target: TargetLike, threads: int,
-                     rounds: int, logs: str | Path | None = None) -> tuple[Comparison, str | None]:
-    """Compile (best schedule available), check against PyTorch, then time both.
+                     rounds: int, logs: str | Path | None = None,
+                     tuned: bool = True) -> tuple[Comparison, str | None]:
+    """Compile (best schedule available; the default rule when not ``tuned``), check
+    against PyTorch, then time both.
 
     Returns the comparison and, when PyTorch could not run it, why not. Raises
     :class:`ResultMismatch` when the outputs disagree, before timing anything.
     """
     compiled = compile_module(workload.params, batch=workload.batch, length=workload.length,
-                              dtype=workload.dtype, target=target, logs=logs)
+                              dtype=workload.dtype, target=target, logs=logs, tuned=tuned)
     x, weight, bias = layer_inputs(workload)
     rival, label = torch_call(workload, x, weight, bias, threads)
     ours = compiled(x, weight, bias)
@@ -236,7 +238,7 @@ def module_call(compiled: CompiledConvTranspose1d, x: np.ndarray, weight: np.nda
 
 def run_bench(
     suite: dict[str, Workload], *, target: TargetLike = "llvm", threads: int | None = None,
-    rounds: int = 15, logs: str | Path | None = None,
+    rounds: int = 15, logs: str | Path | None = None, tuned: bool = True,
     progress: Callable[[Comparison], None] | None = None,
 ) -> BenchReport:
     """Compare tvm_convt with PyTorch on every workload of ``suite``.
@@ -247,6 +249,8 @@ def run_bench(
         threads: CPU threads for both sides (default: the physical cores).
         rounds: interleaved timing rounds per workload; medians are reported.
         logs: the user's tuning logs, looked up before the shipped records.
+        tuned: False to skip every tuning record and time the default schedules,
+            what a layer nobody tuned gets.
         progress: called with each comparison as soon as it is measured.
     """
     threads = host_cores() if threads is None else threads
@@ -256,7 +260,7 @@ def run_bench(
     report = BenchReport(machine_info(target, threads))
     for name, workload in suite.items():
         comparison, why = compare_workload(name, workload, target=target, threads=threads,
-                                           rounds=rounds, logs=logs)
+                                           rounds=rounds, logs=logs, tuned=tuned)
         report.records.append(comparison)
         if why is not None:
             report.torch_notes[name] = why

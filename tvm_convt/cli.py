@@ -66,7 +66,7 @@ def cpu_target_arg(text: str) -> str:
     text = target_arg(text)
     if resolve_target(text).kind.name != "llvm":
         raise argparse.ArgumentTypeError(
-            f"bench compares CPU kernels with PyTorch's on the CPU; for CUDA use tools/gpu_check.py, "
+            f"bench compares CPU kernels with PyTorch's on the CPU and takes llvm targets only, "
             f"got target={text!r}")
     return text
 
@@ -239,7 +239,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
           f"({'suite ' + str(args.suite) if args.suite else 'the default suite'}); "
           "each is checked against PyTorch before it is timed", file=sys.stderr)
     report = run_bench(suite, target=args.target, threads=args.threads, rounds=args.rounds,
-                       logs=args.logs, progress=stream_progress)
+                       logs=args.logs, tuned=not args.default_schedule, progress=stream_progress)
     m = report.machine
     print(f"machine: {m['cpu']}, {m['target_key']} ({m['target']}), {m['threads']} threads, "
           f"tvm {m['tvm']}, torch {m['torch']}")
@@ -372,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", type=Path, default=None,
                        help="also draw the speed-ups as a bar chart (PNG; needs matplotlib)")
     bench.add_argument("--logs", type=Path, default=None, help=LOGS_HELP)
+    bench.add_argument("--default-schedule", action="store_true",
+                       help="ignore every tuning record (yours and the shipped ones) and time the "
+                            "default schedules, as for a layer nobody tuned")
     bench.set_defaults(func=_cmd_bench)
 
     info = sub.add_parser("info", help="TVM version, usable targets and the cache directory")

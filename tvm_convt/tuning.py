@@ -378,12 +378,30 @@ def tune(
     return database, report
 
 
-def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = None) -> list[Path]:
-    """Write the best record per workload of each ``<logs>/<key>/`` database to ``<out>/<key>/``.
+def _copy_best(source, dest, workloads: list[Workload], keep: int) -> None:
+    """Commit the ``keep`` fastest records of each workload in ``source`` to ``dest``."""
+    from tvm.s_tir.meta_schedule.database import TuningRecord
 
-    This is how ``schedules/`` (shipped in the wheel) is made from ``tuning_logs/``.
-    The workload index goes along, less the workloads the current compute no longer
-    produces (records tuned before a change to it). Returns the directories written.
+    for workload in workloads:
+        mod = workload_module(workload)
+        if not source.has_workload(mod):
+            continue
+        entry = dest.commit_workload(mod)
+        for record in source.get_top_k(source.commit_workload(mod), keep):
+            dest.commit_tuning_record(TuningRecord(record.trace, entry, record.run_secs,
+                                                   record.target, record.args_info))
+
+
+def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = None,
+          keep: int = 1) -> list[Path]:
+    """Write the ``keep`` best records per workload of each ``<logs>/<key>/`` database to
+    ``<out>/<key>/``.
+
+    This is how ``schedules/`` (shipped in the wheel, ``keep=1``) is made from a full
+    tuning database, and how ``tuning_logs/`` keeps a warm start small (a few records
+    per workload). The workload index goes along, less the workloads the current
+    compute no longer produces (records tuned before a change to it). Returns the
+    directories written.
     """
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
@@ -399,7 +417,10 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
         for name in (WORKLOAD_FILE, RECORD_FILE, INDEX_FILE):
             (dest / name).unlink(missing_ok=True)
         pruned = JSONDatabase(str(dest / WORKLOAD_FILE), str(dest / RECORD_FILE), allow_missing=True)
-        db.dump_pruned(pruned)
+        if keep == 1:
+            db.dump_pruned(pruned)
+        else:
+            _copy_best(db, pruned, read_index(directory), keep)
         write_index(dest, [w for w in read_index(directory)
                            if pruned.has_workload(workload_module(w))])
         written.append(dest)

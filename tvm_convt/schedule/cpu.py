@@ -41,47 +41,62 @@ def _schedule_epilogue_cpu(sch: s_tir.Schedule, gather_rows: int | None = None) 
 
 @dataclass(frozen=True)
 class CpuArch:
-    """What the CPU rules need to know of a vector instruction set.
+    """What the CPU rules need to know of a vector instruction set and core.
 
-    ``gemm_vectors`` x ``gemm_rows`` is the GEMM's accumulator tile in registers
-    (vectors along the weight's (o, k) axis, rows along the input samples);
-    with the weight vectors and one broadcast of x it must fit in ``registers``.
-    ``gather_tile_bytes`` of ``col`` rows are gathered for all channels at a time
-    (half of a 32 KiB L1). ``gemm_channel_block`` input channels of a packed weight
-    block (8 KiB at 16 floats) stay in L1 while every sample passes. Below ``gemm_min_channels`` input channels per group the tile's loads and
-    stores are not amortised over the reduction, and the fallback (vectorised
-    along the samples) is faster.
+    ``gemm_blockings`` are the GEMM's accumulator tiles in registers, as
+    (vectors, rows): vectors along the weight's (o, k) axis, rows along the input
+    samples, in order of preference; a workload takes the first whose width
+    divides its (o, k) axis. With the weight vectors and one broadcast of x each
+    must fit in ``registers``. Below ``gemm_min_channels`` input channels per
+    group the tile's loads and stores are not amortised over the reduction, and
+    the fallback (vectorised along the samples) is faster. With
+    ``gemm_channel_block``, that many input channels of a packed weight block
+    stay in L1 while every sample passes (None: the whole reduction at once).
+    With ``gather_tile_bytes``, the gather takes that many bytes of ``col`` rows
+    for all channels at a time (None: one channel at a time).
     """
 
     vector_bits: int
     registers: int
-    gemm_vectors: int
-    gemm_rows: int
+    gemm_blockings: tuple[tuple[int, int], ...]
     gemm_min_channels: int = 16
-    gemm_channel_block: int = 128
-    gather_tile_bytes: int = 16384
+    gemm_channel_block: int | None = None
+    gather_tile_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        # Accumulators, the weight vectors and one broadcast of x, all live at once.
-        assert self.gemm_vectors * self.gemm_rows + self.gemm_vectors + 1 <= self.registers, self
+        for vectors, rows in self.gemm_blockings:
+            # Accumulators, the weight vectors and one broadcast of x, all live at once.
+            assert vectors * rows + vectors + 1 <= self.registers, self
 
 
-# Blockings measured on Zen 4 (AVX-512 natively, AVX2 with mcpu=znver3); see docs/performance.md.
+# Blockings measured with tools/probe_blocking.py; see docs/performance.md. Intel's AVX-512
+# cores issue two 512-bit FMAs a cycle but load two vectors: a 1-vector tile, one broadcast
+# load per FMA, is load-bound there, while Zen 4 issues one 512-bit FMA a cycle.
 # SSE, NEON and SVE (LLVM vectorises SVE at a fixed 128 bits here) are not measured.
+_AVX2 = CpuArch(vector_bits=256, registers=16, gemm_blockings=((2, 6), (1, 12)), gather_tile_bytes=16384)
 CPU_ARCHS: dict[str, CpuArch] = {
-    "avx512": CpuArch(vector_bits=512, registers=32, gemm_vectors=1, gemm_rows=12),
-    "avx2": CpuArch(vector_bits=256, registers=16, gemm_vectors=2, gemm_rows=6),
-    "avx": CpuArch(vector_bits=256, registers=16, gemm_vectors=2, gemm_rows=6),
-    "sse4": CpuArch(vector_bits=128, registers=16, gemm_vectors=2, gemm_rows=6),
-    "neon": CpuArch(vector_bits=128, registers=32, gemm_vectors=2, gemm_rows=12),
-    "sve": CpuArch(vector_bits=128, registers=32, gemm_vectors=2, gemm_rows=12),
+    "avx512": CpuArch(vector_bits=512, registers=32, gemm_blockings=((4, 6), (2, 12), (1, 12)),
+                      gather_tile_bytes=32768),
+    "avx2": _AVX2,
+    "avx": _AVX2,
+    "sse4": CpuArch(vector_bits=128, registers=16, gemm_blockings=((2, 6), (1, 12)), gather_tile_bytes=16384),
+    "neon": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12)), gather_tile_bytes=16384),
+    "sve": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12)), gather_tile_bytes=16384),
 }
-GENERIC = CpuArch(vector_bits=128, registers=16, gemm_vectors=2, gemm_rows=6)
+# Cores whose best blocking differs from their instruction set's, by LLVM's mcpu name.
+_ZEN4 = CpuArch(vector_bits=512, registers=32, gemm_blockings=((1, 12),), gather_tile_bytes=16384)
+CPU_ARCHS_BY_MCPU: dict[tuple[str, str], CpuArch] = {
+    ("avx512", "znver4"): _ZEN4,
+    ("avx512", "znver5"): _ZEN4,
+}
+GENERIC = CpuArch(vector_bits=128, registers=16, gemm_blockings=((2, 6), (1, 12)), gather_tile_bytes=16384)
 
 
 def cpu_arch(target: Target) -> CpuArch:
-    """The :class:`CpuArch` of an LLVM target's instruction set."""
-    return CPU_ARCHS.get(cpu_isa(target)[1], GENERIC)
+    """The :class:`CpuArch` of an LLVM target's instruction set (and core, where measured)."""
+    isa = cpu_isa(target)[1]
+    mcpu = str(target.attrs.get("mcpu", ""))
+    return CPU_ARCHS_BY_MCPU.get((isa, mcpu)) or CPU_ARCHS.get(isa, GENERIC)
 
 
 def cpu_vector_lanes(target: Target, dtype: str) -> int:
@@ -116,18 +131,26 @@ def gemm_plan(workload: Workload, target: Target) -> GemmPlan | None:
         lanes //= 2
     if lanes < 4:
         return None
-    vectors = arch.gemm_vectors if m_total % (arch.gemm_vectors * lanes) == 0 else 1
+    vectors, rows = next(((v, r) for v, r in arch.gemm_blockings if m_total % (v * lanes) == 0),
+                         (1, arch.gemm_blockings[-1][1]))
     # The operand walked by the inner loop is read once per block of the outer one:
     # keep the larger operand outside, so that the smaller is the one read again.
     samples_outer = workload.length > m_total
-    return GemmPlan(lanes, vectors, min(workload.length, arch.gemm_rows), samples_outer)
+    return GemmPlan(lanes, vectors, min(workload.length, rows), samples_outer)
 
 
-def _gather_rows(workload: Workload, target: Target) -> int:
+GATHER_MIN_ROWS = 16
+
+
+def _gather_rows(workload: Workload, arch: CpuArch) -> int | None:
     """Phase positions the gather takes at a time: ``col`` rows (all groups) of one L1 tile."""
+    if arch.gather_tile_bytes is None:
+        return None
     p = workload.params
     row_bytes = p.groups * p.out_per_group * p.kernel_size * tvm.DataType(workload.dtype).bits // 8
-    return max(8, cpu_arch(target).gather_tile_bytes // row_bytes)
+    rows = arch.gather_tile_bytes // row_bytes
+    # Shorter tiles cost more in loop overhead than the cache misses they save.
+    return rows if rows >= GATHER_MIN_ROWS else None
 
 
 def _col_blocks(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> list[str]:
@@ -212,11 +235,12 @@ class CpuGemmRule:
         if plan is None:
             return None
         sch = s_tir.Schedule(func)
+        arch = cpu_arch(target)
         if plan.samples_outer:
             _gemm_samples_outer(sch, workload, plan)
         else:
-            _gemm_weight_outer(sch, workload, plan, cpu_arch(target).gemm_channel_block)
-        _schedule_epilogue_cpu(sch, _gather_rows(workload, target))
+            _gemm_weight_outer(sch, workload, plan, arch.gemm_channel_block)
+        _schedule_epilogue_cpu(sch, _gather_rows(workload, arch))
         return sch
 
 
@@ -253,21 +277,26 @@ def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan)
         _register_tile(sch, name, plan.lanes)
 
 
-def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan, channel_block: int) -> None:
+def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
+                       channel_block: int | None) -> None:
     """Parallel over the weight's column blocks; each is packed, then met by every sample.
 
-    The input channels go in blocks of ``channel_block`` outside the sample tiles, so
-    that one block of the packed weight stays in L1 while all samples pass over it;
-    the accumulators are loaded and stored once per channel block, which LLVM hoists
-    out of the innermost channel loop.
+    With ``channel_block``, the input channels go in blocks of that many outside
+    the sample tiles, so that one block of the packed weight stays in L1 while all
+    samples pass over it; the accumulators are then loaded and stored once per
+    channel block.
     """
     width = plan.lanes * plan.vectors
     kernel = workload.params.kernel_size
     col = sch.get_sblock(C.COL)
     n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
-    cblocks = -(-workload.params.in_per_group // channel_block)
-    co, ci = sch.split(c, [cblocks, None])
-    sch.reorder(g, mo, co, n, jo, ci, ji, mi)
+    blocks = 1 if channel_block is None else -(-workload.params.in_per_group // channel_block)
+    if blocks > 1:
+        co, ci = sch.split(c, [blocks, None])
+        # Every batch element reuses the weight's column block while it is packed.
+        sch.reorder(g, mo, co, n, jo, ci, ji, mi)
+    else:
+        sch.reorder(g, mo, n, jo, c, ji, mi)
     outer = sch.fuse(g, mo)
     sch.parallel(outer)
     # Each thread packs the weight's column block it works on, when a block is whole
@@ -275,14 +304,27 @@ def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan, 
     # beyond it, and all the weight is packed first.
     aligned = kernel % width == 0 or width % kernel == 0
     _pack_weight(sch, col, outer if aligned else None, kernel, width)
-    sch.unroll(ji)
-    sch.vectorize(mi)
-    sch.decompose_reduction(col, co)
-    # The gather walks col down a column (stride m): a power-of-two row
-    # stride would map every row to one cache set. Pad rows by one vector.
-    sch.storage_align(col, 0, axis=2, factor=256, offset=plan.lanes)
+    if blocks > 1:
+        # Before the partition, which would split col's block in two.
+        _channel_blocked_tile(sch, col, plan.lanes, co)
     if workload.length % plan.rows:
         sch.loop_partition(jo, [workload.length // plan.rows, None])
+    if blocks == 1:
+        for name in _col_blocks(sch, outer):
+            _register_tile(sch, name, plan.lanes)
+
+
+def _channel_blocked_tile(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int,
+                          channel_blocks: s_tir.schedule.LoopRV) -> None:
+    """Accumulate a tile of ``col`` in place over one block of input channels: LLVM keeps
+    it in registers across the block's channels, and it is loaded and stored once per block."""
+    *_, ji, mi = sch.get_loops(block)
+    sch.unroll(ji)
+    sch.vectorize(mi)
+    sch.decompose_reduction(block, channel_blocks)
+    # The gather walks col down a column (stride m): a power-of-two row
+    # stride would map every row to one cache set. Pad rows by one vector.
+    sch.storage_align(block, 0, axis=2, factor=256, offset=lanes)
 
 
 @dataclass(frozen=True)
