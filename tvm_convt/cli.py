@@ -262,9 +262,26 @@ def tracker_arg(text: str) -> str:
     return text
 
 
+def _prune_for_shipping(report, workloads: dict[str, Workload], args: argparse.Namespace) -> None:
+    """Write the best record per workload to --schedules; measured locally, the best few
+    and the default schedule are timed against each other first, and the fastest kept."""
+    from .tuning import prune
+
+    local = args.rpc_tracker is None
+    confirmed: dict[str, list] = {}
+    for path in prune(report.logs.parent, args.schedules, target_key_name=report.target_key,
+                      confirm_on=args.target if local else None, confirmed=confirmed):
+        print(f"pruned best records: {path}")
+    for name, w in workloads.items():
+        ranked = confirmed.get(json.dumps(w.to_dict(), sort_keys=True))
+        if ranked:
+            times = ", ".join(f"{c.source} {c.seconds * 1e3:.3f} ms" for c in ranked)
+            print(f"  {name}: kept {ranked[0].source} (re-measured: {times})")
+
+
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .suite import load_suite
-    from .tuning import prune, tune
+    from .tuning import tune
 
     if args.suite is not None:
         workloads = load_suite(args.suite)
@@ -294,8 +311,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print(f"  {name}: {w.input_shape} -> {w.output_shape} {w.dtype}: best {best}")
     print(f"records: {report.logs}")
     if args.schedules is not None:
-        for path in prune(report.logs.parent, args.schedules, target_key_name=report.target_key):
-            print(f"pruned best records: {path}")
+        _prune_for_shipping(report, workloads, args)
     if not report.best_seconds:
         print("tvm-convt tune: error: no candidate ran successfully; see the logs in the work dir",
               file=sys.stderr)
@@ -349,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--seed", type=non_negative_int, default=None,
                       help="random seed of the search (default: random)")
     tune.add_argument("--schedules", type=Path, default=None,
-                      help="also write the best record per workload to SCHEDULES/<hardware class>/ "
-                           "(default: do not)")
+                      help="also write the best record per workload to SCHEDULES/<hardware class>/; "
+                           "measured locally, the best few records and the default schedule are first "
+                           "timed against each other and the fastest is kept (default: do not)")
     tune.set_defaults(func=_cmd_tune)
 
     bench = sub.add_parser(

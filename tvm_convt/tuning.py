@@ -9,6 +9,7 @@ from ``tuning_logs/``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -392,8 +393,32 @@ def _copy_best(source, dest, workloads: list[Workload], keep: int) -> None:
                                                    record.target, record.args_info))
 
 
+def _copy_confirmed(source, dest, workloads: list[Workload], keep: int, target,
+                    report: dict[str, list[Any]] | None) -> None:
+    """Commit the ``keep`` fastest of each workload's default schedule and best records in
+    ``source``, re-measured here (:func:`tvm_convt.remeasure.rank_candidates`), to ``dest``."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    from .remeasure import rank_candidates
+
+    for workload in workloads:
+        mod = workload_module(workload)
+        if not source.has_workload(mod):
+            continue
+        ranked = rank_candidates(source, workload, target, candidates=max(4, keep))
+        entry = dest.commit_workload(mod)
+        args_info = ArgInfo.from_prim_func(mod["main"])
+        for candidate in ranked[:keep]:
+            dest.commit_tuning_record(TuningRecord(candidate.trace, entry, [candidate.seconds],
+                                                   target, args_info))
+        if report is not None:
+            report[json.dumps(workload.to_dict(), sort_keys=True)] = ranked
+
+
 def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = None,
-          keep: int = 1) -> list[Path]:
+          keep: int = 1, confirm_on: TargetLike | None = None,
+          confirmed: dict[str, list[Any]] | None = None) -> list[Path]:
     """Write the ``keep`` best records per workload of each ``<logs>/<key>/`` database to
     ``<out>/<key>/``.
 
@@ -402,9 +427,28 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
     per workload). The workload index goes along, less the workloads the current
     compute no longer produces (records tuned before a change to it). Returns the
     directories written.
+
+    Args:
+        logs: the folder holding one database folder per hardware class.
+        out: where the pruned folders go, one per hardware class.
+        target_key_name: prune only this hardware class.
+        keep: records kept per workload.
+        confirm_on: a target this machine runs (the one tuned for): each workload's
+            best records and its default schedule are built and timed against each
+            other here, and the fastest are kept (the default schedule unless a
+            record beats it by :data:`tvm_convt.remeasure.DEFAULT_MARGIN`). Only
+            that target's hardware class is pruned.
+        confirmed: filled, when given, with each workload's ranked candidates
+            (keyed by the workload's JSON).
     """
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
+    target = resolve_target(confirm_on) if confirm_on is not None else None
+    if target is not None:
+        if target_key_name not in (None, target_key(target)):
+            raise ValueError(f"{OP}: prune confirms on the target's own hardware class, got "
+                             f"target_key_name={target_key_name!r} for a {target_key(target)} target")
+        target_key_name = target_key(target)
     written = []
     for directory in sorted(Path(logs).iterdir()):
         if target_key_name is not None and directory.name != target_key_name:
@@ -417,7 +461,9 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
         for name in (WORKLOAD_FILE, RECORD_FILE, INDEX_FILE):
             (dest / name).unlink(missing_ok=True)
         pruned = JSONDatabase(str(dest / WORKLOAD_FILE), str(dest / RECORD_FILE), allow_missing=True)
-        if keep == 1:
+        if target is not None:
+            _copy_confirmed(db, pruned, read_index(directory), keep, target, confirmed)
+        elif keep == 1:
             db.dump_pruned(pruned)
         else:
             _copy_best(db, pruned, read_index(directory), keep)

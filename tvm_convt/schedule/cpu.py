@@ -20,6 +20,15 @@ def _parallel_outer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_outer
     sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
 
 
+def _gather_tiles(sch: s_tir.Schedule, rows: int) -> s_tir.schedule.LoopRV:
+    """Split the gather into tiles of ``rows`` phase positions over all channels; return the
+    (batch, tile) loop."""
+    n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))
+    qo, qi = sch.split(q, [None, rows])
+    sch.reorder(n, qo, co, r, qi)
+    return sch.fuse(n, qo)
+
+
 def _schedule_epilogue_cpu(sch: s_tir.Schedule, gather_rows: int | None = None) -> None:
     """Gather, fold and bias stages: cheap next to the GEMM; parallel over (batch, channel).
 
@@ -27,14 +36,16 @@ def _schedule_epilogue_cpu(sch: s_tir.Schedule, gather_rows: int | None = None) 
     time for every channel, so that the rows of a sample-major ``col`` it reads stay in
     L1 across channels instead of being fetched once per channel.
     """
-    stages = [C.FULL, C.MARGIN_LEFT, C.MARGIN_RIGHT, C.OUT]
     if gather_rows is not None:
-        n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))
-        qo, qi = sch.split(q, [None, gather_rows])
-        sch.reorder(n, qo, co, r, qi)
-        sch.parallel(sch.fuse(n, qo))
-        stages.remove(C.FULL)
-    for name in stages:
+        sch.parallel(_gather_tiles(sch, gather_rows))
+    else:
+        _parallel_outer(sch, sch.get_sblock(C.FULL), 2)
+    _schedule_fold_cpu(sch)
+
+
+def _schedule_fold_cpu(sch: s_tir.Schedule) -> None:
+    """The margins (replicate mode) and the output stage: parallel over (batch, channel)."""
+    for name in (C.MARGIN_LEFT, C.MARGIN_RIGHT, C.OUT):
         if has_block(sch, name):
             _parallel_outer(sch, sch.get_sblock(name), 2)
 

@@ -1,0 +1,102 @@
+"""The CPU rules' choices (register blocking, loop order, gather tiles) per target, and each
+code path they lead to checked against the float64 reference and PyTorch on hosts that run it."""
+
+from __future__ import annotations
+
+import pytest
+
+import tvm_convt
+from tvm_convt.params import ConvTranspose1dParams, Workload
+from tvm_convt.schedule import cpu
+from tvm_convt.target import _host_cpu_features, resolve_target
+
+from test_operator import _check
+
+P = ConvTranspose1dParams
+INTEL_AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512"}  # base AVX-512, which Zen 4 runs too
+ZEN4 = {"kind": "llvm", "mcpu": "znver4"}
+AVX2 = {"kind": "llvm", "mcpu": "haswell"}
+
+
+def _host_has(feature: str) -> bool:
+    return bool(dict(_host_cpu_features()).get(feature, False))
+
+
+# (target, params, length, (lanes, vectors, rows, samples_outer))
+PLANS = [
+    # m = 32 * 16 = 512 is a multiple of 4 vectors: Intel's 4 x 6; Zen 4's 1 x 12.
+    (INTEL_AVX512, P(64, 32, 16, stride=8), 86, (16, 4, 6, False)),
+    (ZEN4, P(64, 32, 16, stride=8), 86, (16, 1, 12, False)),
+    (AVX2, P(64, 32, 16, stride=8), 86, (8, 2, 6, False)),
+    # m = 32: two vectors divide it, four do not.
+    (INTEL_AVX512, P(16, 8, 4, stride=2), 8, (16, 2, 8, False)),
+    # m = 16: one vector; m = 8: half a vector's lanes.
+    (INTEL_AVX512, P(16, 4, 4, stride=2), 20, (16, 1, 12, True)),
+    (INTEL_AVX512, P(16, 2, 4, stride=2), 20, (8, 1, 12, True)),
+    # The longer operand goes outside: here the input.
+    (INTEL_AVX512, P(64, 32, 4, stride=2), 5000, (16, 4, 6, True)),
+]
+
+
+@pytest.mark.parametrize("target, p, length, expected", PLANS)
+def test_gemm_plan_per_target(target, p, length, expected):
+    plan = cpu.gemm_plan(Workload(p, 1, length), resolve_target(target))
+    assert (plan.lanes, plan.vectors, plan.rows, plan.samples_outer) == expected
+
+
+def test_gemm_plan_refuses_narrow_groups_and_odd_m():
+    target = resolve_target(INTEL_AVX512)
+    assert cpu.gemm_plan(Workload(P(8, 32, 4), 1, 10), target) is None  # 8 input channels
+    assert cpu.gemm_plan(Workload(P(16, 3, 3), 1, 10), target) is None  # m = 9
+
+
+def test_blockings_fit_the_register_file():
+    for arch in [*cpu.CPU_ARCHS.values(), *cpu.CPU_ARCHS_BY_MCPU.values(), cpu.GENERIC]:
+        for vectors, rows in arch.gemm_blockings:
+            assert vectors * rows + vectors + 1 <= arch.registers, arch
+
+
+@pytest.mark.parametrize("p, length, rows", [
+    (P(64, 32, 4, stride=2, padding=1), 5000, 32768 // (32 * 4 * 4)),  # rows of 512 bytes
+    (P(64, 64, 16, stride=8), 5000, None),  # rows of 4 KiB: 8 of them a tile, too few
+])
+def test_gather_tile_only_for_narrow_rows(p, length, rows):
+    arch = cpu.cpu_arch(resolve_target(INTEL_AVX512))
+    assert cpu._gather_rows(Workload(p, 1, length), arch) == rows
+
+
+# Each AVX-512 blocking, the gather tiles, ragged tiles and groups, run where the host has AVX-512.
+AVX512_CASES = [
+    ("4x6", P(16, 32, 4, stride=2, padding=1), 2, 13),
+    ("2x12", P(16, 8, 4, stride=2, padding=1), 1, 29),
+    ("1x12", P(16, 4, 4, stride=2, padding=1), 2, 11),
+    ("half-vector", P(16, 2, 4, stride=3), 1, 17),
+    ("gather-tiles", P(16, 8, 4, stride=2, padding=1), 1, 301),
+    ("gather-tiles-groups", P(32, 16, 4, stride=2, padding=3, groups=2, dilation=3), 2, 150),
+    ("gather-tiles-reflect", P(16, 8, 4, stride=2, padding=2, padding_mode="reflect"), 1, 120),
+    ("weight-outer-ragged", P(32, 64, 8, stride=4, padding=2, output_padding=1), 2, 23),
+]
+
+
+@pytest.mark.skipif(not _host_has("avx512f"), reason="needs a CPU with AVX-512 to run AVX-512 code")
+@pytest.mark.parametrize("target", [INTEL_AVX512, ZEN4], ids=["intel", "zen4"])
+@pytest.mark.parametrize("p, batch, length", [c[1:] for c in AVX512_CASES], ids=[c[0] for c in AVX512_CASES])
+def test_avx512_code_paths(target, p, batch, length):
+    if target is ZEN4 and not all(_host_has(f) for f in ("avx512vnni", "avx512bf16", "avx512vbmi2")):
+        pytest.skip("znver4 code may use AVX-512 extensions this CPU lacks")
+    compiled = _check(p, batch, length, "float32", target=target)
+    assert compiled.metadata.schedule == "default:cpu-gemm"
+
+
+@pytest.mark.skipif(not _host_has("avx2"), reason="needs an x86-64 CPU with AVX2 to run AVX2 code")
+@pytest.mark.parametrize("p, batch, length", [c[1:] for c in AVX512_CASES[4:]], ids=[c[0] for c in AVX512_CASES[4:]])
+def test_avx2_gather_tiles(p, batch, length):
+    compiled = _check(p, batch, length, "float32", target=AVX2)
+    assert compiled.metadata.schedule == "default:cpu-gemm"
+
+
+def test_default_rule_on_the_host_is_exact_on_a_model_layer_shape():
+    # A HiFi-GAN-like layer long enough for the sample-outer order and gather tiles.
+    compiled = _check(P(32, 16, 4, stride=2, padding=1), 1, 700, "float32")
+    assert compiled.metadata.schedule == "default:cpu-gemm"
+    assert isinstance(compiled, tvm_convt.CompiledConvTranspose1d)

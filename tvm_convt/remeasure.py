@@ -1,0 +1,92 @@
+"""Re-measuring the best tuning records against each other before one is kept.
+
+MetaSchedule measures each candidate once, in its own round; on a shared or busy
+machine a candidate that is no faster than the default schedule can win by noise
+(measured here: records 2-6 % slower than the default schedule came out on top).
+:func:`rank_candidates` builds the few best records of a workload and its current
+default schedule, times them interleaved in one process (medians), and ranks them;
+the default schedule keeps its place unless a record beats it by
+:data:`DEFAULT_MARGIN`. :func:`tvm_convt.tuning.prune` uses it with ``confirm=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import s_tir
+
+from .params import Workload
+from .records import workload_module
+from .target import device_of
+from .timing import interleaved_medians, layer_inputs
+
+# A record must beat the default schedule by this fraction to be kept instead of it:
+# the default schedule improves with the package, a record stays as it was tuned.
+DEFAULT_MARGIN = 0.02
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A schedule of one workload: its trace, where it came from, its median seconds here."""
+
+    trace: Any
+    source: str  # "default" or "record <rank in the database>"
+    seconds: float
+
+
+def _candidate_traces(database, workload: Workload, target, candidates: int) -> list[tuple[Any, str]]:
+    from .schedule import default_schedule
+
+    mod = workload_module(workload)
+    default, _ = default_schedule(mod["main"], workload, target)
+    traces = [(default.trace, "default")]
+    if database.has_workload(mod):
+        for rank, record in enumerate(database.get_top_k(database.commit_workload(mod), candidates)):
+            if str(record.trace) != str(default.trace):
+                traces.append((record.trace, f"record {rank + 1}"))
+    return traces
+
+
+def _timed_call(mod: tvm.IRModule, trace, workload: Workload, target, arrays: list[np.ndarray]):
+    sch = s_tir.Schedule(mod)
+    trace.apply_to_schedule(sch, remove_postproc=False)
+    main = tvm.compile(sch.mod, target=target)["main"]
+    dev = device_of(target)
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    out = tvm.runtime.empty(workload.output_shape, workload.dtype, dev)
+    if target.kind.name != "cuda":
+        return lambda: main(*args, out)
+
+    def call():
+        main(*args, out)
+        dev.sync()
+
+    return call
+
+
+def rank_candidates(database, workload: Workload, target, *, candidates: int = 4,
+                    rounds: int = 9) -> list[Candidate]:
+    """The default schedule and the ``candidates`` best records of ``workload`` in
+    ``database``, fastest first, as measured now on this machine's ``target``.
+
+    The default schedule's time is reduced by :data:`DEFAULT_MARGIN` for the ranking
+    (its :attr:`Candidate.seconds` is the measured one).
+    """
+    mod = workload_module(workload)
+    x, weight, bias = layer_inputs(workload)
+    arrays = [x, weight] + ([bias] if bias is not None else [])
+    traces = _candidate_traces(database, workload, target, candidates)
+    calls = {source: _timed_call(mod, trace, workload, target, arrays) for trace, source in traces}
+    times = interleaved_medians(calls, rounds=rounds)
+    ranked = [Candidate(trace, source, times[source]) for trace, source in traces]
+
+    def key(c: Candidate) -> float:
+        return c.seconds * (1 - DEFAULT_MARGIN) if c.source == "default" else c.seconds
+
+    return sorted(ranked, key=key)
+
+
+__all__ = ["Candidate", "DEFAULT_MARGIN", "rank_candidates"]
