@@ -251,6 +251,12 @@ def plot(report: BenchReport, path: str | Path) -> Path:
     ax.bar_label(bars, labels=[f"{c.speedup:.2f}x" for c in rows], fontsize=8)
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--", label="PyTorch (1.0x)")
     ax.set_yscale("log")
+    # Plain factors on the log axis ("2x", not "2 x 10^0").
+    from matplotlib.ticker import FuncFormatter
+
+    factor = FuncFormatter(lambda v, _: f"{v:g}x")
+    ax.yaxis.set_major_formatter(factor)
+    ax.yaxis.set_minor_formatter(factor)
     ax.set_ylabel("speed-up over PyTorch (higher is faster)")
     m = report.machine
     geo = report.geomean_speedup

@@ -23,9 +23,10 @@ from .records import workload_module
 from .target import device_of
 from .timing import interleaved_medians, layer_inputs
 
-# A record must beat the default schedule by this fraction to be kept instead of it:
-# the default schedule improves with the package, a record stays as it was tuned.
-DEFAULT_MARGIN = 0.02
+# A record must beat the default schedule by this fraction to be kept instead of it: the
+# default improves with the package while a record stays as tuned, and records 2-3 % ahead
+# in one run fell behind in the next (a shared 2-core VM; see docs/performance.md).
+DEFAULT_MARGIN = 0.05
 
 
 @dataclass(frozen=True)

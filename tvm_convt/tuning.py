@@ -395,8 +395,8 @@ def _copy_best(source, dest, workloads: list[Workload], keep: int) -> None:
 
 def _copy_confirmed(source, dest, workloads: list[Workload], keep: int, target,
                     report: dict[str, list[Any]] | None) -> None:
-    """Commit the ``keep`` fastest of each workload's default schedule and best records in
-    ``source``, re-measured here (:func:`tvm_convt.remeasure.rank_candidates`), to ``dest``."""
+    """Commit to ``dest`` the records of each workload in ``source`` that beat its default
+    schedule when re-measured here (:func:`tvm_convt.remeasure.rank_candidates`), ``keep`` at most."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.database import TuningRecord
 
@@ -407,11 +407,16 @@ def _copy_confirmed(source, dest, workloads: list[Workload], keep: int, target,
         if not source.has_workload(mod):
             continue
         ranked = rank_candidates(source, workload, target, candidates=max(4, keep))
-        entry = dest.commit_workload(mod)
-        args_info = ArgInfo.from_prim_func(mod["main"])
-        for candidate in ranked[:keep]:
-            dest.commit_tuning_record(TuningRecord(candidate.trace, entry, [candidate.seconds],
-                                                   target, args_info))
+        # Only records that beat the default schedule: one that is the default would
+        # keep this version's default even after a later version improves it.
+        default_rank = next(i for i, c in enumerate(ranked) if c.source == "default")
+        better = ranked[:min(default_rank, keep)]
+        if better:
+            entry = dest.commit_workload(mod)
+            args_info = ArgInfo.from_prim_func(mod["main"])
+            for candidate in better:
+                dest.commit_tuning_record(TuningRecord(candidate.trace, entry, [candidate.seconds],
+                                                       target, args_info))
         if report is not None:
             report[json.dumps(workload.to_dict(), sort_keys=True)] = ranked
 
@@ -435,9 +440,11 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
         keep: records kept per workload.
         confirm_on: a target this machine runs (the one tuned for): each workload's
             best records and its default schedule are built and timed against each
-            other here, and the fastest are kept (the default schedule unless a
-            record beats it by :data:`tvm_convt.remeasure.DEFAULT_MARGIN`). Only
-            that target's hardware class is pruned.
+            other here, and only records faster than the default schedule (by
+            :data:`tvm_convt.remeasure.DEFAULT_MARGIN`) are kept; a workload whose
+            default schedule wins gets no record, so it keeps getting the default
+            schedule of whichever version compiles it. Only that target's hardware
+            class is pruned.
         confirmed: filled, when given, with each workload's ranked candidates
             (keyed by the workload's JSON).
     """
