@@ -30,9 +30,9 @@ def main() -> None:
     target = resolve_target(json.loads(args.target) if args.target.startswith("{") else args.target)
     key = target_key(target)
     confirmed: dict[str, list] = {}
-    [shipped] = prune(args.logs, ROOT / "schedules", confirm_on=target, confirmed=confirmed)
-    [logs] = prune(args.logs, ROOT / "tuning_logs", target_key_name=key, keep=args.keep_logs)
-    print(f"{key}: {shipped}, {logs}")
+    shipped = prune(args.logs, ROOT / "schedules", confirm_on=target, confirmed=confirmed)
+    logs = prune(args.logs, ROOT / "tuning_logs", target_key_name=key, keep=args.keep_logs)
+    print(f"{key}: shipped {shipped or 'nothing: every default schedule won'}; warm start {logs}")
     for workload, ranked in confirmed.items():
         times = ", ".join(f"{c.source} {c.seconds * 1e3:.3f} ms" for c in ranked)
         print(f"  {json.loads(workload)['params']}, length {json.loads(workload)['length']}: "

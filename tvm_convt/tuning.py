@@ -431,7 +431,7 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
     tuning database, and how ``tuning_logs/`` keeps a warm start small (a few records
     per workload). The workload index goes along, less the workloads the current
     compute no longer produces (records tuned before a change to it). Returns the
-    directories written.
+    directories written; a class left with no record gets no files.
 
     Args:
         logs: the folder holding one database folder per hardware class.
@@ -474,7 +474,11 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
             db.dump_pruned(pruned)
         else:
             _copy_best(db, pruned, read_index(directory), keep)
-        write_index(dest, [w for w in read_index(directory)
-                           if pruned.has_workload(workload_module(w))])
+        kept = [w for w in read_index(directory) if pruned.has_workload(workload_module(w))]
+        if not kept:  # every default schedule won: nothing to ship for this class
+            for name in (WORKLOAD_FILE, RECORD_FILE):
+                (dest / name).unlink(missing_ok=True)
+            continue
+        write_index(dest, kept)
         written.append(dest)
     return written
