@@ -3,6 +3,8 @@ code path they lead to checked against the float64 reference and PyTorch on host
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import tvm_convt
@@ -100,3 +102,24 @@ def test_default_rule_on_the_host_is_exact_on_a_model_layer_shape():
     compiled = _check(P(32, 16, 4, stride=2, padding=1), 1, 700, "float32")
     assert compiled.metadata.schedule == "default:cpu-gemm"
     assert isinstance(compiled, tvm_convt.CompiledConvTranspose1d)
+
+
+@pytest.mark.parametrize("p, batch, length", [
+    (P(32, 8, 4, stride=2, padding=1), 1, 200),  # ragged: 16 whole tiles of 12 and a tail
+    (P(32, 8, 4, stride=2, padding=1), 1, 192),
+    (P(64, 16, 4, stride=2, groups=2, padding_mode="circular", padding=1), 2, 240),
+])
+def test_sample_blocks_when_the_weight_is_not_resident(monkeypatch, p, batch, length):
+    """Long inputs with a large weight walk the weight once per block of sample tiles; forced
+    here on small layers by shrinking the cache budgets."""
+    target = resolve_target(AVX2 if not _host_has("avx512f") else INTEL_AVX512)
+    arch = cpu.cpu_arch(target)
+    small = dataclasses.replace(arch, gemm_resident_weight_bytes=0, gemm_input_block_bytes=4 * 16 * 12 * 4)
+    monkeypatch.setattr(cpu, "cpu_arch", lambda _target: small)
+    w = Workload(p, batch, length)
+    plan = cpu.gemm_plan(w, target)
+    assert plan.samples_outer
+    tiles = cpu._sample_block_tiles(w, plan, small)
+    assert tiles is not None and (length // plan.rows) % tiles == 0
+    compiled = _check(p, batch, length, "float32", target=target, use_cache=False)
+    assert compiled.metadata.schedule == "default:cpu-gemm"

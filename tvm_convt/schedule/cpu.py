@@ -64,7 +64,10 @@ class CpuArch:
     ``gemm_channel_block``, that many input channels of a packed weight block
     stay in L1 while every sample passes (None: the whole reduction at once).
     With ``gather_tile_bytes``, the gather takes that many bytes of ``col`` rows
-    for all channels at a time (None: one channel at a time).
+    for all channels at a time (None: one channel at a time). When the input is
+    the outer operand and the weight is larger than ``gemm_resident_weight_bytes``
+    (it would not stay in L2 from one sample tile to the next), the samples go in
+    blocks of ``gemm_input_block_bytes`` of input, each meeting the weight once.
     """
 
     vector_bits: int
@@ -73,6 +76,8 @@ class CpuArch:
     gemm_min_channels: int = 16
     gemm_channel_block: int | None = None
     gather_tile_bytes: int | None = None
+    gemm_resident_weight_bytes: int = 512 * 1024
+    gemm_input_block_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         for vectors, rows in self.gemm_blockings:
@@ -248,7 +253,7 @@ class CpuGemmRule:
         sch = s_tir.Schedule(func)
         arch = cpu_arch(target)
         if plan.samples_outer:
-            _gemm_samples_outer(sch, workload, plan)
+            _gemm_samples_outer(sch, workload, plan, arch)
         else:
             _gemm_weight_outer(sch, workload, plan, arch.gemm_channel_block)
         _schedule_epilogue_cpu(sch, _gather_rows(workload, arch))
@@ -263,8 +268,10 @@ def _gemm_loops(sch: s_tir.Schedule, plan: GemmPlan) -> tuple[s_tir.schedule.Loo
     return n, g, jo, ji, mo, mi, c
 
 
-def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan) -> None:
-    """Parallel over tiles of samples; each walks all of the (packed) weight."""
+def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan, arch: CpuArch) -> None:
+    """Parallel over tiles of samples; each walks all of the (packed) weight, or, when the
+    weight is larger than ``arch.gemm_resident_weight_bytes``, blocks of tiles walk it
+    one column block at a time (see :func:`_sample_block_tiles`)."""
     width = plan.lanes * plan.vectors
     col = sch.get_sblock(C.COL)
     n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
@@ -272,20 +279,42 @@ def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan)
     # The weight is the smaller operand: pack all of it once, before the loops.
     _pack_weight(sch, col, None, workload.params.kernel_size, width)
     ragged = workload.length % plan.rows != 0
+    if ragged:
+        # The ragged last tile in a loop of its own, so the main loop is the bare micro-kernel.
+        jo, _ = sch.loop_partition(jo, [workload.length // plan.rows, None])
+    block_tiles = _sample_block_tiles(workload, plan, arch)
+    if block_tiles is not None:
+        [main] = _col_blocks(sch, jo)
+        *_, tiles, mo, _, _, _ = sch.get_loops(sch.get_sblock(main))
+        jo, jt = sch.split(tiles, [None, block_tiles])
+        sch.reorder(jo, mo, jt)
     if ragged and workload.batch * workload.params.groups == 1:
         # The tail tile runs after the parallel loop, on one thread: it is one tile.
         # With more than one (batch, group) this would start the thread pool once
         # per pair (512 times for a depthwise layer): they go parallel instead.
-        main, _ = sch.loop_partition(jo, [workload.length // plan.rows, None])
-        sch.parallel(main)
+        sch.parallel(jo)
         outer = n
     else:
         outer = sch.fuse(n, g) if ragged else sch.fuse(n, g, jo)
         sch.parallel(outer)
-        if ragged:
-            sch.loop_partition(jo, [workload.length // plan.rows, None])
     for name in _col_blocks(sch, outer):
         _register_tile(sch, name, plan.lanes)
+
+
+def _sample_block_tiles(workload: Workload, plan: GemmPlan, arch: CpuArch) -> int | None:
+    """Sample tiles per block when the weight does not stay in cache across tiles: a block's
+    input (``arch.gemm_input_block_bytes``) is read again for each weight column block,
+    and the weight once per block instead of once per tile. None when not needed."""
+    p = workload.params
+    itemsize = tvm.DataType(workload.dtype).bits // 8
+    if p.in_per_group * p.out_per_group * p.kernel_size * itemsize <= arch.gemm_resident_weight_bytes:
+        return None
+    target = max(1, arch.gemm_input_block_bytes // (p.in_per_group * plan.rows * itemsize))
+    whole = workload.length // plan.rows
+    # A divisor of the tile count: a split with a remainder puts its bounds check inside
+    # the unrolled micro-kernel.
+    tiles = max(d for d in range(1, min(target, whole) + 1) if whole % d == 0)
+    return tiles if 1 < tiles < whole else None
 
 
 def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
