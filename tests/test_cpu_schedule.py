@@ -61,6 +61,8 @@ def test_blockings_fit_the_register_file():
 @pytest.mark.parametrize("p, length, rows", [
     (P(64, 32, 4, stride=2, padding=1), 5000, 32768 // (32 * 4 * 4)),  # rows of 512 bytes
     (P(64, 64, 16, stride=8), 5000, None),  # rows of 4 KiB: 8 of them a tile, too few
+    # 8 KiB rows, 90 MB of col: tiles of 512 KiB, whatever the row width.
+    (P(256, 128, 16, stride=8, padding=4), 11008, (512 << 10) // (128 * 16 * 4)),
 ])
 def test_gather_tile_only_for_narrow_rows(p, length, rows):
     arch = cpu.cpu_arch(resolve_target(INTEL_AVX512))
@@ -122,4 +124,15 @@ def test_sample_blocks_when_the_weight_is_not_resident(monkeypatch, p, batch, le
     tiles = cpu._sample_block_tiles(w, plan, small)
     assert tiles is not None and (length // plan.rows) % tiles == 0
     compiled = _check(p, batch, length, "float32", target=target, use_cache=False)
+    assert compiled.metadata.schedule == "default:cpu-gemm"
+
+
+def test_wide_gather_tiles_are_exact(monkeypatch):
+    """The gather's L2 tiles for a col far larger than the caches, forced on a small layer."""
+    monkeypatch.setattr(cpu, "GATHER_WIDE_COL_BYTES", 1)
+    monkeypatch.setattr(cpu, "GATHER_WIDE_TILE_BYTES", 3 * 64 * 4 * 4)  # 3 rows: the 16-row floor
+    p = P(32, 64, 4, stride=2, padding=1)
+    w = Workload(p, 2, 90)
+    assert cpu._gather_rows(w, cpu.cpu_arch(resolve_target("llvm"))) == cpu.GATHER_MIN_ROWS
+    compiled = _check(p, 2, 90, "float32", use_cache=False)
     assert compiled.metadata.schedule == "default:cpu-gemm"
