@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from tvm_convt.benchmark import interleaved_medians, layer_inputs, module_call
+from tvm_convt.benchmark import module_call
+from tvm_convt.timing import interleaved_medians, layer_inputs
 from tvm_convt.params import Workload
 from tvm_convt.runtime import CompiledConvTranspose1d
 from tvm_convt.suite import default_suite

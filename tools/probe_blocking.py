@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 
-from tvm_convt.benchmark import interleaved_medians, layer_inputs, module_call
+from tvm_convt.benchmark import module_call
+from tvm_convt.timing import interleaved_medians, layer_inputs
 from tvm_convt.runtime import CompiledConvTranspose1d
 from tvm_convt.build import build_library
 from tvm_convt.schedule import cpu
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=11)
     args = parser.parse_args()
     set_cpu_threads(host_cores())
-    target = resolve_target(json.loads(args.target) if args.target.startswith("{") else args.target)
+    target = resolve_target(args.target)
     base = cpu.cpu_arch(target)
     suite = default_suite()
     names = args.layers or list(suite)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from tvm_convt.benchmark import interleaved_medians, layer_inputs, module_call
+from tvm_convt.benchmark import module_call
+from tvm_convt.timing import interleaved_medians, layer_inputs
 from tvm_convt.runtime import compile as compile_module
 from tvm_convt.suite import default_suite
 from tvm_convt.target import host_cores, set_cpu_threads

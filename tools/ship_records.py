@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from tvm_convt.remeasure import describe
 from tvm_convt.target import host_cores, resolve_target, set_cpu_threads, target_key
 from tvm_convt.tuning import prune
 
@@ -27,16 +28,15 @@ def main() -> None:
     parser.add_argument("--keep-logs", type=int, default=3, help="records per workload in tuning_logs/")
     args = parser.parse_args()
     set_cpu_threads(host_cores())
-    target = resolve_target(json.loads(args.target) if args.target.startswith("{") else args.target)
+    target = resolve_target(args.target)
     key = target_key(target)
     confirmed: dict[str, list] = {}
     shipped = prune(args.logs, ROOT / "schedules", confirm_on=target, confirmed=confirmed)
     logs = prune(args.logs, ROOT / "tuning_logs", target_key_name=key, keep=args.keep_logs)
     print(f"{key}: shipped {shipped or 'nothing: every default schedule won'}; warm start {logs}")
     for workload, ranked in confirmed.items():
-        times = ", ".join(f"{c.source} {c.seconds * 1e3:.3f} ms" for c in ranked)
-        print(f"  {json.loads(workload)['params']}, length {json.loads(workload)['length']}: "
-              f"kept {ranked[0].source} ({times})")
+        w = json.loads(workload)
+        print(f"  {w['params']}, length {w['length']}: kept {ranked[0].source} ({describe(ranked)})")
 
 
 if __name__ == "__main__":

@@ -265,6 +265,7 @@ def tracker_arg(text: str) -> str:
 def _prune_for_shipping(report, workloads: dict[str, Workload], args: argparse.Namespace) -> None:
     """Write the best record per workload to --schedules; measured locally, the best few
     and the default schedule are timed against each other first, and the fastest kept."""
+    from .remeasure import describe
     from .tuning import prune
 
     local = args.rpc_tracker is None
@@ -275,8 +276,7 @@ def _prune_for_shipping(report, workloads: dict[str, Workload], args: argparse.N
     for name, w in workloads.items():
         ranked = confirmed.get(json.dumps(w.to_dict(), sort_keys=True))
         if ranked:
-            times = ", ".join(f"{c.source} {c.seconds * 1e3:.3f} ms" for c in ranked)
-            print(f"  {name}: kept {ranked[0].source} (re-measured: {times})")
+            print(f"  {name}: kept {ranked[0].source} (re-measured: {describe(ranked)})")
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:

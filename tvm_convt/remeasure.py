@@ -6,7 +6,7 @@ machine a candidate that is no faster than the default schedule can win by noise
 :func:`rank_candidates` builds the few best records of a workload and its current
 default schedule, times them interleaved in one process (medians), and ranks them;
 the default schedule keeps its place unless a record beats it by
-:data:`DEFAULT_MARGIN`. :func:`tvm_convt.tuning.prune` uses it with ``confirm=True``.
+:data:`DEFAULT_MARGIN`. :func:`tvm_convt.tuning.prune` uses it with ``confirm_on=target``.
 """
 
 from __future__ import annotations
@@ -90,4 +90,9 @@ def rank_candidates(database, workload: Workload, target, *, candidates: int = 4
     return sorted(ranked, key=key)
 
 
-__all__ = ["Candidate", "DEFAULT_MARGIN", "rank_candidates"]
+def describe(ranked: list[Candidate]) -> str:
+    """One line for people: each candidate's source and median, fastest first."""
+    return ", ".join(f"{c.source} {c.seconds * 1e3:.3f} ms" for c in ranked)
+
+
+__all__ = ["Candidate", "DEFAULT_MARGIN", "describe", "rank_candidates"]

@@ -75,7 +75,7 @@ class CpuArch:
     gemm_blockings: tuple[tuple[int, int], ...]
     gemm_min_channels: int = 16
     gemm_channel_block: int | None = None
-    gather_tile_bytes: int | None = None
+    gather_tile_bytes: int | None = 16384
     gemm_resident_weight_bytes: int = 512 * 1024
     gemm_input_block_bytes: int = 64 * 1024
 
@@ -89,23 +89,23 @@ class CpuArch:
 # cores issue two 512-bit FMAs a cycle but load two vectors: a 1-vector tile, one broadcast
 # load per FMA, is load-bound there, while Zen 4 issues one 512-bit FMA a cycle.
 # SSE, NEON and SVE (LLVM vectorises SVE at a fixed 128 bits here) are not measured.
-_AVX2 = CpuArch(vector_bits=256, registers=16, gemm_blockings=((2, 6), (1, 12)), gather_tile_bytes=16384)
+_AVX2 = CpuArch(vector_bits=256, registers=16, gemm_blockings=((2, 6), (1, 12)))
 CPU_ARCHS: dict[str, CpuArch] = {
     "avx512": CpuArch(vector_bits=512, registers=32, gemm_blockings=((4, 6), (2, 12), (1, 12)),
                       gather_tile_bytes=32768),
     "avx2": _AVX2,
     "avx": _AVX2,
-    "sse4": CpuArch(vector_bits=128, registers=16, gemm_blockings=((2, 6), (1, 12)), gather_tile_bytes=16384),
-    "neon": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12)), gather_tile_bytes=16384),
-    "sve": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12)), gather_tile_bytes=16384),
+    "sse4": CpuArch(vector_bits=128, registers=16, gemm_blockings=((2, 6), (1, 12))),
+    "neon": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12))),
+    "sve": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12))),
 }
 # Cores whose best blocking differs from their instruction set's, by LLVM's mcpu name.
-_ZEN4 = CpuArch(vector_bits=512, registers=32, gemm_blockings=((1, 12),), gather_tile_bytes=16384)
+_ZEN4 = CpuArch(vector_bits=512, registers=32, gemm_blockings=((1, 12),))
 CPU_ARCHS_BY_MCPU: dict[tuple[str, str], CpuArch] = {
     ("avx512", "znver4"): _ZEN4,
     ("avx512", "znver5"): _ZEN4,
 }
-GENERIC = CpuArch(vector_bits=128, registers=16, gemm_blockings=((2, 6), (1, 12)), gather_tile_bytes=16384)
+GENERIC = CpuArch(vector_bits=128, registers=16, gemm_blockings=((2, 6), (1, 12)))
 
 
 def cpu_arch(target: Target) -> CpuArch:
@@ -203,13 +203,17 @@ def _register_tile(sch: s_tir.Schedule, block_name: str, lanes: int) -> None:
     *_, tile, c, ji, mi = sch.get_loops(block)
     acc = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(acc, tile)
-    # The gather walks col down a column (stride m): a power-of-two row
-    # stride would map every row to one cache set. Pad rows by one vector.
-    sch.storage_align(acc, 0, axis=2, factor=256, offset=lanes)
+    _pad_col_rows(sch, acc, lanes)
     sch.vectorize(sch.get_loops(acc)[-1])
     sch.unroll(ji)
     sch.vectorize(mi)
     sch.decompose_reduction(block, c)
+
+
+def _pad_col_rows(sch: s_tir.Schedule, writer: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """Pad ``col``'s rows by one vector: the gather walks col down a column (stride m), and a
+    power-of-two row stride would map every row to one cache set."""
+    sch.storage_align(writer, 0, axis=2, factor=256, offset=lanes)
 
 
 def _read_index(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buffer: str) -> int:
@@ -317,11 +321,11 @@ def _sample_block_tiles(workload: Workload, plan: GemmPlan, arch: CpuArch) -> in
     itemsize = tvm.DataType(workload.dtype).bits // 8
     if p.in_per_group * p.out_per_group * p.kernel_size * itemsize <= arch.gemm_resident_weight_bytes:
         return None
-    target = max(1, arch.gemm_input_block_bytes // (p.in_per_group * plan.rows * itemsize))
+    wanted = max(1, arch.gemm_input_block_bytes // (p.in_per_group * plan.rows * itemsize))
     whole = workload.length // plan.rows
     # A divisor of the tile count: a split with a remainder puts its bounds check inside
     # the unrolled micro-kernel.
-    tiles = max(d for d in range(1, min(target, whole) + 1) if whole % d == 0)
+    tiles = max(d for d in range(1, min(wanted, whole) + 1) if whole % d == 0)
     return tiles if 1 < tiles < whole else None
 
 
@@ -370,9 +374,7 @@ def _channel_blocked_tile(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, l
     sch.unroll(ji)
     sch.vectorize(mi)
     sch.decompose_reduction(block, channel_blocks)
-    # The gather walks col down a column (stride m): a power-of-two row
-    # stride would map every row to one cache set. Pad rows by one vector.
-    sch.storage_align(block, 0, axis=2, factor=256, offset=lanes)
+    _pad_col_rows(sch, block, lanes)
 
 
 @dataclass(frozen=True)
