@@ -135,6 +135,8 @@ def test_prune_can_keep_several_records_per_workload(tuned_logs, tmp_path):
         assert 1 <= len(kept) <= 3
         top = best.get_top_k(best.commit_workload(mod), 1)[0]
         assert [float(s) for s in kept[0].run_secs] == [float(s) for s in top.run_secs]
+    with pytest.raises(ValueError, match=r"prune keeps at least one record per workload, got keep=0"):
+        prune(logs, tmp_path, keep=0)
 
 
 def test_prune_confirms_by_measuring_the_default_against_the_records(tuned_logs, tmp_path):

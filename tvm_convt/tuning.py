@@ -450,6 +450,8 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
     """
     from tvm.s_tir.meta_schedule.database import JSONDatabase
 
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"{OP}: prune keeps at least one record per workload, got keep={keep!r}")
     target = resolve_target(confirm_on) if confirm_on is not None else None
     if target is not None:
         if target_key_name not in (None, target_key(target)):
