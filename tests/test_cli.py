@@ -1,15 +1,22 @@
-"""The command line, run as a real subprocess."""
+"""The command line: as a real subprocess, and through main() for the error table."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
+import tvm
+import tvm.error
 
 from tvm_convt import CompiledConvTranspose1d
+from tvm_convt.benchmark import ResultMismatch
+from tvm_convt.cli import main, non_negative_int, positive_int
 from tvm_convt.reference import conv_transpose1d_reference
 
 from conftest import assert_close, random_inputs
@@ -50,32 +57,153 @@ def test_demo_runs_and_checks():
     assert "tvm_convt (module)" in result.stdout and "GFLOP/s" in result.stdout
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["compile", "--in-channels", "0"], "argument --in-channels: must be positive, got 0"),
-        (["compile", "--in-channels", "2", "--out-channels", "2", "--kernel-size", "3", "--length", "4",
-          "--stride", "x", "-o", "a.so"], "argument --stride: must be an integer, got 'x'"),
-        (["compile", "--in-channels", "2", "--out-channels", "2", "--kernel-size", "3", "--length", "4",
-          "-o", "a.dll"], "argument -o/--output: must end in .so"),
-        (["compile", "--in-channels", "2", "--out-channels", "2", "--kernel-size", "3", "--length", "4",
-          "--target", "tpu", "-o", "a.so"], "argument --target: conv_transpose1d: target must be"),
-        (["compile", "--in-channels", "2", "--out-channels", "2", "--kernel-size", "3", "--length", "4",
-          "--stride", "2", "--output-padding", "2", "-o", "a.so"],
-         "error: conv_transpose1d: output_padding must be smaller than stride or dilation"),
-        (["compile", "--in-channels", "3", "--out-channels", "2", "--kernel-size", "3", "--length", "4",
-          "--groups", "2", "-o", "a.so"], "error: conv_transpose1d: in_channels must be divisible by groups"),
-        (["compile", "--in-channels", "2", "--out-channels", "2", "--kernel-size", "1", "--length", "1",
-          "--padding", "3", "-o", "a.so"], "error: conv_transpose1d: output length must be at least 1"),
-    ],
-)
-def test_bad_arguments_exit_2_with_a_message(args, message, tmp_path):
+LAYER = ["--in-channels", "2", "--out-channels", "2", "--kernel-size", "3", "--length", "4"]
+MISSING = "{missing}"  # replaced by a folder under tmp_path that does not exist
+
+# Invocations -> (exit status, part of the one line on stderr); none of them compiles anything.
+USER_ERRORS = [
+    ([], 2, "tvm-convt: error: a command is required (demo, bench, compile, tune, info)"),
+    (["frobnicate"], 2, "tvm-convt: error: argument command: invalid choice: 'frobnicate'"),
+    (["info", "--bogus"], 2, "tvm-convt info: error: unrecognized arguments: --bogus"),
+    (["tune", "--trials", "0"], 2, "tvm-convt tune: error: argument --trials: must be positive, got 0"),
+    (["tune", "--in-channels", "2"], 2, "tvm-convt tune: error: conv_transpose1d: tune needs --suite FILE"),
+    (["compile", *LAYER, "--stride", "0", "-o", "a.so"], 2,
+     "tvm-convt compile: error: argument --stride: must be positive, got 0"),
+    (["compile", *LAYER, "--stride", "abc", "-o", "a.so"], 2, "argument --stride: must be an integer, got 'abc'"),
+    (["compile", *LAYER, "--padding", "-1", "-o", "a.so"], 2, "argument --padding: must be non-negative, got -1"),
+    (["compile", "--in-channels", "99999999999999999999999"], 2, "argument --in-channels: must be at most 2**63-1"),
+    (["compile", *LAYER, "--dtype", "float16", "-o", "a.so"], 2, "argument --dtype: invalid choice: 'float16'"),
+    (["compile", *LAYER, "--padding-mode", "same", "-o", "a.so"], 2, "argument --padding-mode: invalid choice"),
+    (["compile", *LAYER, "--target", "gpu", "-o", "a.so"], 2, "argument --target: conv_transpose1d: target must be"),
+    (["compile", *LAYER, "--target", "{bad json", "-o", "a.so"], 2, "target is not valid JSON"),
+    (["compile", *LAYER, "--target", '{"kind": "opencl"}', "-o", "a.so"], 2,
+     "target kind must be 'llvm' or 'cuda', got kind='opencl'"),
+    (["compile", *LAYER, "--target", '{"kind": "llvm", "foo": 1}', "-o", "a.so"], 2,
+     "conv_transpose1d: TVM rejected target"),
+    (["compile", *LAYER], 2, "the following arguments are required: -o/--output"),
+    (["compile", "--out-channels", "2", "--kernel-size", "3", "--length", "4", "-o", "a.so"], 2,
+     "the following arguments are required: --in-channels"),
+    (["compile", *LAYER, "-o", "x.txt"], 2, "argument -o/--output: must end in .so, got 'x.txt'"),
+    (["compile", *LAYER, "-o", f"{MISSING}/x.so"], 2, "argument -o/--output: folder '{missing}' does not exist"),
+    (["compile", *LAYER, "--stride", "2", "--output-padding", "2", "-o", "a.so"], 2,
+     "tvm-convt compile: error: conv_transpose1d: output_padding must be smaller than stride or dilation"),
+    (["compile", "--in-channels", "4", "--out-channels", "6", "--kernel-size", "3", "--length", "4",
+      "--groups", "4", "-o", "a.so"], 2, "conv_transpose1d: out_channels must be divisible by groups"),
+    (["compile", "--in-channels", "2", "--out-channels", "2", "--kernel-size", "1", "--length", "1",
+      "--padding", "3", "-o", "a.so"], 2, "conv_transpose1d: output length must be at least 1"),
+    (["bench", "--json", f"{MISSING}/r.json"], 2, "tvm-convt bench: error: argument --json: folder '{missing}'"),
+    (["bench", "--plot", f"{MISSING}/r.png"], 2, "argument --plot: folder '{missing}' does not exist"),
+    (["bench", "--suite", f"{MISSING}/suite.json"], 2, "tvm-convt bench: error: conv_transpose1d: suite"),
+    (["bench", "--target", '{"kind": "cuda", "arch": "sm_90"}'], 2, "takes llvm targets only"),
+]
+
+
+def _one_line(out: str, err: str) -> str:
+    assert "Traceback" not in out + err and "usage:" not in out + err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), err
+    return lines[0]
+
+
+def _in(tmp_path, args: list[str], message: str) -> tuple[list[str], str]:
+    missing = str(tmp_path / "no" / "such")
+    return [a.replace(MISSING, missing) for a in args], message.replace(MISSING, missing)
+
+
+@pytest.mark.parametrize("args, status, message", USER_ERRORS,
+                         ids=[" ".join(case[0])[:50] or "no-arguments" for case in USER_ERRORS])
+def test_user_errors_are_one_line(args, status, message, tmp_path, capsys):
+    args, message = _in(tmp_path, args, message)
+    assert main(args) == status
+    out, err = capsys.readouterr()
+    assert message in _one_line(out, err)
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "tvm-convt: error: a command is required"),
+    (["compile", *LAYER, "-o", f"{MISSING}/x.so"], "tvm-convt compile: error: argument -o/--output: folder"),
+])
+def test_user_errors_from_the_entry_point(args, message, tmp_path):
+    args, message = _in(tmp_path, args, message)
     result = cli(*args, check=False)
     assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert message in _one_line(result.stdout, result.stderr)
 
 
-def test_help_states_defaults():
-    out = cli("compile", "--help").stdout
+def test_sizes_beyond_64_bits_are_refused():
+    assert positive_int(str(2**63 - 1)) == 2**63 - 1
+    for text in ("99999999999999999999999", str(2**63)):
+        with pytest.raises(argparse.ArgumentTypeError, match=r"at most 2\*\*63-1"):
+            positive_int(text)
+    with pytest.raises(argparse.ArgumentTypeError, match=r"integer, got '1{40}\.\.\.'$"):
+        non_negative_int("1" * 5000)  # beyond int()'s digit limit; echoed clipped
+
+
+def _raise(err: BaseException):
+    def fail(*args, **kwargs):
+        raise err
+    return fail
+
+
+def _tvm_value_error(*args, **kwargs):
+    return tvm.target.Target("nosuch")  # TVM's FFI raises a builtin ValueError from C++
+
+
+@pytest.mark.parametrize("fail, message", [
+    pytest.param(_raise(tvm.error.InternalError("boom\nline2")), "InternalError: boom;", id="InternalError"),
+    pytest.param(_raise(RuntimeError("a bug")), "RuntimeError: a bug;", id="RuntimeError"),
+    pytest.param(_raise(AssertionError()), "internal error: AssertionError;", id="no-message"),
+    pytest.param(_raise(tvm.error.RPCSessionTimeoutError("rpc timed out")),
+                 "RPCSessionTimeoutError: rpc timed out;", id="tvm-OSError"),
+    pytest.param(_tvm_value_error, 'ValueError: Target kind "nosuch" is not defined', id="tvm-ValueError"),
+])
+def test_internal_errors_save_the_traceback(fail, message, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr("tvm_convt.target.resolve_target", fail)
+    assert main(["info"]) == 1
+    out, err = capsys.readouterr()
+    line = _one_line(out, err)
+    assert line.startswith("tvm-convt info: internal error: ") and message in line, line
+    path = Path(line.rsplit("; full traceback in ", 1)[1])
+    assert path.parent == tmp_path and path.name.startswith("tvm-convt-traceback-")
+    assert "Traceback" in path.read_text() and "_cmd_info" in path.read_text()
+
+
+def test_traceback_on_the_terminal_when_asked(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TVM_CONVT_TRACEBACK", "1")
+    monkeypatch.setattr("tvm_convt.target.resolve_target", _raise(RuntimeError("a bug")))
+    assert main(["info"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("Traceback") and "internal error: RuntimeError: a bug;" in lines[-1]
+
+
+@pytest.mark.parametrize("err, status, message", [
+    (ValueError("conv_transpose1d: x must be y,\ngot x=1"), 2, "error: conv_transpose1d: x must be y, got x=1"),
+    (PermissionError(13, "Permission denied", "/ro/x.so"), 2, "error: [Errno 13] Permission denied: '/ro/x.so'"),
+    (ResultMismatch("conv_transpose1d: differs"), 1, "tvm-convt info: error: conv_transpose1d: differs"),
+])
+def test_library_errors_are_one_line(err, status, message, monkeypatch, capsys):
+    monkeypatch.setattr("tvm_convt.target.resolve_target", _raise(err))
+    assert main(["info"]) == status
+    out, stderr = capsys.readouterr()
+    assert message in _one_line(out, stderr)
+
+
+def test_interrupt_exits_130(monkeypatch, capsys):
+    monkeypatch.setattr("tvm_convt.target.resolve_target", _raise(KeyboardInterrupt()))
+    assert main(["info"]) == 130
+    assert "tvm-convt info: interrupted" in capsys.readouterr().err
+
+
+def test_help_shows_usage_and_the_traceback_variable(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: tvm-convt") and "TVM_CONVT_TRACEBACK=1" in out
+
+
+def test_help_states_defaults(capsys):
+    assert main(["compile", "--help"]) == 0
+    out = capsys.readouterr().out
     assert "(default: 1)" in out and "(default: zeros)" in out and "(default: llvm)" in out

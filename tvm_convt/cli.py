@@ -1,7 +1,9 @@
 """The ``tvm-convt`` command line: ``demo``, ``bench``, ``compile``, ``tune`` and ``info``.
 
 Each sub-command parses and validates its arguments (argparse ``type=``
-functions raise on bad values) and then calls the Python API.
+functions raise on bad values) and then calls the Python API. Every failure is
+one line on stderr: user errors exit 2, a failed check 1, an internal error 1
+with its traceback saved to a file, an interrupt 130.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,24 +32,33 @@ DEMO = {"in_channels": 512, "out_channels": 256, "kernel_size": 16, "stride": 8,
         "batch": 1, "length": 86}
 
 
-def positive_int(text: str) -> int:
+# Sizes go to TVM as int64; a larger value would overflow there instead of failing here.
+INT_MAX = 2**63 - 1
+
+
+def _int_arg(text: str, low: int, rule: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+        raise argparse.ArgumentTypeError(f"must be an integer, got {_clip(text)!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+    if value > INT_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most 2**63-1 (64-bit sizes), got {_clip(text)}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_arg(text, 1, "positive")
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be non-negative, got {value}")
-    return value
+    return _int_arg(text, 0, "non-negative")
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    """Echo at most ``limit`` characters of a value, so a pasted blob stays one short line."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def target_arg(text: str) -> str:
@@ -71,11 +84,22 @@ def cpu_target_arg(text: str) -> str:
     return text
 
 
-def so_path(text: str) -> Path:
+def output_file(text: str) -> Path:
+    """A file to write into an existing, writable folder: a typo in the folder fails before any work."""
     path = Path(text)
-    if path.suffix != ".so":
-        raise argparse.ArgumentTypeError(f"must end in .so, got {text!r}")
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise argparse.ArgumentTypeError(f"folder {str(folder)!r} {what}, got {text!r}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"folder {str(folder)!r} is not writable, got {text!r}")
     return path
+
+
+def so_path(text: str) -> Path:
+    if Path(text).suffix != ".so":
+        raise argparse.ArgumentTypeError(f"must end in .so, got {text!r}")
+    return output_file(text)
 
 
 def _add_layer_args(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None,
@@ -319,10 +343,39 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def one_line(text: str) -> str:
+    """Collapse a message that spans lines (argparse's, TVM's) into one line."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+class CliParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line naming the sub-command, exit status 2;
+    the usage block is left to --help."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        # argparse reports a sub-command's unknown options from the top parser; name the command.
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            self.exit(2, f"{prog}: error: unrecognized arguments: {one_line(' '.join(extras))}\n")
+        return parsed
+
+
+EPILOG = ("Exit status: 0 done; 1 a failed check or an internal error; 2 a usage error (bad option, "
+          "bad layer, unreadable or unwritable file); 130 interrupted. An internal error prints one "
+          "line naming a file that holds its traceback; TVM_CONVT_TRACEBACK=1 also prints the "
+          "traceback.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tvm-convt", description="PyTorch's ConvTranspose1d compiled with Apache TVM.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = CliParser(prog="tvm-convt", description="PyTorch's ConvTranspose1d compiled with Apache TVM.",
+                       epilog=EPILOG)
+    # Not required=True: argparse's message for a missing command names "command", not the choices.
+    sub = parser.add_subparsers(dest="command", parser_class=CliParser)
 
     demo = sub.add_parser("demo", help="compile, check and time the HiFi-GAN V1 first upsampling layer",
                           description="Compile the HiFi-GAN V1 first upsampling layer (512->256 "
@@ -385,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CPU threads for both sides (default: the physical cores)")
     bench.add_argument("--rounds", type=positive_int, default=15,
                        help="interleaved timing rounds per layer (default: %(default)s)")
-    bench.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
-    bench.add_argument("--plot", type=Path, default=None,
+    bench.add_argument("--json", type=output_file, default=None, help="also write the report as JSON here")
+    bench.add_argument("--plot", type=output_file, default=None,
                        help="also draw the speed-ups as a bar chart (PNG; needs matplotlib)")
     bench.add_argument("--logs", type=Path, default=None, help=LOGS_HELP)
     bench.add_argument("--default-schedule", action="store_true",
@@ -401,23 +454,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from .benchmark import ResultMismatch
+COMMANDS = ("demo", "bench", "compile", "tune", "info")
+USER_ERRORS = (ValueError, TypeError, OSError)  # bad layer or input; missing, unreadable, unwritable file
+TVM_MODULES = ("tvm", "tvm_ffi")
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+
+def _raised_by_tvm(err: BaseException) -> bool:
+    """Whether TVM raised this (its own class, or a builtin such as ValueError that TVM's FFI
+    raises from C++): frames after the last tvm_convt frame are TVM's, or have no module at all
+    (the C++ frames the FFI adds)."""
+    if type(err).__module__.split(".")[0] in TVM_MODULES:
+        return True
+    modules = []
+    tb = err.__traceback__
+    while tb is not None:
+        modules.append(tb.tb_frame.f_globals.get("__name__"))
+        tb = tb.tb_next
+    ours = [i for i, name in enumerate(modules) if name and name.split(".")[0] == __package__]
+    after = modules[ours[-1] + 1:] if ours else modules
+    return any(name is None or name.split(".")[0] in TVM_MODULES for name in after)
+
+
+def _save_traceback(err: BaseException) -> str:
+    """Write the traceback to a fresh file, so the terminal gets one line and a report keeps it all."""
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    if os.environ.get("TVM_CONVT_TRACEBACK") == "1":
+        print(text, end="", file=sys.stderr)
     try:
-        return args.func(args)
-    except (ValueError, TypeError, OSError) as err:  # OSError: unreadable suite, unwritable -o
-        print(f"tvm-convt {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except ResultMismatch as err:
-        print(f"tvm-convt {args.command}: error: {err}", file=sys.stderr)
+        fd, path = tempfile.mkstemp(prefix="tvm-convt-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError as why:
+        return f"nowhere (saving it failed: {one_line(str(why))})"
+    return path
+
+
+def _report(err: BaseException, prog: str) -> int:
+    """Print one line for an exception a command raised and return the exit status."""
+    message = one_line(str(err))
+    # Only a loaded benchmark module can have raised its ResultMismatch; importing it here could fail.
+    benchmark = sys.modules.get(f"{__package__}.benchmark")
+    if benchmark is not None and isinstance(err, benchmark.ResultMismatch):
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
+    if isinstance(err, USER_ERRORS) and not _raised_by_tvm(err):
+        print(f"{prog}: error: {message or type(err).__name__}", file=sys.stderr)
+        return 2
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), None)
+    what = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    print(f"{prog}: internal error: {what}; full traceback in {_save_traceback(err)}", file=sys.stderr)
+    return 1
+
+
+def _exit_status(done: SystemExit) -> int:
+    return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    prog = parser.prog
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            print(f"{prog}: error: a command is required ({', '.join(COMMANDS)}); see {prog} --help",
+                  file=sys.stderr)
+            return 2
+        prog = f"{parser.prog} {args.command}"
+        return args.func(args)
+    except SystemExit as done:  # argparse: --help, or a usage error already printed
+        return _exit_status(done)
     except KeyboardInterrupt:
-        print(f"\ntvm-convt {args.command}: interrupted; every record already measured is kept",
-              file=sys.stderr)
+        print(f"\n{prog}: interrupted; every record already measured is kept", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the one place every failure becomes one line
+        return _report(err, prog)
 
 
 if __name__ == "__main__":  # pragma: no cover
