@@ -10,12 +10,14 @@ module.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,14 @@ import tvm
 from tvm.target import Target
 
 from ._files import read_json, write_atomic
+from .errors import CacheWarning, ModuleFileError
 from .params import OP, Workload
 from .records import find_tuned_schedule, prim_func
 from .schedule import default_schedule
 from .target import TargetLike, resolve_target, target_json, target_key
 
-METADATA_FORMAT = 1
+# 2: the sidecar records the library's size and SHA-256 and a checksum of itself.
+METADATA_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,18 @@ class ModuleMetadata:
             raise ValueError(f"{OP}: metadata format must be {METADATA_FORMAT}, got format={d.get('format')!r}")
         return cls(Workload.from_dict(d["workload"]), json.dumps(d["target"], sort_keys=True),
                    d["target_key"], d["schedule"], d["tvm_version"], d["package_version"])
+
+
+@dataclass(frozen=True)
+class LibraryDigest:
+    """The size and SHA-256 of a library file, kept in its sidecar."""
+
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, data: bytes) -> LibraryDigest:
+        return cls(len(data), hashlib.sha256(data).hexdigest())
 
 
 def sidecar_path(library: Path) -> Path:
@@ -113,32 +129,156 @@ def device_source(workload: Workload, *, target: TargetLike, rule: str | None = 
 def write_library(executable: Any, metadata: ModuleMetadata, library: Path) -> None:
     """Export ``executable`` to ``library`` and its sidecar, each atomically; the sidecar
     goes last, so a reader that finds it also finds a complete library."""
-    write_atomic(library, lambda tmp: executable.export_library(str(tmp)), 0o755)
-    write_metadata(metadata, library)
+    digest: list[LibraryDigest] = []
+
+    def export(tmp: Path) -> None:
+        executable.export_library(str(tmp))
+        digest.append(LibraryDigest.of(tmp.read_bytes()))
+
+    write_atomic(library, export, 0o755)
+    write_sidecar(metadata, digest[0], library)
 
 
-def write_metadata(metadata: ModuleMetadata, library: Path) -> None:
-    text = json.dumps(metadata.to_dict(), indent=2, sort_keys=True)
+def copy_library(data: bytes, metadata: ModuleMetadata, library: Path) -> None:
+    """Write the library bytes ``data`` (already verified) to ``library`` with its sidecar."""
+    write_atomic(library, lambda tmp: tmp.write_bytes(data), 0o755)
+    write_sidecar(metadata, LibraryDigest.of(data), library)
+
+
+def _checksum(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def write_sidecar(metadata: ModuleMetadata, digest: LibraryDigest, library: Path) -> None:
+    fields = {**metadata.to_dict(), "library": {"bytes": digest.size, "sha256": digest.sha256}}
+    text = json.dumps({**fields, "checksum": _checksum(fields)}, indent=2, sort_keys=True)
     write_atomic(sidecar_path(library), lambda tmp: tmp.write_text(text))
 
 
-def copy_library(source: Path, metadata: ModuleMetadata, library: Path) -> None:
-    write_atomic(library, lambda tmp: shutil.copyfile(source, tmp), 0o755)
-    write_metadata(metadata, library)
-
-
-def read_metadata(library: Path) -> ModuleMetadata:
+def read_sidecar(library: Path) -> tuple[ModuleMetadata, LibraryDigest]:
+    """The metadata and library digest in ``library``'s sidecar, checked against the
+    sidecar's own checksum: an edited or damaged sidecar raises :class:`ModuleFileError`."""
     side = sidecar_path(library)
     data = read_json(side, "metadata sidecar")
     if not isinstance(data, dict):
-        raise ValueError(f"{OP}: metadata sidecar {side} must hold a JSON object, got {type(data).__name__}")
+        raise ModuleFileError(f"{OP}: metadata sidecar {side} must hold a JSON object, "
+                              f"got {type(data).__name__}")
+    if data.get("format") != METADATA_FORMAT:
+        raise ModuleFileError(f"{OP}: metadata sidecar {side} must have format {METADATA_FORMAT} "
+                              f"(written by another version of tvm_convt?), got format={data.get('format')!r}; "
+                              "compile and export the module again")
+    fields = {k: v for k, v in data.items() if k != "checksum"}
+    if data.get("checksum") != _checksum(fields):
+        raise ModuleFileError(f"{OP}: metadata sidecar {side} does not match its checksum: it was "
+                              "edited or damaged; compile and export the module again")
     try:
-        return ModuleMetadata.from_dict(data)
-    except (KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{OP}: metadata sidecar {side} is incomplete: {err!r}") from None
+        digest = LibraryDigest(int(fields["library"]["bytes"]), str(fields["library"]["sha256"]))
+        return ModuleMetadata.from_dict(fields), digest
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise ModuleFileError(f"{OP}: metadata sidecar {side} is incomplete: {err!r}") from None
+
+
+def read_metadata(library: Path) -> ModuleMetadata:
+    return read_sidecar(library)[0]
+
+
+def read_library(library: Path, digest: LibraryDigest) -> bytes:
+    """The bytes of ``library``, refused with :class:`ModuleFileError` unless they match
+    ``digest``; a library is read whole and checked before it is ever mapped."""
+    try:
+        data = Path(library).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{OP}: no compiled module at {library}") from None
+    if LibraryDigest.of(data) != digest:
+        raise ModuleFileError(
+            f"{OP}: library {library} does not match its sidecar ({len(data)} bytes, sidecar says "
+            f"{digest.size} with another SHA-256): it was changed or damaged after it was written")
+    return data
+
+
+def load_library(library: Path, digest: LibraryDigest) -> Any:
+    """Load ``library`` as a TVM module from a private snapshot of the verified bytes, so
+    that a later change to the file (even truncation in place) cannot reach the mapping."""
+    data = read_library(library, digest)
+    with tempfile.TemporaryDirectory(prefix="tvm_convt-load-") as tmp:
+        snapshot = Path(tmp) / Path(library).name
+        snapshot.write_bytes(data)
+        try:
+            return tvm.runtime.load_module(str(snapshot))
+        except Exception as err:  # noqa: BLE001 - TVM reports a bad library with its own errors
+            first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise ModuleFileError(f"{OP}: library {library} cannot be loaded: {first}") from None
 
 
 _build_lock = threading.Lock()
+_fallback_lock = threading.Lock()
+_fallback_roots: dict[str, Path] = {}
+
+
+def usable_cache_dir() -> Path:
+    """:func:`cache_dir` when it can be written, else a temporary folder for this process
+    (removed at exit), announced by one :class:`CacheWarning` naming ``TVM_CONVT_CACHE``."""
+    root = cache_dir()
+    with _fallback_lock:
+        if str(root) in _fallback_roots:
+            return _fallback_roots[str(root)]
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if os.access(root, os.W_OK | os.X_OK):
+            return root
+        reason = "it is not writable"
+    except OSError as err:
+        reason = f"{type(err).__name__}: {err.strerror or err}"
+    return fall_back_from(root, reason)
+
+
+def fall_back_from(root: Path, reason: str) -> Path:
+    """Compile into a temporary folder instead of ``root`` for the rest of this process."""
+    with _fallback_lock:
+        if str(root) not in _fallback_roots:
+            tmp = Path(tempfile.mkdtemp(prefix="tvm_convt-cache-"))
+            atexit.register(shutil.rmtree, tmp, True)
+            _fallback_roots[str(root)] = tmp
+            warnings.warn(f"{OP}: cannot use the module cache {root} ({reason}); compiling into {tmp} "
+                          "for this process; set TVM_CONVT_CACHE to a writable folder",
+                          CacheWarning, stacklevel=4)
+        return _fallback_roots[str(root)]
+
+
+def discard(library: Path, reason: str) -> None:
+    """Remove a cache entry that failed its checks, with one warning; it is then rebuilt."""
+    warnings.warn(f"{OP}: removed a damaged module from the cache, rebuilding it: "
+                  f"{reason.removeprefix(OP + ': ')}",
+                  CacheWarning, stacklevel=4)
+    for path in (library, sidecar_path(library)):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only cache: the entry is rebuilt elsewhere (fall_back_from)
+
+
+def _cached(library: Path) -> bool:
+    """Whether the cache holds a complete entry for ``library`` that matches its sidecar;
+    a damaged one is discarded."""
+    try:
+        if not (library.exists() and sidecar_path(library).exists()):
+            return False
+        _, digest = read_sidecar(library)
+        read_library(library, digest)
+        return True
+    except ModuleFileError as err:
+        discard(library, str(err))
+    except OSError:  # unreadable: compile into a usable place instead
+        pass
+    return False
+
+
+def program_key(mod: tvm.IRModule, tjson: str) -> str:
+    """The cache key: the scheduled program, the target and every version that shapes the file."""
+    from . import __version__
+
+    text = json.dumps([mod.script(), tjson, tvm.__version__, __version__, METADATA_FORMAT])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def build_library(
@@ -149,8 +289,10 @@ def build_library(
 
     The library lives in :func:`cache_dir` under a key of the scheduled program,
     the target and the TVM version; a later call, in this or another process,
-    finds it there and compiles nothing. With ``use_cache=False`` it is built
-    into a fresh temporary folder instead, which the caller then owns.
+    finds it there and compiles nothing. An entry that does not match its
+    sidecar is removed and rebuilt; an unusable cache folder is replaced by a
+    temporary one (:func:`usable_cache_dir`). With ``use_cache=False`` the library
+    is built into a fresh temporary folder instead, which the caller then owns.
     """
     from . import __version__
 
@@ -158,18 +300,26 @@ def build_library(
     mod, source = schedule(workload, tgt, rule=rule, logs=logs, tuned=tuned)
     tjson = target_json(tgt)
     metadata = ModuleMetadata(workload, tjson, target_key(tgt), source, tvm.__version__, __version__)
-    digest = hashlib.sha256(
-        json.dumps([mod.script(), tjson, tvm.__version__, __version__]).encode()
-    ).hexdigest()[:24]
-    if use_cache:
-        library = cache_dir() / metadata.target_key / f"conv_transpose1d-{digest}.so"
-        if library.exists() and sidecar_path(library).exists():
-            # The same program may have been compiled for another reason (a tuned record
-            # can be the default schedule itself): describe this request.
-            return library, metadata
-    else:
-        library = Path(tempfile.mkdtemp(prefix="tvm_convt-")) / f"conv_transpose1d-{digest}.so"
+    name = f"conv_transpose1d-{program_key(mod, tjson)}.so"
+    if not use_cache:
+        library = Path(tempfile.mkdtemp(prefix="tvm_convt-")) / name
+        _compile_into(mod, tgt, metadata, library)
+        return library, metadata
+    library = usable_cache_dir() / metadata.target_key / name
+    if _cached(library):
+        # The same program may have been compiled for another reason (a tuned record
+        # can be the default schedule itself): describe this request.
+        return library, metadata
+    try:
+        _compile_into(mod, tgt, metadata, library)
+    except OSError as err:  # the cache folder went bad under us: never fail the call for it
+        root = fall_back_from(cache_dir(), f"{type(err).__name__}: {err.strerror or err}")
+        library = root / metadata.target_key / name
+        _compile_into(mod, tgt, metadata, library)
+    return library, metadata
+
+
+def _compile_into(mod: tvm.IRModule, tgt: Target, metadata: ModuleMetadata, library: Path) -> None:
     with _build_lock:  # LLVM code generation is not worth racing threads over
         executable = tvm.compile(mod, target=tgt)
     write_library(executable, metadata, library)
-    return library, metadata

@@ -11,7 +11,9 @@ Formulation (per group ``g``, with ``M = out_channels/groups * kernel_size``):
    receives ``col[i, k]`` exactly when ``i*stride + k*dilation == u``; the
    live ``k`` form one residue class modulo ``stride / gcd(stride, dilation)``,
    so each output visits ``ceil(kernel_size / (stride/gcd))`` taps, not all of
-   them. It is laid out by phase, ``full[n, co, u % stride, u // stride]``.
+   them. It is laid out by phase, ``full[n, co, u % stride, u // stride]``. Up
+   to ``MAX_UNROLLED_TAPS`` taps are an unrolled sum; more are a reduction loop
+   (over the input samples instead, when there are fewer of them than taps).
 3. ``y``: zeros mode reads the gather (which covers only the cropped range)
    and adds the bias. Other modes gather over the padded length and apply the
    adjoint of the padding, which adds its two ``padding``-wide margins back onto the output,
@@ -35,6 +37,10 @@ FULL = "full"
 MARGIN_LEFT = "margin_left"
 MARGIN_RIGHT = "margin_right"
 OUT = "y"
+
+# Beyond this many live taps per output the gather is a reduction loop, not an unrolled
+# sum: an unrolled sum's compile time (and TVM's recursion over it) grows with kernel_size.
+MAX_UNROLLED_TAPS = 16
 
 
 @dataclass(frozen=True)
@@ -89,36 +95,57 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
     # The gather runs over the output in polyphase order, u = q*stride + r with
     # the phase r outermost: which taps are live, and where they read, depend on
     # r alone, so the inner loop over q does no index division at all.
-    if p.padding_mode == "zeros":
-        u_first, u_end = pad, pad + l_out  # the cropped range is all that is needed
-    else:
-        u_first, u_end = 0, l_out + 2 * pad
-    q_first = u_first // stride
-    n_q = -(-u_end // stride) - q_first
+    q_first, n_q = w.phase_range
 
-    def gather(n, co, r, q):
-        # An unrolled sum over the few live taps: no reduction axis.
+    def tap_term(n, co, r, q, t):
+        """Tap ``t`` of the live residue class at output phase ``r``, position ``q``."""
         g = tirx.indexdiv(co, cog)
         o = tirx.indexmod(co, cog)
         if plan.step > 1:
             k0 = tirx.indexmod(tirx.indexdiv(r, plan.gcd) * plan.dilation_inverse, plan.step)
         else:
             k0 = 0
-        total = tirx.const(0, dtype)
-        for t in range(plan.taps):
-            k = k0 + t * plan.step
-            # u - k*dilation is a multiple of stride for live taps: i = q + (r - k*dilation)/stride.
-            i = q + q_first + tirx.indexdiv(r - k * dil, stride)
-            # Samples past the last one's reach (output_padding) have no live tap: i >= length.
-            live = tirx.all(k < kern, i >= 0, i < length)
-            if plan.gcd > 1:
-                live = tirx.all(live, tirx.indexmod(r, plan.gcd) == 0)
-            # Clamped indices keep even a speculated load in bounds.
-            i_safe = tirx.max(tirx.min(i, length - 1), 0)
-            k_safe = tirx.min(k, kern - 1)
-            total = total + tirx.if_then_else(
-                live, col[n, g, i_safe, o * kern + k_safe], tirx.const(0, dtype))
-        return total
+        k = k0 + t * plan.step
+        # u - k*dilation is a multiple of stride for live taps: i = q + (r - k*dilation)/stride.
+        i = q + q_first + tirx.indexdiv(r - k * dil, stride)
+        # Samples past the last one's reach (output_padding) have no live tap: i >= length.
+        live = tirx.all(k < kern, i >= 0, i < length)
+        if plan.gcd > 1:
+            live = tirx.all(live, tirx.indexmod(r, plan.gcd) == 0)
+        # Clamped indices keep even a speculated load in bounds.
+        i_safe = tirx.max(tirx.min(i, length - 1), 0)
+        k_safe = tirx.min(k, kern - 1)
+        return tirx.if_then_else(live, col[n, g, i_safe, o * kern + k_safe], tirx.const(0, dtype))
+
+    def sample_term(n, co, r, q, i):
+        """Input sample ``i``'s contribution to output ``u``: the tap with i*stride + k*dilation == u."""
+        g = tirx.indexdiv(co, cog)
+        o = tirx.indexmod(co, cog)
+        d = (q + q_first) * stride + r - i * stride
+        k = tirx.indexdiv(d, dil)
+        live = tirx.all(d >= 0, tirx.indexmod(d, dil) == 0, k < kern)
+        k_safe = tirx.max(tirx.min(k, kern - 1), 0)
+        return tirx.if_then_else(live, col[n, g, i, o * kern + k_safe], tirx.const(0, dtype))
+
+    if plan.taps <= MAX_UNROLLED_TAPS:
+        def gather(n, co, r, q):
+            # An unrolled sum over the few live taps: no reduction axis, nothing predicated
+            # beyond the edges.
+            total = tirx.const(0, dtype)
+            for t in range(plan.taps):
+                total = total + tap_term(n, co, r, q, t)
+            return total
+    elif length < plan.taps:
+        # Fewer input samples than live taps: each output sums over the samples instead.
+        i_axis = te.reduce_axis((0, length), name="i")
+
+        def gather(n, co, r, q):
+            return te.sum(sample_term(n, co, r, q, i_axis), axis=i_axis)
+    else:
+        t_axis = te.reduce_axis((0, plan.taps), name="t")
+
+        def gather(n, co, r, q):
+            return te.sum(tap_term(n, co, r, q, t_axis), axis=t_axis)
 
     full = te.compute((n_batch, p.out_channels, stride, n_q), gather, name=FULL)
 

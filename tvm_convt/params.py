@@ -19,6 +19,12 @@ PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
 DTYPES: tuple[str, ...] = ("float32", "float64")
 
+# TVM indexes buffers with 32-bit integers: every tensor of the compute, and every
+# index into one, must stay below this.
+INDEX_LIMIT = 2**31
+# Sizes are C int64 in TVM and in the DLPack shapes that carry them.
+SIZE_LIMIT = 2**63
+
 
 def _size(name: str, value: Any) -> int:
     """Accept an int or a 1-tuple/list holding one int, as PyTorch's ``_single``."""
@@ -31,7 +37,21 @@ def _size(name: str, value: Any) -> int:
         value = value[0]
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{OP}: {name} must be an int, got {name}={value!r} ({type(value).__name__})")
-    return int(value)
+    value = int(value)
+    if not -SIZE_LIMIT <= value < SIZE_LIMIT:
+        raise ValueError(f"{OP}: {name} must fit in a 64-bit integer, got {name}={value}")
+    return value
+
+
+SPLIT_HINT = "; split the batch or the input's length into smaller calls"
+
+
+def check_index_range(what: str, count: int, sizes: str, hint: str = "") -> None:
+    """Refuse a tensor or index span of ``count`` elements that 32-bit indices cannot reach."""
+    if count >= INDEX_LIMIT:
+        raise ValueError(
+            f"{OP}: {what} must have fewer than 2**31 elements for TVM's 32-bit indices, "
+            f"got {count} elements ({sizes}){hint}")
 
 
 def _positive(name: str, value: int) -> None:
@@ -136,6 +156,12 @@ class ConvTranspose1dParams:
                 f"padding_mode={self.padding_mode!r}, got output_padding={self.output_padding}, "
                 f"stride={self.stride}"
             )
+        sizes = (f"in_channels={self.in_channels}, out_channels/groups={self.out_per_group}, "
+                 f"kernel_size={self.kernel_size}")
+        check_index_range("the weight", self.in_channels * self.out_per_group * self.kernel_size, sizes)
+        check_index_range("the kernel's span dilation*(kernel_size-1)+1",
+                          self.dilation * (self.kernel_size - 1) + 1,
+                          f"dilation={self.dilation}, kernel_size={self.kernel_size}")
 
     @staticmethod
     def check_positive_size(name: str, value: Any) -> int:
@@ -237,6 +263,38 @@ class Workload:
         object.__setattr__(self, "length", _size("length", self.length))
         object.__setattr__(self, "dtype", check_dtype(self.dtype))
         self.params.output_length(self.length)  # validates the length and the padding limits
+        self._check_index_ranges()
+
+    def _check_index_ranges(self) -> None:
+        p = self.params
+        shape = f"batch={self.batch}, L_in={self.length}"
+        check_index_range("the input", self.batch * p.in_channels * self.length,
+                          f"{shape}, in_channels={p.in_channels}", SPLIT_HINT)
+        check_index_range("col (batch x L_in x out_channels x kernel_size)",
+                          self.batch * self.length * p.out_channels * p.kernel_size,
+                          f"{shape}, out_channels={p.out_channels}, kernel_size={p.kernel_size}", SPLIT_HINT)
+        q_first, n_q = self.phase_range
+        check_index_range("the gathered output (batch x out_channels x stride x positions)",
+                          self.batch * p.out_channels * p.stride * n_q,
+                          f"{shape}, out_channels={p.out_channels}, stride={p.stride}", SPLIT_HINT)
+        check_index_range("the output before cropping, (L_in - 1)*stride + dilation*(kernel_size - 1)",
+                          (q_first + n_q) * p.stride + p.dilation * (p.kernel_size - 1),
+                          f"L_in={self.length}, stride={p.stride}, padding={p.padding}")
+        check_index_range("the output", self.batch * p.out_channels * self.out_length,
+                          f"{shape}, out_channels={p.out_channels}, L_out={self.out_length}", SPLIT_HINT)
+
+    @property
+    def phase_range(self) -> tuple[int, int]:
+        """``(q_first, n_q)``: the gather covers output positions ``u = q*stride + r`` with
+        ``q_first <= q < q_first + n_q``: the cropped range for zeros mode, the whole
+        padding-free output (padding included) for the others."""
+        p = self.params
+        if p.padding_mode == "zeros":
+            u_first, u_end = p.padding, p.padding + self.out_length
+        else:
+            u_first, u_end = 0, self.out_length + 2 * p.padding
+        q_first = u_first // p.stride
+        return q_first, -(-u_end // p.stride) - q_first
 
     @property
     def out_length(self) -> int:

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 import tvm
 
-from .build import ModuleMetadata, build_library, copy_library, read_metadata
+from .build import (ModuleMetadata, build_library, copy_library, discard, load_library, read_library,
+                    read_sidecar)
+from .errors import ModuleFileError
 from .params import OP, ConvTranspose1dParams, Workload, check_dtype
 from .target import TargetLike, device_of, resolve_target
 
@@ -90,17 +92,19 @@ class CompiledConvTranspose1d:
 
     def __init__(self, library: str | Path, metadata: ModuleMetadata | None = None) -> None:
         self.library = Path(library)
-        self.metadata = metadata if metadata is not None else read_metadata(self.library)
+        described, self.digest = read_sidecar(self.library)
+        self.metadata = metadata if metadata is not None else described
         self.target = resolve_target(self.metadata.target)
         self.device = device_of(self.target)
         self._func: Any = None  # loaded on first use: a CUDA module exports without a GPU
 
     @property
     def func(self) -> Any:
-        """The module's ``main`` function, loaded on first use."""
+        """The module's ``main`` function, loaded on first use from the bytes its sidecar
+        vouches for (:class:`ModuleFileError` when they do not match or do not load)."""
         if self._func is None:
             self._require_device()
-            self._func = tvm.runtime.load_module(str(self.library))["main"]
+            self._func = load_library(self.library, self.digest)["main"]
         return self._func
 
     def _require_device(self) -> None:
@@ -185,16 +189,25 @@ class CompiledConvTranspose1d:
         path = Path(path)
         if path.suffix != ".so":
             raise ValueError(f"{OP}: export path must end in .so, got {str(path)!r}")
-        copy_library(self.library, self.metadata, path)
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"{OP}: export folder {path.parent} does not exist")
+        copy_library(read_library(self.library, self.digest), self.metadata, path)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> CompiledConvTranspose1d:
-        """Load a library written by :meth:`export` (or the cache) with its sidecar."""
+        """Load a library written by :meth:`export` (or the cache) with its sidecar.
+
+        The library must match the size and SHA-256 its sidecar records, and the
+        sidecar its own checksum; anything else raises :class:`ModuleFileError`
+        before the library is mapped.
+        """
         path = Path(path)
-        if not path.exists():
+        if not path.is_file():
             raise FileNotFoundError(f"{OP}: no compiled module at {path}")
-        return cls(path, read_metadata(path))
+        compiled = cls(path)
+        read_library(path, compiled.digest)
+        return compiled
 
 
 def compile(  # noqa: A001 - mirrors tvm.compile
@@ -218,11 +231,21 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     rule and ``tuned=False`` ignores tuning records.
     """
     workload = Workload(params, batch, length, dtype)
-    library, metadata = build_library(workload, target=target, use_cache=use_cache, rule=rule,
-                                      logs=logs, tuned=tuned)
-    compiled = CompiledConvTranspose1d(library, metadata)
+
+    def build() -> CompiledConvTranspose1d:
+        library, metadata = build_library(workload, target=target, use_cache=use_cache, rule=rule,
+                                          logs=logs, tuned=tuned)
+        return CompiledConvTranspose1d(library, metadata)
+
+    compiled = build()
     if not use_cache:  # the library's temporary folder lives as long as the object
-        weakref.finalize(compiled, shutil.rmtree, library.parent, True)
+        weakref.finalize(compiled, shutil.rmtree, compiled.library.parent, True)
+    elif compiled.device.exist:
+        try:  # a cache entry that verifies but does not load is rebuilt, not kept
+            compiled.func
+        except ModuleFileError as err:
+            discard(compiled.library, str(err))
+            compiled = build()
     return compiled
 
 
@@ -273,7 +296,8 @@ class ConvTranspose1d:
     U(-sqrt(k), sqrt(k)) with k = groups / (out_channels * kernel_size), the
     bound PyTorch's default initialisation gives; ``seed`` makes them
     reproducible. Assign new arrays to ``.weight`` and ``.bias`` to load trained
-    values. ``logs`` is where to look for tuning records first (default
+    values; on a CPU target in-place edits take effect too, on a GPU target the
+    arrays are read-only. ``logs`` is where to look for tuning records first (default
     ``$TVM_CONVT_TUNING_LOGS``). Calling the layer on (batch, in_channels, L_in) or (in_channels,
     L_in) returns (batch, out_channels, L_out) or (out_channels, L_out); see
     :class:`ConvTranspose1dParams` for L_out and the padding modes.
@@ -300,7 +324,8 @@ class ConvTranspose1d:
         self.params = ConvTranspose1dParams(in_channels, out_channels, kernel_size, stride, padding,
                                             output_padding, groups, bias, dilation, padding_mode)
         self.dtype = check_dtype(dtype)
-        resolve_target(target)  # reject a bad target now, not at the first call
+        # A bad target is rejected now, not at the first call.
+        self._host_weights = resolve_target(target).kind.name == "llvm"
         self.target = target
         self.logs = logs
         p = self.params
@@ -324,7 +349,10 @@ class ConvTranspose1d:
 
     @property
     def weight(self) -> np.ndarray:
-        return self._state[0]
+        """The weight. On a CPU target the module reads this very array, so in-place edits
+        take effect; on a GPU target it is read-only (the module holds a device copy, which
+        an in-place edit would silently miss): assign a new array instead."""
+        return self._state[0] if self._host_weights else _read_only(self._state[0])
 
     @weight.setter
     def weight(self, value: Any) -> None:
@@ -334,7 +362,9 @@ class ConvTranspose1d:
 
     @property
     def bias(self) -> np.ndarray | None:
-        return self._state[1]
+        """The bias (None without one); in-place edits as for :attr:`weight`."""
+        bias = self._state[1]
+        return bias if bias is None or self._host_weights else _read_only(bias)
 
     @bias.setter
     def bias(self, value: Any) -> None:
@@ -361,6 +391,12 @@ class ConvTranspose1d:
         arr = as_array(x, "input")
         _check_channels(arr, self.params.weight_shape, self.params.in_channels)
         _check_array_dtype(arr, "input", self.dtype)
+        if arr.ndim == 3 and arr.shape[0] == 0:
+            params = self.params
+            if output_size is not None:
+                params = params.with_output_padding(
+                    params.output_padding_for(arr.shape[-1], _output_length(output_size, 3)))
+            return _empty_batch(params, arr.shape[-1], self.dtype)
         compiled = self.compiled_for(tuple(arr.shape), output_size)
         xb, unbatched = compiled.check_input(arr)
         weight, bias, copies = self._state
@@ -372,6 +408,19 @@ class ConvTranspose1d:
             copies[key] = weights
         y = compiled.run(compiled.to_device(xb), weights)
         return y[0] if unbatched else y
+
+
+def _empty_batch(params: ConvTranspose1dParams, length: int, dtype: str) -> np.ndarray:
+    """PyTorch's answer to a batch of 0: an empty (0, out_channels, L_out) output, with every
+    check of a real call (the sizes of one sample) and nothing compiled."""
+    w = Workload(params, 1, length, dtype)
+    return aligned_empty((0, params.out_channels, w.out_length), dtype)
+
+
+def _read_only(arr: np.ndarray) -> np.ndarray:
+    view = arr.view()
+    view.flags.writeable = False
+    return view
 
 
 def _output_length(output_size: Any, ndim: int) -> Any:
@@ -426,5 +475,7 @@ def conv_transpose1d(
         bias = as_array(bias, "bias")
         _check_array(bias, "bias", (params.out_channels,), dtype)
     resolve_target(target)
+    if x.ndim == 3 and x.shape[0] == 0:
+        return _empty_batch(params, x.shape[-1], dtype)
     workload = Workload(params, x.shape[0] if x.ndim == 3 else 1, x.shape[-1], dtype)
     return _MODULES.get(workload, target, logs)(x, weight, bias)

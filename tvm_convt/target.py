@@ -9,8 +9,10 @@ tuned for AVX-512 is never applied on an AVX2 machine, nor sm_90 on sm_80.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
 from typing import Any
 
 import tvm
@@ -92,6 +94,49 @@ def _cuda_arch_of_local_gpu() -> str:
     return "sm_" + dev.compute_version.replace(".", "")
 
 
+# Architecture names LLVM accepts in a triple beyond its target names (sub-architectures).
+_TRIPLE_ARCH_ALIASES = re.compile(r"i[3-6]86|amd64|arm64|(arm|armeb|thumb|thumbeb)v[0-9][0-9.a-z]*")
+
+
+def _check_mtriple(triple: Any) -> None:
+    """Refuse a triple whose architecture LLVM has no backend for (TVM 0.27 segfaults on one)."""
+    arch = triple.split("-")[0] if isinstance(triple, str) else None
+    known = [str(name) for name in tvm.target.codegen.llvm_get_targets()]
+    if arch is None or not (arch in known or _TRIPLE_ARCH_ALIASES.fullmatch(arch)):
+        raise ValueError(
+            f"{OP}: mtriple must start with an architecture LLVM can generate code for "
+            f"(one of {', '.join(known)}), got mtriple={triple!r}")
+
+
+def _check_mcpu(config: dict[str, Any]) -> None:
+    """Refuse a CPU name LLVM does not know (it would warn and build for a generic CPU)."""
+    mcpu = config["mcpu"]
+    base: dict[str, Any] = {"kind": "llvm"}
+    if "mtriple" in config:
+        base["mtriple"] = config["mtriple"]
+    known = [str(name) for name in tvm.target.codegen.llvm_get_cpu_archlist(Target(base))]
+    if not isinstance(mcpu, str) or mcpu not in known:
+        close = difflib.get_close_matches(str(mcpu), known, n=4)
+        hint = f"close names: {', '.join(close)}; " if close else ""
+        raise ValueError(
+            f"{OP}: mcpu must be a CPU name LLVM knows for this triple, got mcpu={mcpu!r}; {hint}"
+            f"tvm.target.codegen.llvm_get_cpu_archlist() lists all {len(known)} "
+            f"(this machine: {tvm.target.codegen.llvm_get_system_cpu()})")
+
+
+_CUDA_ARCH = re.compile(r"sm_([1-9][0-9]{1,2})[af]?")
+
+
+def _check_cuda_arch(arch: Any) -> None:
+    """Refuse an arch that is not ``sm_<compute capability>`` (TVM fails deep inside otherwise)."""
+    match = _CUDA_ARCH.fullmatch(arch) if isinstance(arch, str) else None
+    if match is None or int(match.group(1)) < 50:
+        raise ValueError(
+            f"{OP}: CUDA arch must be sm_ and a compute capability of 5.0 or later, such as "
+            f"sm_80, sm_90 or sm_90a, got arch={arch!r}; "
+            "`nvidia-smi --query-gpu=compute_cap --format=csv` prints a GPU's")
+
+
 def resolve_target(spec: TargetLike) -> Target:
     """Turn ``"llvm"``, ``"cuda"``, a JSON string or a dict into a complete TVM target.
 
@@ -124,12 +169,17 @@ def resolve_target(spec: TargetLike) -> Target:
                         f"({type(spec).__name__})")
     kind = config.get("kind")
     if kind == "llvm":
+        if "mtriple" in config:
+            _check_mtriple(config["mtriple"])
         if "mtriple" not in config and "mcpu" not in config:
             config.update(host_cpu_config())
+        elif "mcpu" in config:
+            _check_mcpu(config)
         config.setdefault("num-cores", host_cores())
     elif kind == "cuda":
         if "arch" not in config:
             config["arch"] = _cuda_arch_of_local_gpu()
+        _check_cuda_arch(config["arch"])
         for key, value in _CUDA_DEFAULTS.items():
             config.setdefault(key, value)
     else:

@@ -23,7 +23,7 @@ def _parallel_outer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_outer
 def _gather_tiles(sch: s_tir.Schedule, rows: int) -> s_tir.schedule.LoopRV:
     """Split the gather into tiles of ``rows`` phase positions over all channels; return the
     (batch, tile) loop."""
-    n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))
+    n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))[:4]
     qo, qi = sch.split(q, [None, rows])
     sch.reorder(n, qo, co, r, qi)
     return sch.fuse(n, qo)

@@ -224,7 +224,7 @@ def _schedule_direct(sch: s_tir.Schedule, q_tile: int, threads: int) -> int:
     ``col`` tile size in elements (taps x window)."""
     col = sch.get_sblock(C.COL)
     sch.set_scope(col, 0, "shared")
-    n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))
+    n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))[:4]
     qo, qi = sch.split(q, [None, q_tile])
     sch.reorder(n, co, qo, r, qi)
     bx = sch.fuse(n, co, qo)
@@ -258,7 +258,8 @@ class GpuDirectRule:
     ``col`` values they need (``in_channels/groups`` products each, plus a halo of
     a few samples) into shared memory, then gathers them, so ``col`` (K times the
     input) never goes through global memory: with so few input channels a GEMM
-    has no reuse to win. Not applicable to wider groups.
+    has no reuse to win. Not applicable to wider groups, nor where the gather is a
+    reduction over many taps (its ``col`` window would outgrow the input).
     """
 
     name: str = "gpu-direct"
@@ -267,7 +268,8 @@ class GpuDirectRule:
         if not _is_cuda(target):
             return None
         cfg = get_direct_config(target)
-        if workload.params.in_per_group > cfg.max_in_per_group or cfg.threads > _max_threads(target):
+        if (workload.params.in_per_group > cfg.max_in_per_group or cfg.threads > _max_threads(target)
+                or C.TapPlan.of(workload.params).taps > C.MAX_UNROLLED_TAPS):
             return None
         q_tile = cfg.q_tile
         while q_tile >= cfg.min_q_tile:

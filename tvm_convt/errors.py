@@ -1,0 +1,15 @@
+"""The package's own exception and warning types, one per kind of failure.
+
+Each subclasses the built-in type a caller would catch for it anyway, so code
+that handles ``ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class ModuleFileError(ValueError):
+    """A compiled module's library or metadata sidecar is damaged, edited, or cannot be loaded."""
+
+
+class CacheWarning(UserWarning):
+    """The module cache could not be used as it is: an entry was rebuilt, or the cache moved."""
