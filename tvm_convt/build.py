@@ -210,6 +210,18 @@ def load_library(library: Path, digest: LibraryDigest) -> Any:
             raise ModuleFileError(f"{OP}: library {library} cannot be loaded: {first}") from None
 
 
+def check_fits_in_memory(workload: Workload) -> None:
+    """Refuse, before compiling, a CPU workload whose tensors exceed this machine's memory."""
+    import psutil
+
+    need, have = workload.working_set_bytes, psutil.virtual_memory().total
+    if need > have:
+        raise ValueError(
+            f"{OP}: one call of this layer needs {need / 2**30:.1f} GiB (input, col = batch x L_in x "
+            f"out_channels x kernel_size, output) and this machine has {have / 2**30:.1f} GiB, got "
+            f"batch={workload.batch}, L_in={workload.length}, {workload.params}; split the input")
+
+
 _build_lock = threading.Lock()
 _fallback_lock = threading.Lock()
 _fallback_roots: dict[str, Path] = {}
@@ -297,6 +309,8 @@ def build_library(
     from . import __version__
 
     tgt = resolve_target(target)
+    if tgt.kind.name == "llvm":
+        check_fits_in_memory(workload)
     mod, source = schedule(workload, tgt, rule=rule, logs=logs, tuned=tuned)
     tjson = target_json(tgt)
     metadata = ModuleMetadata(workload, tjson, target_key(tgt), source, tvm.__version__, __version__)

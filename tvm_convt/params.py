@@ -7,6 +7,7 @@ Every other module (compute, reference, build, runtime, CLI) takes a
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -307,6 +308,16 @@ class Workload:
     @property
     def output_shape(self) -> tuple[int, int, int]:
         return (self.batch, self.params.out_channels, self.out_length)
+
+    @property
+    def working_set_bytes(self) -> int:
+        """Bytes of every tensor one call touches: input, weight, bias, ``col``, the gather, output."""
+        p = self.params
+        _, n_q = self.phase_range
+        elements = (self.batch * p.in_channels * self.length + math.prod(p.weight_shape) + p.out_channels
+                    + self.batch * self.length * p.out_channels * p.kernel_size
+                    + self.batch * p.out_channels * (p.stride * n_q + self.out_length))
+        return elements * np.dtype(self.dtype).itemsize
 
     @property
     def flops(self) -> int:
