@@ -33,5 +33,9 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{OP}: {what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"{OP}: {what} {path} must be a file, got a folder") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{OP}: {what} {path} is not UTF-8 text: {err.reason}") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{OP}: {what} {path} is not valid JSON: {err}") from None

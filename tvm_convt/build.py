@@ -159,7 +159,12 @@ def read_sidecar(library: Path) -> tuple[ModuleMetadata, LibraryDigest]:
     """The metadata and library digest in ``library``'s sidecar, checked against the
     sidecar's own checksum: an edited or damaged sidecar raises :class:`ModuleFileError`."""
     side = sidecar_path(library)
-    data = read_json(side, "metadata sidecar")
+    try:
+        data = read_json(side, "metadata sidecar")
+    except FileNotFoundError:
+        raise
+    except ValueError as err:  # not JSON, not text, a folder
+        raise ModuleFileError(str(err)) from None
     if not isinstance(data, dict):
         raise ModuleFileError(f"{OP}: metadata sidecar {side} must hold a JSON object, "
                               f"got {type(data).__name__}")

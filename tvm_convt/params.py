@@ -277,7 +277,7 @@ class Workload:
         q_first, n_q = self.phase_range
         check_index_range("the gathered output (batch x out_channels x stride x positions)",
                           self.batch * p.out_channels * p.stride * n_q,
-                          f"{shape}, out_channels={p.out_channels}, stride={p.stride}", SPLIT_HINT)
+                          f"{shape}, out_channels={p.out_channels}, stride={p.stride}")
         check_index_range("the output before cropping, (L_in - 1)*stride + dilation*(kernel_size - 1)",
                           (q_first + n_q) * p.stride + p.dilation * (p.kernel_size - 1),
                           f"L_in={self.length}, stride={p.stride}, padding={p.padding}")
