@@ -1,8 +1,5 @@
-"""PyTorch interop; the only module of the package that imports torch.
-
-Importing it raises ImportError when torch is not installed: callers that
-treat PyTorch as optional (the benchmark) catch that.
-"""
+"""Helpers the benchmark uses: PyTorch's version, its thread count, and its own
+``conv_transpose1d`` as a no-argument call on NumPy arrays."""
 
 from __future__ import annotations
 
@@ -12,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .params import Workload
+from ..params import Workload
 
 __all__ = ["functional_call", "set_threads", "version"]
 

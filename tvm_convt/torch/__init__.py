@@ -1,0 +1,27 @@
+"""PyTorch interop; the only part of the package that imports torch.
+
+- :class:`ConvTranspose1d`: ``torch.nn.ConvTranspose1d`` computed by a compiled module;
+- :func:`conv_transpose1d`: the functional form, the custom op ``tvm_convt::conv_transpose1d``
+  (``torch.compile``, ``torch.export`` and autograd know it);
+- :func:`convert` / :func:`revert`: a model's layers to and from it, in place;
+- ``version``, ``set_threads``, ``functional_call``: what the benchmark needs.
+
+Importing it without torch raises ImportError saying how to install it; callers that
+treat PyTorch as optional (the benchmark) catch that.
+"""
+
+from __future__ import annotations
+
+try:
+    import torch  # noqa: F401
+except ImportError as err:
+    raise ImportError("tvm_convt.torch needs PyTorch, which is not installed: "
+                      "pip install tvm_convt[torch]") from err
+
+from .bench import functional_call, set_threads, version
+from .convert import convert, revert
+from .module import ConvTranspose1d
+from .op import conv_transpose1d
+
+__all__ = ["ConvTranspose1d", "conv_transpose1d", "convert", "functional_call", "revert",
+           "set_threads", "version"]

@@ -1,0 +1,86 @@
+"""Torch tensors handed to compiled modules through DLPack, shared rather than copied.
+
+TVM imports memory through DLPack only when it is contiguous and 64-byte aligned
+(its generated code assumes that alignment); torch's allocators give both for fresh
+tensors, so copies are made only for strided views or unaligned offsets.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+import weakref
+
+import torch
+import tvm
+
+from ..runtime import ALIGNMENT
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An uninitialised contiguous tensor of ``shape`` whose data starts on a 64-byte boundary."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if out.data_ptr() % ALIGNMENT == 0:
+        return out
+    # A custom allocator gave less: over-allocate and start at the first aligned element.
+    itemsize = out.element_size()
+    count = math.prod(shape)
+    raw = torch.empty(count + ALIGNMENT // itemsize, dtype=dtype, device=device)
+    start = (-raw.data_ptr() % ALIGNMENT) // itemsize
+    return raw[start:start + count].view(shape)
+
+
+def shareable(t: torch.Tensor) -> bool:
+    """Whether TVM can read ``t``'s memory as it is."""
+    return t.is_contiguous() and t.data_ptr() % ALIGNMENT == 0
+
+
+def aligned_copy(t: torch.Tensor) -> torch.Tensor:
+    out = aligned_empty(tuple(t.shape), t.dtype, t.device)
+    out.copy_(t.detach())
+    return out
+
+
+def to_tvm(t: torch.Tensor) -> tvm.runtime.Tensor:
+    """``t`` as a TVM tensor on its own device: shared when possible, else an aligned copy."""
+    t = t.detach()  # DLPack refuses tensors that require grad; the detached view shares memory
+    return tvm.runtime.from_dlpack(t if shareable(t) else aligned_copy(t))
+
+
+class ParameterCopies:
+    """TVM tensors for weights and biases, made once per change of the tensor.
+
+    A shareable tensor is handed over as it is on every call (the module reads its
+    memory, so in-place updates are seen). Any other gets an aligned copy, kept per
+    tensor object and remade when the tensor's version counter or data pointer moves
+    (in-place ops, ``load_state_dict`` and ``.data =`` all move one of them).
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, tuple[int, int], tvm.runtime.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, t: torch.Tensor) -> tvm.runtime.Tensor:
+        if shareable(t):
+            return tvm.runtime.from_dlpack(t.detach())
+        key, stamp = id(t), (t._version, t.data_ptr())
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[0]() is t and entry[1] == stamp:
+            return entry[2]
+        copy = tvm.runtime.from_dlpack(aligned_copy(t))
+        # The entry holds the copy, not the tensor, so it goes when the tensor does.
+        ref = weakref.ref(t, functools.partial(self._drop, key))
+        with self._lock:
+            self._entries[key] = (ref, stamp, copy)
+        return copy
+
+    def _drop(self, key: int, ref: weakref.ref) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is ref:
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)

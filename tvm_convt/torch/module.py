@@ -1,0 +1,77 @@
+"""``tvm_convt.torch.ConvTranspose1d``: PyTorch's layer, computed by the compiled module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..params import ConvTranspose1dParams
+from ..target import TargetLike, resolve_target
+from .op import conv_transpose1d, target_arg
+
+__all__ = ["ConvTranspose1d", "backend_attributes"]
+
+
+def backend_attributes(layer: torch.nn.ConvTranspose1d, target: TargetLike,
+                       logs: str | Path | None) -> dict[str, Any]:
+    """The attributes a converted layer adds, after checking its parameters and the target
+    (so that a bad layer fails when built or converted, not at its first call)."""
+    ConvTranspose1dParams(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                          layer.padding, layer.output_padding, layer.groups, layer.bias is not None,
+                          layer.dilation, layer.padding_mode)
+    resolve_target(target)
+    # target_arg: the op's string form of the target, made once rather than per call.
+    return {"target": target, "logs": None if logs is None else str(logs), "_target_arg": target_arg(target)}
+
+
+class ConvTranspose1d(torch.nn.ConvTranspose1d):
+    """``torch.nn.ConvTranspose1d`` with the same constructor, parameters and ``state_dict``,
+    whose forward runs a compiled TVM module (one per input shape, cached).
+
+    The input is (batch, in_channels, length) or (in_channels, length), the output
+    (batch, out_channels, output length) or (out_channels, output length); the weight is
+    (in_channels, out_channels / groups, kernel_size) and the bias (out_channels,).
+    ``padding_mode`` may be ``reflect``, ``replicate`` or ``circular`` too, which PyTorch's
+    transposed layers refuse: see :class:`tvm_convt.ConvTranspose1dParams` for their
+    definition. ``target`` is ``"llvm"`` (this CPU), ``"cuda"`` or a JSON dict, and the
+    parameters must live on its device; ``logs`` is where to look for tuning records.
+    Gradients flow to input, weight and bias (computed by PyTorch's convolution kernels).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int],
+        stride: int | tuple[int] = 1,
+        padding: int | tuple[int] = 0,
+        output_padding: int | tuple[int] = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: int | tuple[int] = 1,
+        padding_mode: str = "zeros",
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        target: TargetLike = "llvm",
+        logs: str | Path | None = None,
+    ) -> None:
+        # PyTorch's constructor refuses every padding mode but zeros for transposed layers,
+        # so the layer is built with zeros and given its mode once the parameters are checked.
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding,
+                         groups, bias, dilation, "zeros", device, dtype)
+        self.padding_mode = padding_mode
+        self.__dict__.update(backend_attributes(self, target, logs))
+
+    def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, 1, self.dilation)
+        return conv_transpose1d(input, self.weight, self.bias, self.stride, self.padding, output_padding,
+                                self.groups, self.dilation, self.padding_mode, target=self._target_arg,
+                                logs=self.logs)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        return text if self.target == "llvm" else f"{text}, target={self.target!r}"

@@ -1,0 +1,266 @@
+"""The custom op ``tvm_convt::conv_transpose1d``: the compiled module as a PyTorch operator.
+
+Registered with ``torch.library``: the implementation runs the compiled module on the
+tensors through DLPack, the fake implementation gives the output's shape and dtype to
+``torch.compile`` and ``torch.export``, and the autograd formula uses PyTorch's own
+convolution kernels (``aten.convolution_backward``) for the gradients.
+"""
+
+# No ``from __future__ import annotations``: torch.library reads the schema from these annotations.
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+import tvm
+
+from ..params import OP, ConvTranspose1dParams, Workload, check_dtype
+from ..runtime import _MODULES, CompiledConvTranspose1d
+from ..target import resolve_target
+from ._tensors import ParameterCopies, aligned_empty, to_tvm
+
+__all__ = ["conv_transpose1d", "target_arg"]
+
+_COPIES = ParameterCopies()
+
+# The device type torch names for each TVM target kind.
+_TORCH_DEVICE = {"llvm": "cpu", "cuda": "cuda"}
+
+
+def target_arg(target: Any) -> str:
+    """The target as the op's string argument: names as they are, dicts as JSON."""
+    if isinstance(target, str):
+        return target
+    if isinstance(target, dict):
+        return json.dumps(target, sort_keys=True)
+    raise TypeError(f"{OP}: target must be a str or a dict, got target={target!r} ({type(target).__name__})")
+
+
+def _single(name: str, value: Any) -> int:
+    """An int, or the int inside a 1-tuple, as PyTorch's ``_single``."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{OP}: {name} must be an int or a 1-tuple of one, got {name}={value!r}")
+    return value
+
+
+def conv_transpose1d(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: Any = 1,
+    padding: Any = 0,
+    output_padding: Any = 0,
+    groups: int = 1,
+    dilation: Any = 1,
+    padding_mode: str = "zeros",
+    *,
+    target: Any = "llvm",
+    logs: Any = None,
+) -> torch.Tensor:
+    """``torch.nn.functional.conv_transpose1d`` run by a compiled TVM module, with autograd.
+
+    ``input`` is (batch, in_channels, length) or unbatched (in_channels, length);
+    ``weight`` is (in_channels, out_channels / groups, kernel_size); ``bias`` is
+    (out_channels,) or None. Returns (batch, out_channels, output length), unbatched
+    when the input was; ``padding_mode`` may also be reflect, replicate or circular
+    (see :class:`tvm_convt.ConvTranspose1dParams`). float32 and float64; the tensors
+    must be on the target's device (CPU for ``"llvm"``).
+    """
+    if input.dim() not in (2, 3):
+        raise ValueError(f"{OP}: expected a 2-D (unbatched) or 3-D (batched) input, "
+                         f"got input.shape={tuple(input.shape)}")
+    unbatched = input.dim() == 2
+    y = torch.ops.tvm_convt.conv_transpose1d(
+        input.unsqueeze(0) if unbatched else input, weight, bias, _single("stride", stride),
+        _single("padding", padding), _single("output_padding", output_padding), groups,
+        _single("dilation", dilation), padding_mode, target_arg(target),
+        None if logs is None else str(logs))
+    return y.squeeze(0) if unbatched else y
+
+
+# -- checks shared by the implementation and the fake ------------------------------------------
+
+
+def _check_tensors(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   params: ConvTranspose1dParams) -> str:
+    """Check ranks, channels, dtypes and devices in PyTorch's words; return the dtype name."""
+    if input.dim() != 3:
+        raise ValueError(f"{OP}: the op takes a 3-D (batched) input, got input.shape={tuple(input.shape)}")
+    if input.shape[1] != params.in_channels:
+        raise ValueError(
+            f"{OP}: given transposed=1, weight of size {list(weight.shape)}, expected "
+            f"input{list(input.shape)} to have {params.in_channels} channels, but got "
+            f"{input.shape[1]} channels instead")
+    dtype = check_dtype(input.dtype)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if t.dtype != input.dtype:
+            raise TypeError(f"{OP}: {name} must have the input's dtype {dtype}, got {name}.dtype={t.dtype}")
+        if t.device != input.device:
+            raise ValueError(f"{OP}: {name} must be on the input's device {input.device}, "
+                             f"got {name}.device={t.device}")
+    if bias is not None and tuple(bias.shape) != (params.out_channels,):
+        raise ValueError(f"{OP}: bias must have shape ({params.out_channels},), "
+                         f"got bias.shape={tuple(bias.shape)}")
+    return dtype
+
+
+def _params(weight: torch.Tensor, has_bias: bool, stride: int, padding: int, output_padding: int,
+            groups: int, dilation: int, padding_mode: str) -> ConvTranspose1dParams:
+    if weight.dim() != 3:
+        raise ValueError(f"{OP}: weight must be 3-D (in_channels, out_channels/groups, kernel_size), "
+                         f"got weight.shape={tuple(weight.shape)}")
+    groups = ConvTranspose1dParams.check_positive_size("groups", groups)
+    return ConvTranspose1dParams(weight.shape[0], weight.shape[1] * groups, weight.shape[2], stride,
+                                 padding, output_padding, groups, has_bias, dilation, padding_mode)
+
+
+def _workload(input, weight, bias, stride, padding, output_padding, groups, dilation,
+              padding_mode) -> Workload:
+    """The call's workload (a batch of 0 is checked as a batch of 1); raises on any bad argument."""
+    params = _params(weight, bias is not None, stride, padding, output_padding, groups, dilation,
+                     padding_mode)
+    dtype = _check_tensors(input, weight, bias, params)
+    return Workload(params, max(1, input.shape[0]), input.shape[2], dtype)
+
+
+# -- the implementation ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a call of one signature needs: the output's shape, and the module (None for batch 0)."""
+
+    output_shape: tuple[int, int, int]
+    compiled: Optional[CompiledConvTranspose1d]
+
+
+_PLANS: dict[tuple, _Plan] = {}
+_PLANS_LOCK = threading.Lock()
+
+
+def _plan(input, weight, bias, stride, padding, output_padding, groups, dilation, padding_mode,
+          target, logs) -> _Plan:
+    """The plan for this signature, checked and compiled on its first call only."""
+    key = (input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device,
+           None if bias is None else (bias.shape, bias.dtype, bias.device),
+           stride, padding, output_padding, groups, dilation, padding_mode, target, logs)
+    found = _PLANS.get(key)
+    if found is None:
+        found = _make_plan(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                           padding_mode, target, logs)
+        with _PLANS_LOCK:
+            found = _PLANS.setdefault(key, found)
+    return found
+
+
+def _make_plan(input, weight, bias, stride, padding, output_padding, groups, dilation,
+               padding_mode, target, logs) -> _Plan:
+    workload = _workload(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                         padding_mode)
+    resolved = resolve_target(target)
+    wanted = _TORCH_DEVICE[resolved.kind.name]
+    if input.device.type != wanted:
+        raise ValueError(f"{OP}: target {resolved.kind.name!r} runs on {wanted} tensors, "
+                         f"got input.device={input.device}")
+    shape = (input.shape[0], workload.params.out_channels, workload.out_length)
+    if input.shape[0] == 0:  # PyTorch's answer to a batch of 0: an empty output, nothing compiled
+        return _Plan(shape, None)
+    return _Plan(shape, _MODULES.get(workload, target, logs))
+
+
+def _run(plan: _Plan, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    y = aligned_empty(plan.output_shape, input.dtype, input.device)
+    args = [to_tvm(input), _COPIES.get(weight)] + ([_COPIES.get(bias)] if bias is not None else [])
+    if input.device.type == "cuda":  # untested on hardware: run on torch's current stream
+        stream = torch.cuda.current_stream(input.device).cuda_stream
+        with _tvm_stream(input.device, stream):
+            plan.compiled.func(*args, to_tvm(y))
+    else:
+        plan.compiled.func(*args, to_tvm(y))
+    return y
+
+
+def _tvm_stream(device: torch.device, stream: int) -> Any:
+    """TVM's current stream for ``device`` set to ``stream`` while the context lasts."""
+    import tvm_ffi
+
+    return tvm_ffi.use_raw_stream(tvm.cuda(device.index or 0), stream)
+
+
+@torch.library.custom_op("tvm_convt::conv_transpose1d", mutates_args=())
+def _conv_transpose1d_op(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: int,
+    padding: int,
+    output_padding: int,
+    groups: int,
+    dilation: int,
+    padding_mode: str,
+    target: str,
+    logs: Optional[str],
+) -> torch.Tensor:
+    """The batched op: input (batch, in_channels, length) -> (batch, out_channels, output length)."""
+    plan = _plan(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                 padding_mode, target, logs)
+    if plan.compiled is None:
+        return input.new_empty(plan.output_shape)
+    return _run(plan, input, weight, bias)
+
+
+@_conv_transpose1d_op.register_fake
+def _conv_transpose1d_fake(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                           padding_mode, target, logs):
+    """The output's shape; with static sizes, every check of a real call first."""
+    sizes = (*input.shape, *weight.shape)
+    if all(isinstance(s, int) for s in sizes):
+        _workload(input, weight, bias, stride, padding, output_padding, groups, dilation, padding_mode)
+    length = ((input.shape[2] - 1) * stride - 2 * padding + dilation * (weight.shape[2] - 1)
+              + output_padding + 1)
+    return input.new_empty((input.shape[0], weight.shape[1] * groups, length))
+
+
+# -- autograd ----------------------------------------------------------------------------------
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    input, weight, bias, stride, padding, output_padding, groups, dilation, padding_mode, _, _ = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.conv = (stride, padding, output_padding, groups, dilation, padding_mode)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad: torch.Tensor):
+    """Gradients with respect to input, weight and bias, by PyTorch's convolution kernels.
+
+    The forward is the padding-free transposed convolution followed by the adjoint of
+    ``F.pad``; so the output gradient is padded in the same mode (the adjoint's adjoint),
+    then goes through the transposed convolution's backward with padding 0.
+    """
+    input, weight = ctx.saved_tensors
+    stride, padding, output_padding, groups, dilation, padding_mode = ctx.conv
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    conv_padding = padding
+    if padding_mode != "zeros" and padding:
+        grad_u, conv_padding = F.pad(grad, (padding, padding), mode=padding_mode), 0
+    else:  # zeros: the crop's adjoint is zero padding, which the backward itself applies
+        grad_u = grad
+    grad_input = grad_weight = grad_bias = None
+    if need_input or need_weight:
+        grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad_u, input, weight, None, [stride], [conv_padding], [dilation], True,
+            [output_padding], groups, [need_input, need_weight, False])
+    if ctx.has_bias and need_bias:
+        grad_bias = grad.sum((0, 2))
+    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None, None
+
+
+_conv_transpose1d_op.register_autograd(_backward, setup_context=_setup_context)
