@@ -42,6 +42,13 @@ RULE_CASES = [
     ("gpu-gemm", P(32, 16, 7, stride=4, padding=3, output_padding=1, groups=2,
                    padding_mode="circular"), 1, 130),
     ("gpu-fallback", P(8, 6, 3, stride=2, padding=1, groups=2, padding_mode="reflect"), 2, 9),
+    # Issue #9's extremes: a window past the input (huge dilation), a reduction gather
+    # (more than 16 live taps), kernels longer than the input, a single tap with stride.
+    ("gpu-direct", P(2, 2, 9, padding=7, dilation=4096), 1, 16),
+    ("gpu-gemm", P(32, 16, 40, stride=1, padding=3), 2, 64),
+    ("gpu-gemm", P(4, 3, 300, padding_mode="reflect", padding=5), 1, 10),
+    ("gpu-gemm", P(2, 8, 1, stride=5, output_padding=3), 2, 7),
+    ("gpu-fallback", P(4, 4, 70, stride=2, groups=4, dilation=3), 1, 30),
 ]
 SUITE_RULES = {
     "hifigan_v1_up0": "gpu-gemm", "hifigan_v1_up1": "gpu-gemm", "hifigan_v1_up2": "gpu-gemm",

@@ -219,9 +219,9 @@ class GpuGemmRule:
         return sch
 
 
-def _schedule_direct(sch: s_tir.Schedule, q_tile: int, threads: int) -> int:
-    """Schedule ``col`` and ``full`` for :class:`GpuDirectRule`; return the block's
-    ``col`` tile size in elements (taps x window)."""
+def _schedule_direct(sch: s_tir.Schedule, q_tile: int, threads: int, length: int) -> int:
+    """Schedule ``col`` and ``full`` for :class:`GpuDirectRule` on an input of ``length``
+    samples; return the block's ``col`` tile size in elements (taps x window)."""
     col = sch.get_sblock(C.COL)
     sch.set_scope(col, 0, "shared")
     n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))[:4]
@@ -244,7 +244,9 @@ def _schedule_direct(sch: s_tir.Schedule, q_tile: int, threads: int) -> int:
     # The block's samples are `window` consecutive j, so j % window is a one-to-one
     # slot: the tile is taps x window. Left to TVM, the clamped indices of the
     # gather make the tile as long as the whole input. Rows along j: the gather's
-    # threads step along q, so they hit consecutive banks.
+    # threads step along q, so they hit consecutive banks. A window past the input's
+    # length (a huge dilation) is the whole input, which needs no wrapping.
+    window = min(window, length)
     sch.transform_layout(acc, ("write", 0), lambda n, g, j, m: (n, g, m, j % window))
     return window * taps
 
@@ -259,7 +261,8 @@ class GpuDirectRule:
     a few samples) into shared memory, then gathers them, so ``col`` (K times the
     input) never goes through global memory: with so few input channels a GEMM
     has no reuse to win. Not applicable to wider groups, nor where the gather is a
-    reduction over many taps (its ``col`` window would outgrow the input).
+    reduction over many taps (its ``col`` window would outgrow the input), nor to a
+    single tap with stride > 1.
     """
 
     name: str = "gpu-direct"
@@ -268,13 +271,18 @@ class GpuDirectRule:
         if not _is_cuda(target):
             return None
         cfg = get_direct_config(target)
-        if (workload.params.in_per_group > cfg.max_in_per_group or cfg.threads > _max_threads(target)
-                or C.TapPlan.of(workload.params).taps > C.MAX_UNROLLED_TAPS):
+        p = workload.params
+        if (p.in_per_group > cfg.max_in_per_group or cfg.threads > _max_threads(target)
+                or C.TapPlan.of(p).taps > C.MAX_UNROLLED_TAPS
+                # A single tap with stride > 1 leaves phases without taps, whose clamped reads
+                # make a col tile TVM 0.27 refuses to bind (ScheduleError in bind).
+                or (p.kernel_size == 1 and p.stride > 1)):
             return None
         q_tile = cfg.q_tile
         while q_tile >= cfg.min_q_tile:
             sch = s_tir.Schedule(func)
-            if _schedule_direct(sch, q_tile, cfg.threads) * _itemsize(workload) <= _max_shared_bytes(target):
+            tile = _schedule_direct(sch, q_tile, cfg.threads, workload.length)
+            if tile * _itemsize(workload) <= _max_shared_bytes(target):
                 _schedule_epilogue(sch, cfg.threads)
                 return sch
             q_tile //= 2
