@@ -1,0 +1,380 @@
+"""tvm_convt.torch: the custom op, the layer, convert/revert, torch.compile/export, the example.
+
+PyTorch is the oracle: forward against conftest's float64 reference (the padding modes
+as the adjoint of ``conv1d(pad(z))``), gradients against ``torch.autograd`` on that same
+definition in float64, and against ``torch.nn.ConvTranspose1d`` itself for zeros.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import torch_conv_transpose1d
+from tvm_convt.params import PADDING_MODES, ConvTranspose1dParams, Workload
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+tt = pytest.importorskip("tvm_convt.torch")
+
+ROOT = Path(__file__).resolve().parent.parent
+# Relative to the largest expected magnitude: forward as conftest's float32 tolerance,
+# gradients (PyTorch's float32 kernels) to the issue's 1e-4.
+FORWARD_TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
+GRAD_TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    expected = expected.detach().double()
+    scale = max(float(expected.abs().max()), 1e-30) if expected.numel() else 1.0
+    return float((actual.detach().double() - expected).abs().max()) / scale if expected.numel() else 0.0
+
+
+def reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, p: ConvTranspose1dParams,
+              output_padding: int) -> torch.Tensor:
+    """The definition, differentiable in x, w and b: F.conv_transpose1d for zeros, otherwise
+    the gradient with respect to z of F.conv1d(F.pad(z, (padding, padding), mode), w)."""
+    unbatched = x.dim() == 2
+    xb = x[None] if unbatched else x
+    if p.padding_mode == "zeros":
+        y = F.conv_transpose1d(xb, w, b, p.stride, p.padding, output_padding, p.groups, p.dilation)
+    else:
+        length = p.with_output_padding(output_padding).output_length(xb.shape[-1])
+        z = torch.zeros(xb.shape[0], p.out_channels, length, dtype=x.dtype, requires_grad=True)
+        fwd = F.conv1d(F.pad(z, (p.padding, p.padding), mode=p.padding_mode), w, stride=p.stride,
+                       dilation=p.dilation, groups=p.groups)
+        (y,) = torch.autograd.grad(fwd, z, xb, create_graph=True)
+        if b is not None:
+            y = y + b[None, :, None]
+    return y[0] if unbatched else y
+
+
+# -- a seeded random sweep over the parameter space -----------------------------------------------
+
+
+def _draw_case(rng: np.random.Generator) -> dict:
+    """One valid case: parameters, batch (None: unbatched), length, output_size or None, dtype."""
+    while True:
+        groups = int(rng.integers(1, 4))
+        mode = PADDING_MODES[int(rng.integers(len(PADDING_MODES)))]
+        stride, dilation = int(rng.integers(1, 5)), int(rng.integers(1, 4))
+        limit = stride if mode != "zeros" else max(stride, dilation)
+        case = dict(
+            in_channels=groups * int(rng.integers(1, 4)), out_channels=groups * int(rng.integers(1, 4)),
+            kernel_size=int(rng.integers(1, 6)), stride=stride, padding=int(rng.integers(0, 4)),
+            output_padding=int(rng.integers(0, limit)), groups=groups, bias=bool(rng.integers(2)),
+            dilation=dilation, padding_mode=mode)
+        batch = [None, 1, 3][int(rng.integers(3))]
+        length = int(rng.integers(1, 7))
+        try:
+            p = ConvTranspose1dParams(**case)
+            Workload(p, batch or 1, length)
+        except ValueError:
+            continue
+        # Every fourth case asks for a size instead, which re-derives output_padding.
+        output_size = None
+        if rng.integers(4) == 0:
+            base = p.with_output_padding(0).output_length(length)
+            output_size = base + int(rng.integers(0, stride))
+            try:
+                p.with_output_padding(output_size - base).output_length(length)
+            except ValueError:
+                continue
+        dtype = [torch.float32, torch.float64][int(rng.integers(2))]
+        return dict(params=p, batch=batch, length=length, output_size=output_size, dtype=dtype)
+
+
+SWEEP = [dict(_draw_case(np.random.default_rng(seed)), seed=seed) for seed in range(32)]
+
+
+def _case_id(case: dict) -> str:
+    p = case["params"]
+    return (f"{p.padding_mode}-c{p.in_channels}x{p.out_channels}g{p.groups}k{p.kernel_size}s{p.stride}"
+            f"p{p.padding}o{p.output_padding}d{p.dilation}{'b' if p.bias else ''}-n{case['batch']}"
+            f"l{case['length']}{'-size' if case['output_size'] else ''}-{str(case['dtype'])[6:]}")
+
+
+def test_sweep_covers_the_space():
+    """The sweep is a sweep: every mode, groups, dilation, output_padding, batch > 1,
+    unbatched inputs, output_size and both dtypes occur."""
+    ps = [c["params"] for c in SWEEP]
+    assert {p.padding_mode for p in ps} == set(PADDING_MODES)
+    assert any(p.groups > 1 for p in ps) and any(p.dilation > 1 for p in ps)
+    assert any(p.output_padding > 0 for p in ps) and any(not p.bias for p in ps)
+    assert {c["batch"] for c in SWEEP} == {None, 1, 3}
+    assert any(c["output_size"] for c in SWEEP)
+    assert {c["dtype"] for c in SWEEP} == {torch.float32, torch.float64}
+
+
+@pytest.mark.parametrize("case", SWEEP, ids=_case_id)
+def test_forward_and_gradients_match_the_definition(case):
+    p, dtype, size = case["params"], case["dtype"], case["output_size"]
+    gen = torch.manual_seed(case["seed"])  # the layer's initialisation too
+    shape = (p.in_channels, case["length"]) if case["batch"] is None else (case["batch"], p.in_channels, case["length"])
+    layer = tt.ConvTranspose1d(p.in_channels, p.out_channels, p.kernel_size, p.stride, p.padding,
+                               p.output_padding, p.groups, p.bias, p.dilation, p.padding_mode, dtype=dtype)
+    x = torch.randn(shape, dtype=dtype, generator=gen, requires_grad=True)
+    y = layer(x) if size is None else layer(x, output_size=[size])
+    output_padding = p.output_padding if size is None else size - p.with_output_padding(0).output_length(shape[-1])
+
+    bias = None if layer.bias is None else layer.bias.detach().numpy()
+    expected = torch_conv_transpose1d(x.detach().numpy(), layer.weight.detach().numpy(), bias,
+                                      p.with_output_padding(output_padding))
+    assert rel_err(y, torch.from_numpy(expected)) <= FORWARD_TOL[dtype]
+
+    grad_y = torch.randn(y.shape, dtype=dtype, generator=gen)
+    inputs = [x, layer.weight] + ([layer.bias] if p.bias else [])
+    grads = torch.autograd.grad(y, inputs, grad_y)
+    inputs64 = [t.detach().double().requires_grad_(True) for t in inputs]
+    y64 = reference(inputs64[0], inputs64[1], inputs64[2] if p.bias else None, p, output_padding)
+    expected_grads = torch.autograd.grad(y64, inputs64, grad_y.double())
+    for name, got, want in zip(("input", "weight", "bias"), grads, expected_grads):
+        assert rel_err(got, want) <= GRAD_TOL[dtype], name
+
+
+def test_functional_form_matches_the_layer():
+    gen = torch.Generator().manual_seed(1)
+    x, w, b = torch.randn(2, 4, 5, generator=gen), torch.randn(4, 3, 4, generator=gen), torch.randn(6, generator=gen)
+    y = tt.conv_transpose1d(x, w, b, (2,), 1, 1, 2, 1, "circular")
+    expected = torch_conv_transpose1d(x.numpy(), w.numpy(), b.numpy(), ConvTranspose1dParams(
+        4, 6, 4, 2, 1, 1, 2, True, 1, "circular"))
+    assert rel_err(y, torch.from_numpy(expected)) <= 1e-5
+    assert tt.conv_transpose1d(x[0], w, b, 2, 1, 1, 2, 1, "circular").shape == y.shape[1:]
+
+
+# -- the layer as a drop-in for torch.nn.ConvTranspose1d ------------------------------------------
+
+
+def test_zeros_layer_matches_torch_layer_and_shares_its_state_dict():
+    torch.manual_seed(0)
+    ref = torch.nn.ConvTranspose1d(6, 4, 5, stride=3, padding=2, output_padding=1, groups=2, dilation=2)
+    layer = tt.ConvTranspose1d(6, 4, 5, stride=3, padding=2, output_padding=1, groups=2, dilation=2)
+    assert layer.state_dict().keys() == ref.state_dict().keys()
+    layer.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 6, 7, requires_grad=True)
+    y, y_ref = layer(x), ref(x)
+    assert rel_err(y, y_ref) <= 1e-5
+    grad_y = torch.randn(y.shape)
+    grads = torch.autograd.grad(y, (x, layer.weight, layer.bias), grad_y)
+    grads_ref = torch.autograd.grad(y_ref, (x, ref.weight, ref.bias), grad_y)
+    for got, want in zip(grads, grads_ref):
+        assert rel_err(got, want) <= 1e-4
+    again = torch.nn.ConvTranspose1d(6, 4, 5, stride=3, padding=2, output_padding=1, groups=2, dilation=2)
+    again.load_state_dict(layer.state_dict())
+    assert torch.equal(again.weight, ref.weight) and torch.equal(again.bias, ref.bias)
+    assert rel_err(layer(x, output_size=[24]), ref(x, output_size=[24])) <= 1e-5
+
+
+def test_layer_accepts_padding_modes_pytorch_refuses():
+    with pytest.raises(ValueError, match="zeros"):
+        torch.nn.ConvTranspose1d(2, 2, 3, padding_mode="reflect")
+    layer = tt.ConvTranspose1d(2, 2, 3, padding=1, padding_mode="reflect")
+    assert layer.padding_mode == "reflect" and "padding_mode=reflect" in repr(layer)
+    with pytest.raises(ValueError, match="output_padding must be smaller than stride"):
+        tt.ConvTranspose1d(2, 2, 3, stride=2, output_padding=2, dilation=3, padding_mode="circular")
+    with pytest.raises(ValueError, match="padding_mode"):
+        tt.ConvTranspose1d(2, 2, 3, padding_mode="mirror")
+
+
+def test_in_place_updates_and_load_state_dict_take_effect():
+    torch.manual_seed(0)
+    layer = tt.ConvTranspose1d(3, 2, 3, stride=2, padding=1)
+    x = torch.randn(1, 3, 4)
+    with torch.no_grad():
+        bias = layer.bias.clone()
+        y = layer(x)
+        layer.weight.mul_(0.5)
+        layer.bias.zero_()
+        assert rel_err(layer(x), 0.5 * (y - bias[None, :, None])) <= 1e-5
+        state = {"weight": torch.randn(3, 2, 3), "bias": torch.randn(2)}
+        layer.load_state_dict(state)
+        assert rel_err(layer(x), F.conv_transpose1d(x, state["weight"], state["bias"], 2, 1)) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["unaligned", "strided"])
+def test_weights_that_cannot_be_shared_are_copied_once_per_change(kind):
+    torch.manual_seed(0)
+    layer = tt.ConvTranspose1d(3, 2, 3, stride=2, padding=1, bias=False)
+    if kind == "unaligned":  # one float past an aligned start
+        weight = torch.randn(3 * 2 * 3 + 1)[1:].view(3, 2, 3)
+        assert weight.data_ptr() % 64
+    else:
+        weight = torch.randn(3, 2, 3).transpose(0, 2).contiguous().transpose(0, 2)
+        assert not weight.is_contiguous()
+    layer.weight = torch.nn.Parameter(weight)
+    x = torch.randn(2, 3, 4)
+    copies = tt.op._COPIES
+    before = len(copies)
+    with torch.no_grad():
+        assert rel_err(layer(x), F.conv_transpose1d(x, weight, None, 2, 1)) <= 1e-5
+        assert len(copies) == before + 1
+        first = copies.get(layer.weight)
+        assert copies.get(layer.weight) is first  # unchanged tensor: the same copy
+        layer.weight.mul_(-2.0)
+        assert copies.get(layer.weight) is not first
+        assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, None, 2, 1)) <= 1e-5
+    del layer, weight, first
+    assert len(copies) == before  # the copy goes with its tensor
+
+
+def test_inputs_that_cannot_be_shared_are_copied():
+    torch.manual_seed(0)
+    layer = tt.ConvTranspose1d(3, 2, 3, stride=2)
+    x = torch.randn(4, 2, 3).transpose(0, 2)  # (3, 2, 4): strided
+    unaligned = torch.randn(2 * 3 * 4 + 1)[1:].view(2, 3, 4)
+    with torch.no_grad():
+        for inp in (x.transpose(0, 1), unaligned):
+            assert rel_err(layer(inp), F.conv_transpose1d(inp, layer.weight, layer.bias, 2)) <= 1e-5
+
+
+def test_empty_batch_returns_an_empty_output():
+    layer = tt.ConvTranspose1d(3, 2, 3, stride=2)
+    y = layer(torch.randn(0, 3, 5))
+    assert y.shape == (0, 2, 11) and y.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_other_dtypes_raise_type_error_naming_them(dtype):
+    layer = tt.ConvTranspose1d(3, 2, 3, dtype=dtype)
+    with pytest.raises(TypeError, match=f"conv_transpose1d: dtype must be one of float32, float64, "
+                                        f"got dtype='{str(dtype)[6:]}'"):
+        layer(torch.randn(1, 3, 5, dtype=dtype))
+
+
+def test_bad_calls_name_the_rule():
+    layer = tt.ConvTranspose1d(3, 2, 3)
+    with pytest.raises(ValueError, match=r"conv_transpose1d: given transposed=1.*to have 3 channels, but got 4"):
+        layer(torch.randn(1, 4, 5))
+    with pytest.raises(ValueError, match="conv_transpose1d: expected a 2-D .* got input.shape=\\(5,\\)"):
+        layer(torch.randn(5))
+    with pytest.raises(TypeError, match="conv_transpose1d: weight must have the input's dtype float64"):
+        tt.conv_transpose1d(torch.randn(1, 3, 5, dtype=torch.float64), layer.weight)
+    with pytest.raises(ValueError, match="valid sizes range"):  # PyTorch's own check of output_size
+        layer(torch.randn(1, 3, 5), output_size=[20])
+
+
+# -- convert / revert -------------------------------------------------------------------------------
+
+
+class _Model(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = torch.nn.Conv1d(2, 4, 3, padding=1)
+        self.ups = torch.nn.Sequential(torch.nn.ConvTranspose1d(4, 3, 4, stride=2, padding=1),
+                                       torch.nn.LeakyReLU(0.1),
+                                       torch.nn.ConvTranspose1d(3, 2, 3, stride=3, bias=False))
+        self.drop = torch.nn.Dropout(0.5)
+
+    def forward(self, x):
+        return self.drop(self.ups(self.pre(x)))
+
+
+def test_convert_and_revert_keep_weights_hooks_and_mode():
+    torch.manual_seed(0)
+    model = _Model().double().eval()
+    x = torch.randn(2, 2, 5, dtype=torch.float64)
+    expected = model(x)
+    calls = []
+    model.ups.register_forward_hook(lambda m, i, o: calls.append("parent"))
+    model.ups[0].register_forward_pre_hook(lambda m, i: calls.append("own"))
+    params = dict(model.named_parameters())
+
+    assert tt.convert(model) is model
+    layers = [model.ups[0], model.ups[2]]
+    assert all(type(m) is tt.ConvTranspose1d for m in layers)
+    assert dict(model.named_parameters()) == params  # the same Parameter objects
+    assert all(a is b for a, b in zip(dict(model.named_parameters()).values(), params.values()))
+    assert not model.training and not model.ups[0].training
+    assert model.ups[0].weight.dtype == torch.float64
+    assert rel_err(model(x), expected) <= 1e-12
+    assert calls == ["own", "parent"]
+
+    model.train()
+    assert model.ups[2].training
+    assert tt.revert(model) is model
+    assert all(type(m) is torch.nn.ConvTranspose1d for m in layers)
+    assert not hasattr(model.ups[0], "_target_arg")
+    model.eval()
+    assert rel_err(model(x), expected) <= 1e-12
+    assert dict(model.named_parameters()) == params
+
+
+def test_revert_refuses_padding_modes_pytorch_lacks_and_changes_nothing():
+    model = torch.nn.Sequential(tt.ConvTranspose1d(2, 2, 3), tt.ConvTranspose1d(2, 2, 3, padding=1, padding_mode="replicate"))
+    with pytest.raises(ValueError, match=r"conv_transpose1d: revert needs padding_mode='zeros'.*got "
+                                         r"padding_mode='replicate' in 1"):
+        tt.revert(model)
+    assert all(type(m) is tt.ConvTranspose1d for m in model)
+
+
+def test_convert_checks_every_layer_before_changing_any():
+    model = torch.nn.Sequential(torch.nn.ConvTranspose1d(2, 2, 3))
+    with pytest.raises(ValueError, match="target"):
+        tt.convert(model, target="tpu")
+    assert type(model[0]) is torch.nn.ConvTranspose1d
+
+
+# -- torch.compile and torch.export -------------------------------------------------------------
+
+
+def test_torch_compile_fullgraph_forward_and_backward():
+    torch.manual_seed(0)
+    model = tt.convert(_Model().eval())
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 2, 5, requires_grad=True)
+    y = compiled(x)
+    assert rel_err(y, model(x)) <= 1e-6
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    (grad_eager,) = torch.autograd.grad(model(x).sum(), x)
+    assert rel_err(grad, grad_eager) <= 1e-6
+
+
+def test_torch_export_records_the_custom_op():
+    torch.manual_seed(0)
+    model = tt.convert(_Model().eval())
+    x = torch.randn(1, 2, 5)
+    exported = torch.export.export(model, (x,))
+    targets = [str(n.target) for n in exported.graph.nodes if n.op == "call_function"]
+    assert targets.count("tvm_convt.conv_transpose1d.default") == 2, targets
+    assert rel_err(exported.module()(x), model(x)) <= 1e-6
+
+
+# -- torch stays optional ----------------------------------------------------------------------
+
+
+def test_without_torch_the_package_works_and_tvm_convt_torch_says_how_to_install():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import numpy as np, tvm_convt\n"
+            "print(tvm_convt.conv_transpose1d(np.ones((1, 2, 3), 'float32'), np.ones((2, 2, 2), 'float32')).shape)\n"
+            "try:\n    import tvm_convt.torch\nexcept ImportError as err:\n    print('ImportError:', err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "(1, 2, 4)" in out.stdout
+    assert "ImportError:" in out.stdout and "pip install tvm_convt[torch]" in out.stdout
+
+
+def test_benchmark_helpers_still_importable():
+    from tvm_convt.torch import functional_call, set_threads, version
+
+    assert version() == torch.__version__ and callable(set_threads) and callable(functional_call)
+
+
+# -- the example --------------------------------------------------------------------------------
+
+
+def test_hifigan_example_runs_on_a_short_input():
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "hifigan_generator.py"), "--frames", "3",
+                          "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    found = dict(re.findall(r"max relative difference, (\w[\w ]*\w): ([0-9.e+-]+)", out.stdout))
+    assert set(found) == {"output", "input gradient", "upsampling weight gradients"}, out.stdout
+    assert float(found["output"]) < 1e-5, out.stdout
+    assert float(found["input gradient"]) < 1e-4 and float(found["upsampling weight gradients"]) < 1e-4, out.stdout
+    assert "upsampling layers" in out.stdout
