@@ -18,15 +18,16 @@ import tvm
 from ..runtime import ALIGNMENT
 
 
-def aligned_empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An uninitialised contiguous tensor of ``shape`` whose data starts on a 64-byte boundary."""
-    out = torch.empty(shape, dtype=dtype, device=device)
+def aligned_empty(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised contiguous tensor of ``shape`` with ``like``'s dtype and device,
+    whose data starts on a 64-byte boundary."""
+    out = like.new_empty(shape)
     if out.data_ptr() % ALIGNMENT == 0:
         return out
     # A custom allocator gave less: over-allocate and start at the first aligned element.
     itemsize = out.element_size()
     count = math.prod(shape)
-    raw = torch.empty(count + ALIGNMENT // itemsize, dtype=dtype, device=device)
+    raw = like.new_empty(count + ALIGNMENT // itemsize)
     start = (-raw.data_ptr() % ALIGNMENT) // itemsize
     return raw[start:start + count].view(shape)
 
@@ -37,15 +38,22 @@ def shareable(t: torch.Tensor) -> bool:
 
 
 def aligned_copy(t: torch.Tensor) -> torch.Tensor:
-    out = aligned_empty(tuple(t.shape), t.dtype, t.device)
+    out = aligned_empty(t, tuple(t.shape))
     out.copy_(t.detach())
     return out
 
 
+def _import(t: torch.Tensor) -> tvm.runtime.Tensor:
+    """A TVM tensor sharing ``t``'s memory (``t`` shareable)."""
+    try:  # TVM's FFI takes torch tensors through DLPack's C exchange, requires_grad or not
+        return tvm.runtime.from_dlpack(t)
+    except (BufferError, RuntimeError):  # Tensor.__dlpack__ refuses tensors that require grad
+        return tvm.runtime.from_dlpack(t.detach())
+
+
 def to_tvm(t: torch.Tensor) -> tvm.runtime.Tensor:
     """``t`` as a TVM tensor on its own device: shared when possible, else an aligned copy."""
-    t = t.detach()  # DLPack refuses tensors that require grad; the detached view shares memory
-    return tvm.runtime.from_dlpack(t if shareable(t) else aligned_copy(t))
+    return _import(t if shareable(t) else aligned_copy(t))
 
 
 class ParameterCopies:
@@ -63,13 +71,13 @@ class ParameterCopies:
 
     def get(self, t: torch.Tensor) -> tvm.runtime.Tensor:
         if shareable(t):
-            return tvm.runtime.from_dlpack(t.detach())
+            return _import(t)
         key, stamp = id(t), (t._version, t.data_ptr())
         with self._lock:
             entry = self._entries.get(key)
         if entry is not None and entry[0]() is t and entry[1] == stamp:
             return entry[2]
-        copy = tvm.runtime.from_dlpack(aligned_copy(t))
+        copy = _import(aligned_copy(t))
         # The entry holds the copy, not the tensor, so it goes when the tensor does.
         ref = weakref.ref(t, functools.partial(self._drop, key))
         with self._lock:

@@ -176,7 +176,7 @@ def _make_plan(input, weight, bias, stride, padding, output_padding, groups, dil
 
 
 def _run(plan: _Plan, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    y = aligned_empty(plan.output_shape, input.dtype, input.device)
+    y = aligned_empty(input, plan.output_shape)
     args = [to_tvm(input), _COPIES.get(weight)] + ([_COPIES.get(bias)] if bias is not None else [])
     if input.device.type == "cuda":  # untested on hardware: run on torch's current stream
         stream = torch.cuda.current_stream(input.device).cuda_stream
