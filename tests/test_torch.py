@@ -149,6 +149,15 @@ def test_functional_form_matches_the_layer():
     assert tt.conv_transpose1d(x[0], w, b, 2, 1, 1, 2, 1, "circular").shape == y.shape[1:]
 
 
+def test_targets_as_json_dicts():
+    layer = tt.ConvTranspose1d(3, 2, 3, stride=2, target={"kind": "llvm", "mcpu": "znver3"})  # AVX2 code
+    x = torch.randn(1, 3, 4)
+    assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 2)) <= 1e-5
+    assert "znver3" in repr(layer)
+    with pytest.raises(ValueError, match="conv_transpose1d: target must be"):
+        tt.ConvTranspose1d(3, 2, 3, target="tpu")
+
+
 # -- the layer as a drop-in for torch.nn.ConvTranspose1d ------------------------------------------
 
 
@@ -334,6 +343,14 @@ def test_torch_compile_fullgraph_forward_and_backward():
     (grad,) = torch.autograd.grad(y.sum(), x)
     (grad_eager,) = torch.autograd.grad(model(x).sum(), x)
     assert rel_err(grad, grad_eager) <= 1e-6
+
+
+def test_torch_compile_with_dynamic_lengths():
+    model = tt.convert(torch.nn.Sequential(torch.nn.ConvTranspose1d(2, 3, 4, stride=2, padding=1), torch.nn.ReLU()))
+    compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=True)
+    for length in (5, 7):  # one graph, one module compiled per length at its first call
+        x = torch.randn(2, 2, length)
+        assert rel_err(compiled(x), model(x)) <= 1e-6
 
 
 def test_torch_export_records_the_custom_op():

@@ -19,7 +19,7 @@ import tvm
 
 from ..params import OP, ConvTranspose1dParams, Workload, check_dtype
 from ..runtime import _MODULES, CompiledConvTranspose1d
-from ..target import resolve_target
+from ..target import resolve_target, target_json
 from ._tensors import ParameterCopies, aligned_empty, to_tvm
 
 __all__ = ["conv_transpose1d", "target_arg"]
@@ -31,12 +31,15 @@ _TORCH_DEVICE = {"llvm": "cpu", "cuda": "cuda"}
 
 
 def target_arg(target: Any) -> str:
-    """The target as the op's string argument: names as they are, dicts as JSON."""
+    """The target as the op's string argument: names as they are, dicts and Targets as JSON."""
     if isinstance(target, str):
         return target
     if isinstance(target, dict):
         return json.dumps(target, sort_keys=True)
-    raise TypeError(f"{OP}: target must be a str or a dict, got target={target!r} ({type(target).__name__})")
+    if isinstance(target, tvm.target.Target):
+        return target_json(target)
+    raise TypeError(f"{OP}: target must be a str, dict or tvm.target.Target, got target={target!r} "
+                    f"({type(target).__name__})")
 
 
 def _single(name: str, value: Any) -> int:
