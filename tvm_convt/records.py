@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import re
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,95 +58,392 @@ def shipped_schedules_dir() -> Path:
 
 
 # -- reading logs safely ------------------------------------------------------------------
-def _read_lines(path: Path, kind: str, valid) -> tuple[dict[int, Any], bool]:
-    """Read a JSON-lines file of MetaSchedule's. Returns ``{position: value}`` for the
-    lines that parse and pass ``valid`` (position: index among non-empty lines, which
-    is how records refer to workloads), and whether the file needs rewriting. Each
-    skipped line is reported with its file and line number."""
+# TVM's JSONDatabase fails on the first line it cannot parse (and crashes on a record line
+# that is not a JSON list), so the files are checked line by line first. A line TVM would
+# not read is reported with its file and line and skipped; what passes is what TVM reads.
+class _BadLine(Exception):
+    """A line TVM would not read; the message says why."""
+
+
+class _Unrepairable(Exception):
+    """Records lost their workload and cannot be matched to one again; the message says why."""
+
+
+def _tvm_error(err: Exception) -> str:
+    """The first line of a TVM error (the rest repeats the whole JSON object)."""
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _brief(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _no_constant(name: str):
+    # Python reads NaN and Infinity; TVM's JSON reader fails on them.
+    raise _BadLine(f"a line must be plain JSON, got {name}")
+
+
+def _json(line: bytes) -> Any:
+    try:
+        return json.loads(line.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as err:
+        raise _BadLine(f"a line must be UTF-8, got byte {line[err.start]:#04x} at column {err.start + 1}") from None
+    except json.JSONDecodeError as err:
+        raise _BadLine(f"a line must be one JSON value, got {err.msg.lower()} (column {err.colno})") from None
+
+
+def _lines(path: Path) -> tuple[list[tuple[int, bytes]], bool]:
+    """The non-empty lines of ``path`` with their numbers, and whether the file has blank
+    lines or lacks its last newline: TVM fails on a blank line, so such a file is rewritten."""
+    if not path.exists():
+        return [], False
     raw = path.read_bytes()
-    good: dict[int, Any] = {}
-    position = 0
-    for number, line in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
-        if not line.strip():
-            continue
+    lines = raw.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    kept = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    return kept, len(kept) != len(lines) or (raw != b"" and not raw.endswith(b"\n"))
+
+
+# A \u escape: a backslash before "u" that is not itself escaped.
+_UNICODE_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u")
+
+
+def _escaped(line: bytes) -> bool:
+    # TVM's JSON reader has no \u escapes; a rewrite writes the characters themselves.
+    return b"\\u" in line and _UNICODE_ESCAPE.search(line) is not None  # the regex only when it may match
+
+
+def _args_json(mod: tvm.IRModule) -> list | None:
+    """The buffers (shape, dtype) of ``mod``'s ``main``, as records store them in args_info."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    try:
+        return [arg.as_json() for arg in ArgInfo.from_prim_func(mod["main"])]
+    except Exception:  # noqa: BLE001 - someone else's workload, without a main
+        return None
+
+
+def _parse_workload(line: bytes) -> tuple[Any, Any]:
+    from tvm.s_tir.meta_schedule.database import Workload as TVMWorkload
+
+    value = _json(line)
+    try:
+        return value, TVMWorkload.from_json(value)
+    except Exception as err:  # noqa: BLE001 - TVM's error, whatever its type
+        raise _BadLine(f"TVM cannot parse it as a workload, got {_tvm_error(err)}") from None
+
+
+def _record_parts(line: bytes) -> tuple[int, Any]:
+    """``[workload index, record]``, checked as far as TVM's loader assumes without checking."""
+    value = _json(line)
+    if not (isinstance(value, list) and len(value) == 2 and type(value[0]) is int and value[0] >= 0
+            and isinstance(value[1], list) and len(value[1]) == 4):
+        raise _BadLine(f"a record must be [workload index, [trace, run_secs, target, args_info]], "
+                       f"got {_brief(value)}")
+    return value[0], value[1]
+
+
+def _parse_record(record: Any, workload: Any) -> Any:
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    try:
+        return TuningRecord.from_json(record, workload)
+    except Exception as err:  # noqa: BLE001 - TVM's error, whatever its type
+        raise _BadLine(f"TVM cannot parse it as a record of its workload, got {_tvm_error(err)}") from None
+
+
+@dataclass
+class _Tables:
+    """What TVM reads from a database folder: workloads in file order, each once, and records
+    by position among them. ``db`` (in memory) holds them parsed. A quick read (``full=False``)
+    parses only the workloads, checks the records' form, and reports nothing: it only finds
+    whether the files are clean enough to hand to JSONDatabase as they are."""
+
+    db: Any
+    full: bool
+    workloads: list[tuple[Any, Any, list | None]] = field(default_factory=list)  # JSON, Workload, args
+    records: list[tuple[int, Any]] = field(default_factory=list)  # position in workloads, JSON
+    rewrite: bool = False  # the files differ from what TVM must read
+    repaired: str = ""
+
+    def skip(self, path: Path, number: int, kind: str, why: str) -> None:
+        self.rewrite = True
+        if self.full:
+            warnings.warn(f"{OP}: skipped the {kind} at {path}:{number}: {why}", TuningLogWarning, stacklevel=2)
+
+    def position(self, value: Any, workload: Any) -> int:
+        """Where ``workload`` (committed to ``db``) is, added at the end when it is new."""
+        for i, (_, known, _) in enumerate(self.workloads):
+            if known.same_as(workload):
+                return i
+        self.workloads.append((value, workload, _args_json(workload.mod)))
+        return len(self.workloads) - 1
+
+    def add_record(self, position: int, record: Any) -> None:
+        if self.full:
+            self.db.commit_tuning_record(_parse_record(record, self.workloads[position][1]))
+        self.records.append((position, record))
+
+
+def _read_workloads(path: Path, tables: _Tables) -> tuple[dict[int, int], int]:
+    """Fill ``tables`` with the workloads TVM reads. Returns ``{line position: position in
+    tables}`` (records refer to workloads by line position) and how many lines were skipped."""
+    lines, untidy = _lines(path)
+    at, skipped = {}, 0
+    for position, (number, line) in enumerate(lines):
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError as err:
-            warnings.warn(f"{OP}: skipped unreadable {kind} at {path}:{number} ({err.msg})",
-                          TuningLogWarning, stacklevel=3)
-        else:
-            if valid(value):
-                good[position] = value
-            else:
-                warnings.warn(f"{OP}: skipped malformed {kind} at {path}:{number}", TuningLogWarning,
-                              stacklevel=3)
-        position += 1
-    return good, len(good) != position or not raw.endswith(b"\n")
+            value, parsed = _parse_workload(line)
+        except _BadLine as bad:
+            tables.skip(path, number, "workload", str(bad))
+            skipped += 1
+            continue
+        before = len(tables.workloads)
+        at[position] = tables.position(value, tables.db.commit_workload(parsed.mod))
+        # A repeated workload must go: TVM numbers the workloads it appends after it wrongly.
+        untidy |= len(tables.workloads) == before or _escaped(line)
+    tables.rewrite |= untidy or at != {p: p for p in at}
+    return at, skipped
 
 
-def sanitize_logs(directory: Path, *, into: Path | None = None) -> Path:
-    """Drop truncated or corrupted lines from a MetaSchedule JSON database.
+def _lost_workload(index: int, record: Any, tables: _Tables, at: dict[int, int]) -> str:
+    """Why ``record`` cannot be read with workload ``index``, or "" when it can."""
+    if index not in at:
+        return f"its workload index must be below {len(at)} (the workloads in {WORKLOAD_FILE}), got {index}"
+    expected = tables.workloads[at[index]][2]
+    # Catches a record numbered for another workload (by a rewrite stopped halfway, say).
+    if record[3] is not None and expected is not None and record[3] != expected:
+        return f"its buffers must match workload {index}'s {_brief(expected)}, got args_info {_brief(record[3])}"
+    return ""
 
-    A tuning run killed mid-write can leave half a line. Each bad line is
-    reported (file and line) and left out; workloads are renumbered and records
-    that pointed at a dropped workload are left out too. With ``into=None`` the
-    files are rewritten in place (atomically), as the tuner does before it
-    appends; otherwise clean copies go to ``into``, so a reader never writes to a
-    database that a tuner may be appending to (or that is read-only). Nothing is
-    written when nothing was wrong. Returns the folder holding clean files.
+
+def _read_records(path: Path, tables: _Tables, at: dict[int, int]) -> list[tuple[int, Any, str]]:
+    """Add the records TVM reads to ``tables``. Returns the ones whose workload is lost,
+    as ``(line number, record, why)``."""
+    lines, untidy = _lines(path)
+    orphans = []
+    for number, line in lines:
+        try:
+            index, record = _record_parts(line)
+            why = _lost_workload(index, record, tables, at)
+            if why:
+                orphans.append((number, record, why))
+                continue
+            tables.add_record(at[index], record)
+            untidy |= _escaped(line)
+        except _BadLine as bad:
+            tables.skip(path, number, "record", str(bad))
+    tables.rewrite |= untidy or bool(orphans)
+    return orphans
+
+
+def _indexed_modules(directory: Path) -> dict[str, list[tvm.IRModule]]:
+    """The modules of the workloads in ``directory``'s index, by their buffers (as JSON)."""
+    try:
+        index = read_index(directory)
+    except (ValueError, TypeError, KeyError, OSError) as err:
+        raise _Unrepairable(f"{INDEX_FILE} must list the tuned workloads, got {_tvm_error(err)}") from None
+    if not index:
+        found = "an empty one" if (directory / INDEX_FILE).exists() else f"no {INDEX_FILE}"
+        raise _Unrepairable(f"{INDEX_FILE} must list the tuned workloads to rebuild {WORKLOAD_FILE} from, "
+                            f"got {found}")
+    by_args: dict[str, list[tvm.IRModule]] = {}
+    for workload in index:
+        mod = workload_module(workload)
+        by_args.setdefault(json.dumps(_args_json(mod)), []).append(mod)
+    return by_args
+
+
+def _numbers(numbers: list[int]) -> str:
+    shown = ", ".join(map(str, numbers[:5]))
+    return shown + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
+
+
+def _reattach(directory: Path, orphans: list[tuple[int, Any, str]], tables: _Tables) -> str:
+    """Give each record that lost its workload the one indexed workload with its buffers
+    (args_info), on which TVM must replay its trace; refuse when any record has none or
+    several. Returns what was repaired."""
+    by_args = _indexed_modules(directory)
+    unmatched, ambiguous, rebuilt = [], [], set()
+    for number, record, _ in orphans:
+        mods = by_args.get(json.dumps(record[3]), []) if record[3] is not None else []
+        if len(mods) != 1:
+            (ambiguous if mods else unmatched).append(number)
+            continue
+        workload = tables.db.commit_workload(mods[0])
+        before = len(tables.workloads)
+        position = tables.position(workload.as_json(), workload)
+        try:
+            tables.add_record(position, record)
+        except _BadLine:
+            unmatched.append(number)
+            continue
+        if len(tables.workloads) > before:
+            rebuilt.add(position)
+    problems = []
+    if unmatched:
+        problems.append(f"each record must match a workload in {INDEX_FILE} by its buffers and replay on it, "
+                        f"got {len(unmatched)} that do not ({RECORD_FILE} line(s) {_numbers(unmatched)})")
+    if ambiguous:
+        problems.append(f"each record must match one workload in {INDEX_FILE}, got {len(ambiguous)} that "
+                        f"match several with the same buffers ({RECORD_FILE} line(s) {_numbers(ambiguous)})")
+    if problems:
+        raise _Unrepairable("; ".join(problems))
+    return (f"{len(orphans)} record(s) matched again to their workloads in {INDEX_FILE} by their buffers "
+            f"({len(rebuilt)} workload(s) rebuilt)")
+
+
+def _read_tables(directory: Path, *, full: bool = True) -> _Tables:
+    """Read a database folder line by line (see :class:`_Tables` for ``full``).
+
+    A record whose workload is lost is matched again to a workload of the index
+    (:func:`_reattach`) when ``database_workload.json`` is missing or has unreadable
+    lines; when that file is whole, such a record is skipped like any bad line.
     """
-    wl_path, rec_path = directory / WORKLOAD_FILE, directory / RECORD_FILE
-    if not wl_path.exists():
-        return directory
-    workloads, wl_dirty = _read_lines(
-        wl_path, "workload", lambda v: isinstance(v, list) and len(v) == 2 and isinstance(v[0], str))
-    renumber = {old: new for new, old in enumerate(workloads)}
-    records, rec_dirty = {}, False
-    if rec_path.exists():
-        records, rec_dirty = _read_lines(
-            rec_path, "record", lambda v: isinstance(v, list) and len(v) == 2 and isinstance(v[0], int)
-            and v[0] in renumber)
-    if not (wl_dirty or rec_dirty):
-        return directory
-    out = directory if into is None else Path(into)
-    _rewrite(out / WORKLOAD_FILE, list(workloads.values()))
-    _rewrite(out / RECORD_FILE, [[renumber[index], rest] for index, rest in records.values()])
-    return out
+    from tvm.s_tir.meta_schedule.database import MemoryDatabase
+
+    tables = _Tables(MemoryDatabase(), full)
+    wl_path = directory / WORKLOAD_FILE
+    at, skipped = _read_workloads(wl_path, tables)
+    orphans = _read_records(directory / RECORD_FILE, tables, at)
+    if not orphans or not full:
+        return tables
+    if wl_path.exists() and at and not skipped:
+        for number, _, why in orphans:
+            tables.skip(directory / RECORD_FILE, number, "record", why)
+        return tables
+    damage = (f"{WORKLOAD_FILE} was missing" if not wl_path.exists() else
+              f"{WORKLOAD_FILE} had {skipped} unreadable line(s)" if skipped else f"{WORKLOAD_FILE} was empty")
+    tables.repaired = f"{damage}; {_reattach(directory, orphans, tables)}"
+    return tables
+
+
+def _has_database(directory: Path) -> bool:
+    return (directory / WORKLOAD_FILE).exists() or (directory / RECORD_FILE).exists()
+
+
+def _json_database(directory: Path, *, create: bool, quiet: bool = True) -> Any:
+    """TVM's JSONDatabase of ``directory``'s files; when TVM rejects one of their lines,
+    None (``quiet``) or TVM's error."""
+    from tvm.s_tir.meta_schedule.database import JSONDatabase
+
+    try:
+        return JSONDatabase(str(directory / WORKLOAD_FILE), str(directory / RECORD_FILE), allow_missing=create)
+    except Exception:  # noqa: BLE001 - a line TVM cannot parse: found line by line instead
+        if quiet:
+            return None
+        raise
+
+
+def _in_memory(db: Any, tables: _Tables) -> Any:
+    """``tables.db`` (which holds the workloads) with ``db``'s records, for a reader that must never write."""
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    seen: list[tuple[Any, Any]] = []  # JSONDatabase's workload -> ours; records share them
+    for record in db.get_all_tuning_records():  # fastest first; ties in file order
+        mine = next((ours for theirs, ours in seen if theirs.same_as(record.workload)), None)
+        if mine is None:
+            mine = tables.db.commit_workload(record.workload.mod)
+            seen.append((record.workload, mine))
+        tables.db.commit_tuning_record(TuningRecord(record.trace, mine, record.run_secs, record.target,
+                                                    record.args_info))
+    return tables.db
+
+
+def _write_tables(tables: _Tables, out: Path) -> None:
+    # Records first: if this stops between the two files, the old workload file is left,
+    # and records whose buffers do not match its workloads are caught when it is read.
+    _rewrite(out / RECORD_FILE, [[position, record] for position, record in tables.records])
+    _rewrite(out / WORKLOAD_FILE, [value for value, _, _ in tables.workloads])
 
 
 def _rewrite(path: Path, values: list[Any]) -> None:
-    text = "".join(json.dumps(value) + "\n" for value in values)
-    write_atomic(path, lambda tmp: tmp.write_text(text))
+    # As TVM writes them: compact, and characters unescaped (its reader has no \u escapes).
+    text = "".join(json.dumps(value, ensure_ascii=False, separators=(",", ":")) + "\n" for value in values)
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _cannot_repair(directory: Path, err: _Unrepairable) -> str:
+    return (f"{OP}: cannot repair the tuning database in {directory}: {err}; "
+            f"remove {directory / RECORD_FILE} to start over")
+
+
+def sanitize_logs(directory: Path, *, into: Path | None = None) -> Path:
+    """Drop truncated or corrupted lines from a MetaSchedule JSON database, and rebuild a
+    missing or damaged workload file from the package's index (see :func:`open_database`).
+
+    With ``into=None`` the files are rewritten in place (atomically), as the tuner does
+    before it appends; otherwise clean copies go to ``into``. Nothing is written when
+    nothing was wrong. Returns the folder holding clean files; raises ValueError when
+    records lost their workload and cannot be matched again.
+    """
+    directory = Path(directory)
+    if not _has_database(directory):
+        return directory
+    try:
+        tables = _read_tables(directory)
+    except _Unrepairable as err:
+        raise ValueError(_cannot_repair(directory, err)) from None
+    if not tables.rewrite:
+        return directory
+    out = directory if into is None else Path(into)
+    _write_tables(tables, out)
+    return out
 
 
 def open_database(directory: Path, *, create: bool = False) -> Any:
-    """The JSON database in ``directory``, or None when there is none.
+    """The tuning database in ``directory``, or None when there is none.
 
-    ``create=True`` (tuning) creates it if needed, repairs it in place and returns
-    a database that appends there. Otherwise (compiling) it is read, through
-    clean temporary copies when it needs repair, and never written.
+    A bad line (cut off, not JSON, not a record, a record of an unknown workload, a
+    workload or record TVM cannot parse) is reported with its file and line
+    (:class:`TuningLogWarning`) and skipped. When ``database_workload.json`` is missing
+    or damaged, the records that lost their workload are matched again to the workloads
+    of the package's index by their buffers, reported in one warning; when that is not
+    possible for every record, the database is refused.
+
+    ``create=True`` (tuning) creates the database if needed, repairs it in place and
+    returns a JSONDatabase that appends there; one that cannot be repaired raises
+    ValueError. Otherwise (compiling) it is read into memory and never written; one
+    that cannot be repaired is ignored with a warning (None).
     """
-    from tvm.s_tir.meta_schedule.database import JSONDatabase
-
     directory = Path(directory)
-    if not create and not (directory / WORKLOAD_FILE).exists():
+    if create:
+        directory.mkdir(parents=True, exist_ok=True)
+    elif not _has_database(directory):
         return None
     try:
+        # Clean files (the usual case) go to TVM's loader, which parses records on all
+        # cores; only when it rejects a line are the records parsed one by one.
+        tables = _read_tables(directory, full=False)
+        db = None if tables.rewrite else _json_database(directory, create=create)
+        if db is None:
+            tables = _read_tables(directory)
+    except (_Unrepairable, OSError) as err:
+        message = (_cannot_repair(directory, err) if isinstance(err, _Unrepairable)
+                   else f"{OP}: cannot read the tuning database in {directory}: {err}")
         if create:
-            directory.mkdir(parents=True, exist_ok=True)
-            sanitize_logs(directory)
-            return JSONDatabase(str(directory / WORKLOAD_FILE), str(directory / RECORD_FILE),
-                                allow_missing=True)
-        with tempfile.TemporaryDirectory(prefix="tvm_convt-logs-") as tmp:
-            clean = sanitize_logs(directory, into=Path(tmp))
-            # The database reads both files whole when it is made; the copies can go after.
-            return JSONDatabase(str(clean / WORKLOAD_FILE), str(clean / RECORD_FILE), allow_missing=False)
-    except Exception as err:  # noqa: BLE001 - a record TVM cannot parse: never a crash
-        if create:
-            raise ValueError(f"{OP}: cannot open the tuning database in {directory}: {err}") from None
-        warnings.warn(f"{OP}: ignored the tuning database in {directory}: {err}", TuningLogWarning,
-                      stacklevel=2)
+            raise ValueError(message) from None
+        warnings.warn(message, TuningLogWarning, stacklevel=2)
         return None
+    if not create:
+        if tables.repaired:
+            warnings.warn(f"{OP}: read the tuning database in {directory} as repaired (nothing written; "
+                          f"tuning there repairs the files): {tables.repaired}", TuningLogWarning, stacklevel=2)
+        return tables.db if db is None else _in_memory(db, tables)
+    if db is not None:
+        return db
+    if tables.rewrite:
+        _write_tables(tables, directory)
+    if tables.repaired:
+        warnings.warn(f"{OP}: repaired the tuning database in {directory}: {tables.repaired}",
+                      TuningLogWarning, stacklevel=2)
+    try:
+        return _json_database(directory, create=True, quiet=False)
+    except Exception as err:  # noqa: BLE001 - should not happen after the checks: never a crash
+        raise ValueError(f"{OP}: cannot open the tuning database in {directory}: {_tvm_error(err)}") from None
 
 
 @dataclass(frozen=True)
@@ -160,9 +457,10 @@ _db_lock = threading.Lock()
 
 
 def _cached_database(directory: Path):
-    """Open each database once per process, and again only when its files change."""
+    """Open each database once per process, and again only when its files change (the
+    index too: a missing workload file is rebuilt from it)."""
     stamps = []
-    for name in (WORKLOAD_FILE, RECORD_FILE):
+    for name in (WORKLOAD_FILE, RECORD_FILE, INDEX_FILE):
         try:
             stat = (directory / name).stat()
             stamps += [stat.st_mtime_ns, stat.st_size]
@@ -183,7 +481,7 @@ def find_tuned_schedule(workload: Workload, target: Target, *, logs: str | Path 
     func = None
     for root in (Path(logs) if logs is not None else default_logs_dir(), shipped_schedules_dir()):
         directory = root / key
-        if not (directory / WORKLOAD_FILE).exists():
+        if not _has_database(directory):
             continue
         db = _cached_database(directory)
         if db is None:

@@ -105,6 +105,20 @@ class _Progress:
         self.stream.flush()
 
 
+# MetaSchedule's evolutionary search, with TVM's default settings (the keywords of
+# tvm.s_tir.meta_schedule.search_strategy.EvolutionarySearch); a test that only needs
+# a few records, not good ones, makes the population smaller to run in seconds.
+EVOLUTIONARY_SEARCH: dict[str, Any] = {"population_size": 512, "init_min_unmeasured": 50, "genetic_num_iters": 4}
+
+INTERRUPT_HINT = "Ctrl-C stops after the current round and keeps its records"
+
+
+def _search_strategy(build_only: bool):
+    from tvm.s_tir.meta_schedule.search_strategy import EvolutionarySearch, ReplayTrace
+
+    return ReplayTrace() if build_only else EvolutionarySearch(**EVOLUTIONARY_SEARCH)
+
+
 class _StopTuning(Exception):
     """Raised from the measure callback to end a run after a round's records are committed."""
 
@@ -140,6 +154,10 @@ def _graceful_interrupt(stop: threading.Event, stream):
             stream.flush()
 
     previous = signal.signal(signal.SIGINT, handler)
+    if stream is not None:
+        # Said once the handler is in place, so that a Ctrl-C from now on is graceful.
+        stream.write(INTERRUPT_HINT + "\n")
+        stream.flush()
     try:
         yield
     finally:
@@ -263,7 +281,7 @@ def tune(
     measured, so an interrupted run keeps everything it measured, and running again
     continues from the database. A first SIGINT (Ctrl-C) ends the run after the
     current round, whose records are kept (``report.interrupted``); a second one
-    stops at once. MetaSchedule's own logs go to ``work_dir``
+    stops at once (the progress stream says when this is in place: :data:`INTERRUPT_HINT`). MetaSchedule's own logs go to ``work_dir``
     (default: ``<logs>/<target key>/work``), not to the terminal.
 
     ``rpc_tracker="HOST:PORT"`` and ``rpc_key`` measure candidates on devices
@@ -313,6 +331,8 @@ def tune(
     db_dir = logs_root / key
     work = Path(work_dir) if work_dir is not None else db_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
+    # Opened (and repaired, or refused) before the slow setup, so a broken database fails fast.
+    database = MemoryDatabase() if build_only else open_database(db_dir, create=True)
 
     _tvmscript_patch.install()
     # MetaSchedule logs its tables at INFO to a console handler whose level it copies
@@ -330,7 +350,7 @@ def tune(
     tasks = [
         TuneContext(mod=mods[name], target=tgt,
                     space_generator="post-order-apply",
-                    search_strategy="replay-trace" if build_only else "evolutionary",
+                    search_strategy=_search_strategy(build_only),
                     task_name=name, rand_state=rand_state, num_threads="physical",
                     logger=logger).clone()
         for name, logger, rand_state in zip(names, get_loggers_from_work_dir(str(work), names),
@@ -347,7 +367,6 @@ def tune(
                            evaluator_config=evaluator)
     else:
         runner = LocalRunner(timeout_sec=run_timeout, evaluator_config=evaluator)
-    database = MemoryDatabase() if build_only else open_database(db_dir, create=True)
     if not build_only:
         write_index(db_dir, list(named.values()))
 
