@@ -6,6 +6,10 @@ a record tuned for AVX-512 is never applied on an AVX2 machine. Compiling
 looks in the user's tuning logs (``$TVM_CONVT_TUNING_LOGS``, or the ``logs``
 argument), then in the pruned records shipped in the package's
 ``schedules/``; without a record the default schedule is used.
+
+A database is read line by line (:func:`open_database`): a bad line is reported
+with its file and line and skipped, and a lost or damaged workload file is
+rebuilt from the package's index of tuned workloads, or the database refused.
 """
 
 from __future__ import annotations
