@@ -154,6 +154,8 @@ def test_targets_as_json_dicts():
     x = torch.randn(1, 3, 4)
     assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 2)) <= 1e-5
     assert "znver3" in repr(layer)
+    layer.target = "llvm"  # takes effect at the next call
+    assert layer._backend == "llvm" and rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 2)) <= 1e-5
     with pytest.raises(ValueError, match="conv_transpose1d: target must be"):
         tt.ConvTranspose1d(3, 2, 3, target="tpu")
 
@@ -309,7 +311,7 @@ def test_convert_and_revert_keep_weights_hooks_and_mode():
     assert model.ups[2].training
     assert tt.revert(model) is model
     assert all(type(m) is torch.nn.ConvTranspose1d for m in layers)
-    assert not hasattr(model.ups[0], "_target_arg")
+    assert not hasattr(model.ups[0], "_backend")
     model.eval()
     assert rel_err(model(x), expected) <= 1e-12
     assert dict(model.named_parameters()) == params

@@ -9,7 +9,7 @@ import torch
 
 from ..params import ConvTranspose1dParams
 from ..target import TargetLike, resolve_target
-from .op import conv_transpose1d, target_arg
+from . import op
 
 __all__ = ["ConvTranspose1d", "backend_attributes"]
 
@@ -22,8 +22,9 @@ def backend_attributes(layer: torch.nn.ConvTranspose1d, target: TargetLike,
                           layer.padding, layer.output_padding, layer.groups, layer.bias is not None,
                           layer.dilation, layer.padding_mode)
     resolve_target(target)
-    # target_arg: the op's string form of the target, made once rather than per call.
-    return {"target": target, "logs": None if logs is None else str(logs), "_target_arg": target_arg(target)}
+    # _backend: the op's string form of target and logs, made once rather than per call.
+    return {"_target": target, "_logs": None if logs is None else str(logs),
+            "_backend": op.backend_arg(target, logs)}
 
 
 class ConvTranspose1d(torch.nn.ConvTranspose1d):
@@ -65,12 +66,29 @@ class ConvTranspose1d(torch.nn.ConvTranspose1d):
         self.padding_mode = padding_mode
         self.__dict__.update(backend_attributes(self, target, logs))
 
+    @property
+    def target(self) -> TargetLike:
+        """Where the layer runs (assigning one checks it and takes effect at the next call)."""
+        return self._target
+
+    @target.setter
+    def target(self, value: TargetLike) -> None:
+        self.__dict__.update(backend_attributes(self, value, self._logs))
+
+    @property
+    def logs(self) -> str | None:
+        """The tuning-logs folder looked up first when compiling (None: the default)."""
+        return self._logs
+
+    @logs.setter
+    def logs(self, value: str | Path | None) -> None:
+        self.__dict__.update(backend_attributes(self, self._target, value))
+
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         output_padding = self._output_padding(input, output_size, self.stride, self.padding,
                                               self.kernel_size, 1, self.dilation)
-        return conv_transpose1d(input, self.weight, self.bias, self.stride, self.padding, output_padding,
-                                self.groups, self.dilation, self.padding_mode, target=self._target_arg,
-                                logs=self.logs)
+        conv = [self.stride[0], self.padding[0], output_padding[0], self.groups, self.dilation[0]]
+        return op.call(input, self.weight, self.bias, conv, self.padding_mode, self._backend)
 
     def extra_repr(self) -> str:
         text = super().extra_repr()

@@ -4,6 +4,12 @@ Registered with ``torch.library``: the implementation runs the compiled module o
 tensors through DLPack, the fake implementation gives the output's shape and dtype to
 ``torch.compile`` and ``torch.export``, and the autograd formula uses PyTorch's own
 convolution kernels (``aten.convolution_backward``) for the gradients.
+
+Schema: ``conv_transpose1d(Tensor input, Tensor weight, Tensor? bias, int[] conv,
+str padding_mode, str backend)``, where ``conv`` is [stride, padding, output_padding, groups,
+dilation] and ``backend`` the target (``"llvm"``, ``"cuda"`` or TVM's JSON), or, when tuning
+logs are named, JSON ``{"target": ..., "logs": ...}``. Few arguments because PyTorch's
+custom-op autograd costs time per call that grows with the square of their number.
 """
 
 # No ``from __future__ import annotations``: torch.library reads the schema from these annotations.
@@ -22,7 +28,7 @@ from ..runtime import _MODULES, CompiledConvTranspose1d
 from ..target import resolve_target, target_json
 from ._tensors import ParameterCopies, aligned_empty, to_tvm
 
-__all__ = ["conv_transpose1d", "target_arg"]
+__all__ = ["backend_arg", "conv_transpose1d"]
 
 _COPIES = ParameterCopies()
 
@@ -30,8 +36,8 @@ _COPIES = ParameterCopies()
 _TORCH_DEVICE = {"llvm": "cpu", "cuda": "cuda"}
 
 
-def target_arg(target: Any) -> str:
-    """The target as the op's string argument: names as they are, dicts and Targets as JSON."""
+def _target_text(target: Any) -> str:
+    """The target as a string: names as they are, dicts and Targets as JSON."""
     if isinstance(target, str):
         return target
     if isinstance(target, dict):
@@ -40,6 +46,27 @@ def target_arg(target: Any) -> str:
         return target_json(target)
     raise TypeError(f"{OP}: target must be a str, dict or tvm.target.Target, got target={target!r} "
                     f"({type(target).__name__})")
+
+
+def backend_arg(target: Any, logs: Any = None) -> str:
+    """The op's ``backend`` argument for a target and a tuning-logs folder (None: the default)."""
+    text = _target_text(target)
+    if logs is None:
+        return text
+    return json.dumps({"target": json.loads(text) if text.lstrip().startswith("{") else text,
+                       "logs": str(logs)}, sort_keys=True)
+
+
+def _parse_backend(backend: str) -> tuple[Any, Optional[str]]:
+    """``(target, logs)`` from the ``backend`` argument; a TVM target JSON has no ``logs`` key."""
+    if backend.lstrip().startswith("{"):
+        try:
+            config = json.loads(backend)
+        except json.JSONDecodeError:
+            return backend, None  # resolve_target reports it
+        if isinstance(config, dict) and set(config) == {"target", "logs"}:
+            return config["target"], config["logs"]
+    return backend, None
 
 
 def _single(name: str, value: Any) -> int:
@@ -74,16 +101,20 @@ def conv_transpose1d(
     (see :class:`tvm_convt.ConvTranspose1dParams`). float32 and float64; the tensors
     must be on the target's device (CPU for ``"llvm"``).
     """
+    conv = [_single("stride", stride), _single("padding", padding),
+            _single("output_padding", output_padding), _single("groups", groups), _single("dilation", dilation)]
+    return call(input, weight, bias, conv, padding_mode, backend_arg(target, logs))
+
+
+def call(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], conv: list[int],
+         padding_mode: str, backend: str) -> torch.Tensor:
+    """The op on a batched or unbatched input, with its arguments already in the op's form."""
     if input.dim() not in (2, 3):
         raise ValueError(f"{OP}: expected a 2-D (unbatched) or 3-D (batched) input, "
                          f"got input.shape={tuple(input.shape)}")
-    unbatched = input.dim() == 2
-    y = torch.ops.tvm_convt.conv_transpose1d(
-        input.unsqueeze(0) if unbatched else input, weight, bias, _single("stride", stride),
-        _single("padding", padding), _single("output_padding", output_padding), groups,
-        _single("dilation", dilation), padding_mode, target_arg(target),
-        None if logs is None else str(logs))
-    return y.squeeze(0) if unbatched else y
+    if input.dim() == 2:
+        return _OP(input.unsqueeze(0), weight, bias, conv, padding_mode, backend).squeeze(0)
+    return _OP(input, weight, bias, conv, padding_mode, backend)
 
 
 # -- checks shared by the implementation and the fake ------------------------------------------
@@ -114,21 +145,21 @@ def _check_tensors(input: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     return dtype
 
 
-def _params(weight: torch.Tensor, has_bias: bool, stride: int, padding: int, output_padding: int,
-            groups: int, dilation: int, padding_mode: str) -> ConvTranspose1dParams:
+def _params(weight: torch.Tensor, has_bias: bool, conv: list[int], padding_mode: str) -> ConvTranspose1dParams:
+    if len(conv) != 5:
+        raise ValueError(f"{OP}: conv must be [stride, padding, output_padding, groups, dilation], got conv={conv}")
     if weight.dim() != 3:
         raise ValueError(f"{OP}: weight must be 3-D (in_channels, out_channels/groups, kernel_size), "
                          f"got weight.shape={tuple(weight.shape)}")
+    stride, padding, output_padding, groups, dilation = conv
     groups = ConvTranspose1dParams.check_positive_size("groups", groups)
     return ConvTranspose1dParams(weight.shape[0], weight.shape[1] * groups, weight.shape[2], stride,
                                  padding, output_padding, groups, has_bias, dilation, padding_mode)
 
 
-def _workload(input, weight, bias, stride, padding, output_padding, groups, dilation,
-              padding_mode) -> Workload:
+def _workload(input, weight, bias, conv, padding_mode) -> Workload:
     """The call's workload (a batch of 0 is checked as a batch of 1); raises on any bad argument."""
-    params = _params(weight, bias is not None, stride, padding, output_padding, groups, dilation,
-                     padding_mode)
+    params = _params(weight, bias is not None, conv, padding_mode)
     dtype = _check_tensors(input, weight, bias, params)
     return Workload(params, max(1, input.shape[0]), input.shape[2], dtype)
 
@@ -148,29 +179,25 @@ _PLANS: dict[tuple, _Plan] = {}
 _PLANS_LOCK = threading.Lock()
 
 
-def _plan(input, weight, bias, stride, padding, output_padding, groups, dilation, padding_mode,
-          target, logs) -> _Plan:
+def _plan(input, weight, bias, conv, padding_mode, backend) -> _Plan:
     """The plan for this signature, checked and compiled on its first call only."""
     key = (input.shape, input.dtype, input.device, weight.shape, weight.dtype, weight.device,
            None if bias is None else (bias.shape, bias.dtype, bias.device),
-           stride, padding, output_padding, groups, dilation, padding_mode, target, logs)
+           tuple(conv), padding_mode, backend)
     found = _PLANS.get(key)
     if found is None:
-        found = _make_plan(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                           padding_mode, target, logs)
+        found = _make_plan(input, weight, bias, conv, padding_mode, backend)
         with _PLANS_LOCK:
             found = _PLANS.setdefault(key, found)
     return found
 
 
-def _make_plan(input, weight, bias, stride, padding, output_padding, groups, dilation,
-               padding_mode, target, logs) -> _Plan:
-    workload = _workload(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                         padding_mode)
-    resolved = resolve_target(target)
-    wanted = _TORCH_DEVICE[resolved.kind.name]
-    if input.device.type != wanted:
-        raise ValueError(f"{OP}: target {resolved.kind.name!r} runs on {wanted} tensors, "
+def _make_plan(input, weight, bias, conv, padding_mode, backend) -> _Plan:
+    workload = _workload(input, weight, bias, conv, padding_mode)
+    target, logs = _parse_backend(backend)
+    kind = resolve_target(target).kind.name
+    if input.device.type != _TORCH_DEVICE[kind]:
+        raise ValueError(f"{OP}: target {kind!r} runs on {_TORCH_DEVICE[kind]} tensors, "
                          f"got input.device={input.device}")
     shape = (input.shape[0], workload.params.out_channels, workload.out_length)
     if input.shape[0] == 0:  # PyTorch's answer to a batch of 0: an empty output, nothing compiled
@@ -202,30 +229,23 @@ def _conv_transpose1d_op(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: Optional[torch.Tensor],
-    stride: int,
-    padding: int,
-    output_padding: int,
-    groups: int,
-    dilation: int,
+    conv: list[int],
     padding_mode: str,
-    target: str,
-    logs: Optional[str],
+    backend: str,
 ) -> torch.Tensor:
     """The batched op: input (batch, in_channels, length) -> (batch, out_channels, output length)."""
-    plan = _plan(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                 padding_mode, target, logs)
+    plan = _plan(input, weight, bias, conv, padding_mode, backend)
     if plan.compiled is None:
         return input.new_empty(plan.output_shape)
     return _run(plan, input, weight, bias)
 
 
 @_conv_transpose1d_op.register_fake
-def _conv_transpose1d_fake(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                           padding_mode, target, logs):
+def _conv_transpose1d_fake(input, weight, bias, conv, padding_mode, backend):
     """The output's shape; with static sizes, every check of a real call first."""
-    sizes = (*input.shape, *weight.shape)
-    if all(isinstance(s, int) for s in sizes):
-        _workload(input, weight, bias, stride, padding, output_padding, groups, dilation, padding_mode)
+    if all(isinstance(s, int) for s in (*input.shape, *weight.shape)):
+        _workload(input, weight, bias, conv, padding_mode)
+    stride, padding, output_padding, groups, dilation = conv
     length = ((input.shape[2] - 1) * stride - 2 * padding + dilation * (weight.shape[2] - 1)
               + output_padding + 1)
     return input.new_empty((input.shape[0], weight.shape[1] * groups, length))
@@ -235,10 +255,9 @@ def _conv_transpose1d_fake(input, weight, bias, stride, padding, output_padding,
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    input, weight, bias, stride, padding, output_padding, groups, dilation, padding_mode, _, _ = inputs
+    input, weight, bias, conv, padding_mode, _ = inputs
     ctx.save_for_backward(input, weight)
-    ctx.conv = (stride, padding, output_padding, groups, dilation, padding_mode)
-    ctx.has_bias = bias is not None
+    ctx.conv, ctx.padding_mode, ctx.has_bias = conv, padding_mode, bias is not None
 
 
 def _backward(ctx, grad: torch.Tensor):
@@ -249,11 +268,11 @@ def _backward(ctx, grad: torch.Tensor):
     then goes through the transposed convolution's backward with padding 0.
     """
     input, weight = ctx.saved_tensors
-    stride, padding, output_padding, groups, dilation, padding_mode = ctx.conv
+    stride, padding, output_padding, groups, dilation = ctx.conv
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
     conv_padding = padding
-    if padding_mode != "zeros" and padding:
-        grad_u, conv_padding = F.pad(grad, (padding, padding), mode=padding_mode), 0
+    if ctx.padding_mode != "zeros" and padding:
+        grad_u, conv_padding = F.pad(grad, (padding, padding), mode=ctx.padding_mode), 0
     else:  # zeros: the crop's adjoint is zero padding, which the backward itself applies
         grad_u = grad
     grad_input = grad_weight = grad_bias = None
@@ -263,7 +282,10 @@ def _backward(ctx, grad: torch.Tensor):
             [output_padding], groups, [need_input, need_weight, False])
     if ctx.has_bias and need_bias:
         grad_bias = grad.sum((0, 2))
-    return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None, None
+    return grad_input, grad_weight, grad_bias, None, None, None
 
 
 _conv_transpose1d_op.register_autograd(_backward, setup_context=_setup_context)
+
+# The overload itself: calling it skips the packet's overload lookup on every call.
+_OP = torch.ops.tvm_convt.conv_transpose1d.default
