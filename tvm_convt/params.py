@@ -70,6 +70,8 @@ def check_dtype(dtype: Any) -> str:
 
     Accepts names, NumPy dtypes and scalar types (``np.float32``) and torch dtypes.
     """
+    if dtype is None:  # NumPy reads None as float64, PyTorch as its default float32
+        raise TypeError(f"{OP}: dtype must be one of {', '.join(DTYPES)}, got dtype=None")
     if isinstance(dtype, str) or str(dtype).startswith("torch."):
         # Names are taken literally: NumPy would read "float" as float64, torch as float32.
         name = str(dtype).removeprefix("torch.")
@@ -259,6 +261,9 @@ class Workload:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.params, ConvTranspose1dParams):
+            raise TypeError(f"{OP}: params must be a ConvTranspose1dParams, got params={self.params!r} "
+                            f"({type(self.params).__name__})")
         object.__setattr__(self, "batch", _size("batch", self.batch))
         _positive("batch", self.batch)
         object.__setattr__(self, "length", _size("length", self.length))

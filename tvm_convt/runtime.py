@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import shutil
 import threading
 import weakref
@@ -22,10 +24,10 @@ import numpy as np
 import tvm
 
 from .build import (ModuleMetadata, build_library, copy_library, discard, load_library, read_library,
-                    read_sidecar)
+                    read_sidecar, sidecar_path)
 from .errors import ModuleFileError
 from .params import OP, ConvTranspose1dParams, Workload, check_dtype
-from .target import TargetLike, device_of, resolve_target
+from .target import TargetLike, check_linkable, device_of, missing_cpu_support, resolve_target
 
 
 def as_array(value: Any, name: str) -> np.ndarray:
@@ -41,7 +43,11 @@ def as_array(value: Any, name: str) -> np.ndarray:
             raise TypeError(f"{OP}: {name} must be a NumPy array or a CPU tensor with DLPack, "
                             f"could not import {type(value).__name__}: {err}") from None
     if isinstance(value, (list, tuple)):
-        return np.asarray(value)
+        try:
+            return np.asarray(value)
+        except ValueError as err:  # ragged nesting
+            raise ValueError(f"{OP}: {name} given as a list must be rectangular, got a list NumPy "
+                             f"cannot read as an array ({err})") from None
     raise TypeError(f"{OP}: {name} must be a NumPy array or a DLPack-capable tensor, "
                     f"got {type(value).__name__}")
 
@@ -81,6 +87,29 @@ def _check_array(arr: np.ndarray, name: str, shape: tuple[int, ...], dtype: str)
         raise ValueError(f"{OP}: {name} must have shape {tuple(shape)}, got {name}.shape={tuple(arr.shape)}")
 
 
+def _path(value: Any, what: str) -> Path:
+    """``value`` as a Path: a str or os.PathLike without NUL bytes (which no file name holds)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{OP}: {what} must be a str or a path, got {what}={value!r} ({type(value).__name__})")
+    path = Path(value)
+    if "\0" in str(path):
+        raise ValueError(f"{OP}: {what} must not contain a NUL byte, got {what}={str(path)!r}")
+    return path
+
+
+def _logs(logs: Any) -> Path | None:
+    """The tuning-logs folder argument: None (the default folder) or a path."""
+    return None if logs is None else _path(logs, "logs")
+
+
+def _os_error(err: OSError, what: str) -> OSError:
+    """The same kind of OSError, saying what failed in the operator's words."""
+    return type(err)(err.errno, f"{OP}: {what}: {err.strerror or err}")
+
+
+_UNCHECKED = object()
+
+
 class CompiledConvTranspose1d:
     """One compiled module for one workload (parameters, batch, input length, dtype, target).
 
@@ -97,6 +126,7 @@ class CompiledConvTranspose1d:
         self.target = resolve_target(self.metadata.target)
         self.device = device_of(self.target)
         self._func: Any = None  # loaded on first use: a CUDA module exports without a GPU
+        self._cpu_missing: Any = _UNCHECKED
 
     @property
     def func(self) -> Any:
@@ -107,12 +137,25 @@ class CompiledConvTranspose1d:
             self._func = load_library(self.library, self.digest)["main"]
         return self._func
 
-    def _require_device(self) -> None:
+    def _missing(self) -> str | None:
+        """What this machine lacks to run the module: a device, or CPU features (None: nothing)."""
         if not self.device.exist:
+            return f"a {self.device} device"
+        if self._cpu_missing is _UNCHECKED:
+            self._cpu_missing = missing_cpu_support(self.target)
+        return self._cpu_missing
+
+    @property
+    def runnable(self) -> bool:
+        """Whether this machine can run the module (it can always be exported)."""
+        return self._missing() is None
+
+    def _require_device(self) -> None:
+        missing = self._missing()
+        if missing is not None:
             raise RuntimeError(
-                f"{OP}: this module targets {self.metadata.target_key} and needs a "
-                f"{self.device} device to run, which this machine does not have; "
-                "it can still be exported")
+                f"{OP}: this module targets {self.metadata.target_key} and needs {missing} "
+                "to run, which this machine does not have; it can still be exported")
 
     # -- metadata ---------------------------------------------------------------------
     @property
@@ -157,11 +200,25 @@ class CompiledConvTranspose1d:
         w = self.workload
         if self.device.dlpack_device_type() == tvm.cpu(0).dlpack_device_type():
             y = aligned_empty(w.output_shape, w.dtype)
-            self.func(x, *weights, tvm.runtime.from_dlpack(y))
+            self._invoke(x, *weights, tvm.runtime.from_dlpack(y))
             return y
         y_dev = tvm.runtime.empty(w.output_shape, w.dtype, self.device)
-        self.func(x, *weights, y_dev)
+        self._invoke(x, *weights, y_dev)
         return y_dev.numpy()
+
+    def _invoke(self, *tensors: tvm.runtime.Tensor) -> None:
+        """Call the module on tensors already checked against the sidecar's workload."""
+        func = self.func  # its own errors (ModuleFileError, RuntimeError) pass as they are
+        try:
+            func(*tensors)
+        except (TypeError, ValueError) as err:
+            # The library's own argument checks (count, shapes, dtypes) refused what its sidecar
+            # describes: a sidecar rewritten with a new checksum, or put beside another library.
+            first = next((line.strip().rstrip(":") for line in str(err).splitlines() if line.strip()),
+                         type(err).__name__)
+            raise ModuleFileError(
+                f"{OP}: library {self.library} does not take the tensors its sidecar describes ({first}); "
+                "the sidecar belongs to another module: compile and export the module again") from None
 
     def check_input(self, x: Any) -> tuple[np.ndarray, bool]:
         """Return ``x`` as a batched array and whether it came unbatched."""
@@ -186,12 +243,21 @@ class CompiledConvTranspose1d:
     # -- files ----------------------------------------------------------------------------
     def export(self, path: str | Path) -> Path:
         """Write the library to ``path`` (``.so``) and its metadata to the ``.json`` beside it."""
-        path = Path(path)
+        path = _path(path, "export path")
         if path.suffix != ".so":
             raise ValueError(f"{OP}: export path must end in .so, got {str(path)!r}")
-        if not path.parent.is_dir():
+        # os.path's tests answer False for a name the file system refuses (too long, say);
+        # writing it then raises the file system's reason.
+        if not os.path.isdir(path.parent):
             raise FileNotFoundError(f"{OP}: export folder {path.parent} does not exist")
-        copy_library(read_library(self.library, self.digest), self.metadata, path)
+        for target in (path, sidecar_path(path)):
+            if os.path.isdir(target):
+                raise ValueError(f"{OP}: export path {target} must be a file, got a folder")
+        data = read_library(self.library, self.digest)
+        try:
+            copy_library(data, self.metadata, path)
+        except OSError as err:  # a name too long, a full disk: the file system's reason
+            raise _os_error(err, f"cannot write the module to {path}") from None
         return path
 
     @classmethod
@@ -202,8 +268,8 @@ class CompiledConvTranspose1d:
         sidecar its own checksum; anything else raises :class:`ModuleFileError`
         before the library is mapped.
         """
-        path = Path(path)
-        if not path.is_file():
+        path = _path(path, "module path")
+        if not os.path.isfile(path):  # False, not OSError, for a name too long or a loop of links
             raise FileNotFoundError(f"{OP}: no compiled module at {path}")
         compiled = cls(path)
         read_library(path, compiled.digest)
@@ -231,6 +297,8 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     rule and ``tuned=False`` ignores tuning records.
     """
     workload = Workload(params, batch, length, dtype)
+    check_linkable(resolve_target(target))
+    logs = _logs(logs)
 
     def build() -> CompiledConvTranspose1d:
         library, metadata = build_library(workload, target=target, use_cache=use_cache, rule=rule,
@@ -240,7 +308,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     compiled = build()
     if not use_cache:  # the library's temporary folder lives as long as the object
         weakref.finalize(compiled, shutil.rmtree, compiled.library.parent, True)
-    elif compiled.device.exist:
+    elif compiled.runnable:
         try:  # a cache entry that verifies but does not load is rebuilt, not kept
             compiled.func
         except ModuleFileError as err:
@@ -327,7 +395,8 @@ class ConvTranspose1d:
         # A bad target is rejected now, not at the first call.
         self._host_weights = resolve_target(target).kind.name == "llvm"
         self.target = target
-        self.logs = logs
+        self.logs = _logs(logs)
+        _check_seed(seed)
         p = self.params
         bound = math.sqrt(p.groups / (p.out_channels * p.kernel_size))
         rng = np.random.default_rng(seed)
@@ -410,6 +479,16 @@ class ConvTranspose1d:
         return y[0] if unbatched else y
 
 
+def _check_seed(seed: Any) -> None:
+    """None or a non-negative int, as ``numpy.random.default_rng`` takes (and PyTorch's manual_seed)."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{OP}: seed must be None or an int, got seed={seed!r} ({type(seed).__name__})")
+    if seed < 0:
+        raise ValueError(f"{OP}: seed must be non-negative, got seed={seed}")
+
+
 def _empty_batch(params: ConvTranspose1dParams, length: int, dtype: str) -> np.ndarray:
     """PyTorch's answer to a batch of 0: an empty (0, out_channels, L_out) output, with every
     check of a real call (the sizes of one sample) and nothing compiled."""
@@ -470,11 +549,13 @@ def conv_transpose1d(
     _check_channels(x, weight.shape, params.in_channels)
     dtype = check_dtype(x.dtype)
     # Every input is checked here, so that nothing is compiled for a call that must fail.
+    _check_array_dtype(x, "input", dtype)  # a byte-swapped float32 is not float32
     _check_array(weight, "weight", params.weight_shape, dtype)
     if bias is not None:
         bias = as_array(bias, "bias")
         _check_array(bias, "bias", (params.out_channels,), dtype)
     resolve_target(target)
+    logs = _logs(logs)
     if x.ndim == 3 and x.shape[0] == 0:
         return _empty_batch(params, x.shape[-1], dtype)
     workload = Workload(params, x.shape[0] if x.ndim == 3 else 1, x.shape[-1], dtype)

@@ -10,6 +10,7 @@ tuned for AVX-512 is never applied on an AVX2 machine, nor sm_90 on sm_80.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import re
@@ -52,10 +53,28 @@ def use_all_cores() -> None:
     os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
 
 
+def logical_cpus() -> int:
+    """Logical CPUs of this machine (at least those this process may run on)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = 0
+    return max(usable, os.cpu_count() or 1)
+
+
 def set_cpu_threads(threads: int) -> None:
-    """Resize TVM's CPU thread pool to ``threads`` now (and for child processes)."""
+    """Resize TVM's CPU thread pool to ``threads`` now (and for child processes).
+
+    At most this machine's logical CPUs: TVM starts one OS thread per requested thread at
+    the next parallel kernel (5000 took two minutes here, 50000 aborted the process), and
+    a compute-bound kernel gains nothing past one thread per logical CPU.
+    """
     import tvm_ffi
 
+    limit = logical_cpus()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise ValueError(f"{OP}: threads must be an int from 1 to this machine's {limit} logical CPUs, "
+                         f"got threads={threads!r}")
     os.environ["TVM_NUM_THREADS"] = str(threads)
     # mode 1: the "big" cores, which on a machine without big.LITTLE are all of them.
     tvm_ffi.get_global_func("runtime.config_threadpool")(1, threads)
@@ -124,6 +143,46 @@ def _check_mcpu(config: dict[str, Any]) -> None:
             f"(this machine: {tvm.target.codegen.llvm_get_system_cpu()})")
 
 
+def _add_host_cpu(config: dict[str, Any]) -> None:
+    """This machine's mcpu, and its mattr before the user's own (which LLVM applies last, so they win)."""
+    host = host_cpu_config()
+    config["mcpu"] = host["mcpu"]
+    user = config.get("mattr", [])
+    if isinstance(user, (list, tuple)):
+        if host.get("mattr") or user:
+            config["mattr"] = [*host.get("mattr", []), *user]
+    # else: not a list, which Target() refuses below with TVM's message
+
+
+def _check_cpu_features(config: dict[str, Any]) -> None:
+    """For this machine's architecture, refuse an mattr entry that is not an instruction-set
+    feature (LLVM's mode and ABI switches such as +16bit-mode, +soft-float or
+    +retpoline-external-thunk crash the process when compiling or calling), one that switches
+    off what every CPU of the architecture has (-sse, -64bit), and an mcpu that lacks those
+    (i386 on x86_64): LLVM aborts or writes a library that cannot run."""
+    host = tvm.target.codegen.llvm_get_system_triple()
+    triple = config.get("mtriple", host)
+    if not isinstance(triple, str) or _triple_arch(triple) != _triple_arch(host):
+        return  # another architecture: built and run elsewhere (tuning over RPC)
+    isa = {str(k) for k in dict(_host_cpu_features())}
+    generic = Target({"kind": "llvm", "mcpu": "generic", **({"mtriple": triple} if "mtriple" in config else {})})
+    baseline = isa & {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(generic)}
+    mattr = config.get("mattr", [])
+    for entry in mattr if isinstance(mattr, (list, tuple)) else []:
+        if not (isinstance(entry, str) and entry[:1] in ("+", "-") and entry[1:] in isa):
+            raise ValueError(f"{OP}: mattr entries must be +feature or -feature for an instruction-set "
+                             f"feature of {_triple_arch(host)} such as +avx2 or -avx512f, got {entry!r}")
+        if entry[0] == "-" and entry[1:] in baseline:
+            raise ValueError(f"{OP}: mattr cannot switch off {entry[1:]}, which every {_triple_arch(host)} "
+                             f"CPU has, got {entry!r}")
+    if isinstance(config.get("mcpu"), str):
+        cpu = Target({k: v for k, v in config.items() if k in ("kind", "mtriple", "mcpu")})
+        lacking = sorted(baseline - {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(cpu)})
+        if lacking:
+            raise ValueError(f"{OP}: mcpu must name an {_triple_arch(host)} CPU, but {config['mcpu']!r} lacks "
+                             f"{', '.join(lacking)} (a 32-bit CPU?), got mcpu={config['mcpu']!r}")
+
+
 _CUDA_ARCH = re.compile(r"sm_([1-9][0-9]{1,2})[af]?")
 
 
@@ -144,6 +203,31 @@ def resolve_target(spec: TargetLike) -> Target:
     instruction set, and only what the CPU reports) and ``num-cores`` unless given; a CUDA target gets ``arch`` from the local GPU
     when not given, and MetaSchedule's required limits.
     """
+    key = _cache_key(spec)
+    return _resolve(spec) if key is None else _resolve_cached(key)
+
+
+def _cache_key(spec: Any) -> str | None:
+    """A string naming ``spec`` exactly, or None when it has no exact JSON form (a Target, a tuple)."""
+    if isinstance(spec, str):
+        return json.dumps(spec)
+    if isinstance(spec, dict):
+        try:
+            text = json.dumps(spec, sort_keys=True)
+        except (TypeError, ValueError):
+            return None
+        return text if json.loads(text) == spec else None
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_cached(key: str) -> Target:
+    # Checking a target asks LLVM about CPUs and features (10 ms); the functional API
+    # resolves its target on every call.
+    return _resolve(json.loads(key))
+
+
+def _resolve(spec: TargetLike) -> Target:
     if isinstance(spec, Target):
         config: dict[str, Any] = dict(spec.export())
     elif isinstance(spec, dict):
@@ -172,10 +256,13 @@ def resolve_target(spec: TargetLike) -> Target:
         if "mtriple" in config:
             _check_mtriple(config["mtriple"])
         if "mtriple" not in config and "mcpu" not in config:
-            config.update(host_cpu_config())
+            _add_host_cpu(config)
         elif "mcpu" in config:
             _check_mcpu(config)
-        config.setdefault("num-cores", host_cores())
+        _check_cpu_features(config)
+        cores = config.setdefault("num-cores", host_cores())
+        if isinstance(cores, int) and cores < 1:  # other types: TVM's own check below
+            raise ValueError(f"{OP}: num-cores must be positive, got num-cores={cores!r}")
     elif kind == "cuda":
         if "arch" not in config:
             config["arch"] = _cuda_arch_of_local_gpu()
@@ -184,12 +271,30 @@ def resolve_target(spec: TargetLike) -> Target:
             config.setdefault(key, value)
     else:
         raise ValueError(f"{OP}: target kind must be 'llvm' or 'cuda', got kind={kind!r}")
+    if "host" in config:
+        config["host"] = _host_target(config["host"])
     config.pop("keys", None)  # derived by TVM from the kind
     config.pop("tag", None)
     try:
-        return Target(config)
+        target = Target(config)
+        for cpu in (target, target.host):
+            if cpu is not None and cpu.kind.name == "llvm":
+                # LLVM reads some options (vector-width, mfloat-abi) only when it builds for the
+                # target, where TVM raises an InternalError: read them now.
+                tvm.target.codegen.llvm_get_cpu_features(cpu)
+        return target
     except Exception as err:  # noqa: BLE001 - TVM reports bad attributes with its own errors
         raise ValueError(f"{OP}: TVM rejected target {json.dumps(config)}: {err}") from None
+
+
+def _host_target(spec: Any) -> dict[str, Any]:
+    """A target's ``host`` (the CPU that runs its host code), completed and checked as a target."""
+    if isinstance(spec, dict) and "host" in spec:
+        raise ValueError(f"{OP}: a target's host cannot have a host of its own, got host={spec!r}")
+    host = resolve_target(spec)
+    if host.kind.name != "llvm":
+        raise ValueError(f"{OP}: a target's host must be an llvm target, got host={spec!r}")
+    return json.loads(target_json(host))
 
 
 def cpu_isa(target: Target) -> tuple[str, str]:
@@ -242,6 +347,65 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     except TypeError:
         return str(value)
+
+
+# Features LLVM uses only through intrinsics, never in generated arithmetic: a module built
+# for a CPU that has them runs on one that does not. sse4a (AMD) is emitted only for a few
+# integer shuffles this operator has none of; exempting it lets Zen code (mcpu=znver3, the
+# README's AVX2 path) run on Intel hosts.
+_INTRINSIC_ONLY = frozenset({
+    "avx512vp2intersect", "avxifma", "avxneconvert", "avxvnniint8", "avxvnniint16", "clzero",
+    "cmpccxadd", "enqcmd", "hreset", "kl", "widekl", "lwp", "movrs", "mwaitx", "pconfig", "prefetchi",
+    "ptwrite", "raoint", "rdpru", "rtm", "sgx", "sha512", "sm3", "sm4", "sse4a", "uintr", "usermsr",
+    "waitpkg"})
+# Object formats the host's linker cannot put into a Linux shared library.
+_FOREIGN_SYSTEMS = ("windows", "win32", "mingw", "cygwin", "msvc", "coff", "darwin", "macos", "ios",
+                    "tvos", "watchos", "xros", "uefi", "macho")
+_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def _triple_arch(triple: str) -> str:
+    arch = triple.split("-")[0]
+    return _ARCH_ALIASES.get(arch, arch)
+
+
+def check_linkable(target: Target) -> None:
+    """Refuse a CPU target whose library this machine's compiler cannot link (another
+    architecture, or a non-ELF system): TVM would fail in the linker, after compiling."""
+    if target.host is not None and target.host.kind.name == "llvm" and not target.host.same_as(target):
+        check_linkable(target.host)
+    if target.kind.name != "llvm":
+        return
+    host = tvm.target.codegen.llvm_get_system_triple()
+    triple = str(target.attrs.get("mtriple", "")) or host
+    system = triple.split("-")[1:]
+    if _triple_arch(triple) != _triple_arch(host) or any(
+            part.startswith(_FOREIGN_SYSTEMS) for part in system):
+        raise ValueError(
+            f"{OP}: a CPU module is linked into a shared library by this machine's compiler, so mtriple "
+            f"must name this machine's architecture ({_triple_arch(host)}) and an ELF system such as "
+            f"{host}, got mtriple={triple!r}; to tune for another machine, measure there over RPC "
+            "(tvm-convt tune --rpc-tracker)")
+
+
+def missing_cpu_support(target: Target) -> str | None:
+    """What this machine's CPU lacks to run code built for ``target`` (None: nothing), so that
+    a module for another CPU raises instead of dying of SIGILL."""
+    if target.host is not None and target.host.kind.name == "llvm" and not target.host.same_as(target):
+        missing = missing_cpu_support(target.host)
+        if missing is not None:
+            return missing
+    if target.kind.name != "llvm":
+        return None
+    host_triple = tvm.target.codegen.llvm_get_system_triple()
+    arch = _triple_arch(str(target.attrs.get("mtriple", "")) or host_triple)
+    if arch != _triple_arch(host_triple):
+        return f"an {arch} CPU"
+    host = {str(k): bool(v) for k, v in dict(_host_cpu_features()).items()}
+    wanted = [str(f) for f in tvm.target.codegen.llvm_get_cpu_features(target)]
+    # Features the host dict does not name are LLVM's tuning flags, not instructions.
+    missing = sorted(f for f in wanted if host.get(f) is False and f not in _INTRINSIC_ONLY)
+    return f"a CPU with {', '.join(missing)}" if missing else None
 
 
 def device_of(target: Target) -> tvm.runtime.Device:
