@@ -160,6 +160,27 @@ def test_targets_as_json_dicts():
         tt.ConvTranspose1d(3, 2, 3, target="tpu")
 
 
+@pytest.mark.parametrize("mode", PADDING_MODES)
+def test_the_registered_op_passes_gradcheck(mode):
+    """Through PyTorch's dispatcher (the layer's eager calls without autograd skip it)."""
+    gen = torch.Generator().manual_seed(3)
+    args = [torch.randn(shape, dtype=torch.float64, generator=gen, requires_grad=True)
+            for shape in ((2, 4, 5), (4, 3, 3), (6,))]
+    op = torch.ops.tvm_convt.conv_transpose1d.default
+    assert torch.autograd.gradcheck(lambda x, w, b: op(x, w, b, [2, 1, 1, 2, 2], mode, "llvm"), args)
+
+
+def test_fake_tensors_get_the_shape_without_running():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    layer = tt.ConvTranspose1d(3, 2, 3, stride=2, padding=1, padding_mode="circular")
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        y = layer(mode.from_tensor(torch.randn(4, 3, 5)))
+    assert y.shape == (4, 2, 9) and type(y).__name__ == "FakeTensor"
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode, pytest.raises(TypeError, match="float16"):
+        layer(mode.from_tensor(torch.randn(4, 3, 5, dtype=torch.float16)))
+
+
 # -- the layer as a drop-in for torch.nn.ConvTranspose1d ------------------------------------------
 
 

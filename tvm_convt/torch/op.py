@@ -112,9 +112,32 @@ def call(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     if input.dim() not in (2, 3):
         raise ValueError(f"{OP}: expected a 2-D (unbatched) or 3-D (batched) input, "
                          f"got input.shape={tuple(input.shape)}")
+    op = _OP if torch.compiler.is_compiling() or not _plain_eager(input, weight, bias) else _implementation
     if input.dim() == 2:
-        return _OP(input.unsqueeze(0), weight, bias, conv, padding_mode, backend).squeeze(0)
-    return _OP(input, weight, bias, conv, padding_mode, backend)
+        return op(input.unsqueeze(0), weight, bias, conv, padding_mode, backend).squeeze(0)
+    return op(input, weight, bias, conv, padding_mode, backend)
+
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _plain_eager(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether the implementation may be called directly, past PyTorch's dispatcher.
+
+    True only in eager mode without anything the dispatcher would act on: nothing to
+    record for autograd, plain tensors (no FakeTensor or other subclass), no dispatch or
+    torch-function mode (FX tracing, ``torch.device`` contexts, FakeTensorMode), no
+    ``torch.func`` transform and no profiler. The dispatcher's Python layers cost 50-170 us
+    a call (more after a large kernel has evicted the interpreter from the caches).
+    """
+    tensors = (input, weight) if bias is None else (input, weight, bias)
+    if any(type(t) not in _PLAIN_TYPES for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return not (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
+                or torch._C._functorch.peek_interpreter_stack() is not None
+                or torch.autograd._profiler_enabled())
 
 
 # -- checks shared by the implementation and the fake ------------------------------------------
@@ -224,6 +247,15 @@ def _tvm_stream(device: torch.device, stream: int) -> Any:
     return tvm_ffi.use_raw_stream(tvm.cuda(device.index or 0), stream)
 
 
+def _implementation(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], conv: list[int],
+                    padding_mode: str, backend: str) -> torch.Tensor:
+    """The batched op: input (batch, in_channels, length) -> (batch, out_channels, output length)."""
+    plan = _plan(input, weight, bias, conv, padding_mode, backend)
+    if plan.compiled is None:
+        return input.new_empty(plan.output_shape)
+    return _run(plan, input, weight, bias)
+
+
 @torch.library.custom_op("tvm_convt::conv_transpose1d", mutates_args=())
 def _conv_transpose1d_op(
     input: torch.Tensor,
@@ -234,10 +266,7 @@ def _conv_transpose1d_op(
     backend: str,
 ) -> torch.Tensor:
     """The batched op: input (batch, in_channels, length) -> (batch, out_channels, output length)."""
-    plan = _plan(input, weight, bias, conv, padding_mode, backend)
-    if plan.compiled is None:
-        return input.new_empty(plan.output_shape)
-    return _run(plan, input, weight, bias)
+    return _implementation(input, weight, bias, conv, padding_mode, backend)
 
 
 @_conv_transpose1d_op.register_fake
