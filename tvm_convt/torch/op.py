@@ -127,13 +127,14 @@ def _plain_eager(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     True only in eager mode without anything the dispatcher would act on: nothing to
     record for autograd, plain tensors (no FakeTensor or other subclass), no dispatch or
     torch-function mode (FX tracing, ``torch.device`` contexts, FakeTensorMode), no
-    ``torch.func`` transform and no profiler. The dispatcher's Python layers cost 50-170 us
+    ``torch.func`` transform and no profiler. The dispatcher's Python layers cost 30-170 us
     a call (more after a large kernel has evicted the interpreter from the caches).
     """
-    tensors = (input, weight) if bias is None else (input, weight, bias)
-    if any(type(t) not in _PLAIN_TYPES for t in tensors):
+    if type(input) not in _PLAIN_TYPES or type(weight) not in _PLAIN_TYPES or (
+            bias is not None and type(bias) not in _PLAIN_TYPES):
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad or (
+            bias is not None and bias.requires_grad)):
         return False
     return not (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
                 or torch._C._functorch.peek_interpreter_stack() is not None
@@ -192,10 +193,13 @@ def _workload(input, weight, bias, conv, padding_mode) -> Workload:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What a call of one signature needs: the output's shape, and the module (None for batch 0)."""
+    """What a call of one signature needs: the output's shape, the module and its function
+    (None for a batch of 0), and whether it runs on CUDA."""
 
     output_shape: tuple[int, int, int]
-    compiled: Optional[CompiledConvTranspose1d]
+    compiled: Optional[CompiledConvTranspose1d] = None
+    func: Any = None
+    cuda: bool = False
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -224,19 +228,22 @@ def _make_plan(input, weight, bias, conv, padding_mode, backend) -> _Plan:
                          f"got input.device={input.device}")
     shape = (input.shape[0], workload.params.out_channels, workload.out_length)
     if input.shape[0] == 0:  # PyTorch's answer to a batch of 0: an empty output, nothing compiled
-        return _Plan(shape, None)
-    return _Plan(shape, _MODULES.get(workload, target, logs))
+        return _Plan(shape)
+    compiled = _MODULES.get(workload, target, logs)
+    return _Plan(shape, compiled, compiled.func, kind == "cuda")
 
 
 def _run(plan: _Plan, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     y = aligned_empty(input, plan.output_shape)
-    args = [to_tvm(input), _COPIES.get(weight)] + ([_COPIES.get(bias)] if bias is not None else [])
-    if input.device.type == "cuda":  # untested on hardware: run on torch's current stream
-        stream = torch.cuda.current_stream(input.device).cuda_stream
-        with _tvm_stream(input.device, stream):
-            plan.compiled.func(*args, to_tvm(y))
+    if bias is None:
+        args = (to_tvm(input), _COPIES.get(weight), to_tvm(y))
     else:
-        plan.compiled.func(*args, to_tvm(y))
+        args = (to_tvm(input), _COPIES.get(weight), _COPIES.get(bias), to_tvm(y))
+    if plan.cuda:  # untested on hardware: run on torch's current stream
+        with _tvm_stream(input.device, torch.cuda.current_stream(input.device).cuda_stream):
+            plan.func(*args)
+    else:
+        plan.func(*args)
     return y
 
 
@@ -251,7 +258,7 @@ def _implementation(input: torch.Tensor, weight: torch.Tensor, bias: Optional[to
                     padding_mode: str, backend: str) -> torch.Tensor:
     """The batched op: input (batch, in_channels, length) -> (batch, out_channels, output length)."""
     plan = _plan(input, weight, bias, conv, padding_mode, backend)
-    if plan.compiled is None:
+    if plan.func is None:
         return input.new_empty(plan.output_shape)
     return _run(plan, input, weight, bias)
 
