@@ -111,7 +111,7 @@ def test_rules_agree_with_the_library(tool):
 # -- what the fuzzer found: each bug once, as a regression test ---------------------------------
 
 import tvm_convt  # noqa: E402
-from tvm_convt import CompiledConvTranspose1d, ConvTranspose1d, ConvTranspose1dParams, Workload  # noqa: E402
+from tvm_convt import CompiledConvTranspose1d, ConvTranspose1d, ConvTranspose1dParams  # noqa: E402
 from tvm_convt.errors import ModuleFileError  # noqa: E402
 from tvm_convt.params import check_dtype  # noqa: E402
 from tvm_convt.target import missing_cpu_support, resolve_target, set_cpu_threads  # noqa: E402
