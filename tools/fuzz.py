@@ -1532,7 +1532,11 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="tvm_convt-fuzz-"))
     setup_environment(root, args.jobs)
     if args.replay is not None:
-        return replay(args.seed, args.replay, args.only)
+        try:
+            return replay(args.seed, args.replay, args.only)
+        finally:
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)
     summary = Summary(args.seed, args.only)
     start = time.perf_counter()
 
