@@ -95,6 +95,8 @@ USER_ERRORS = [
     (["bench", "--plot", f"{MISSING}/r.png"], 2, "argument --plot: folder '{missing}' does not exist"),
     (["bench", "--suite", f"{MISSING}/suite.json"], 2, "tvm-convt bench: error: conv_transpose1d: suite"),
     (["bench", "--target", '{"kind": "cuda", "arch": "sm_90"}'], 2, "takes llvm targets only"),
+    (["bench", "--target", '{"kind": "llvm", "mcpu": "diamondrapids"}'], 2,
+     "which this machine does not have"),
 ]
 
 

@@ -49,6 +49,7 @@ RULE_CASES = [
     ("gpu-gemm", P(4, 3, 300, padding_mode="reflect", padding=5), 1, 10),
     ("gpu-gemm", P(2, 8, 1, stride=5, output_padding=3), 2, 7),
     ("gpu-fallback", P(4, 4, 70, stride=2, groups=4, dilation=3), 1, 30),
+    ("gpu-gemm", P(1, 2, 20), 1, 1),  # a one-element x tile per K chunk
 ]
 SUITE_RULES = {
     "hifigan_v1_up0": "gpu-gemm", "hifigan_v1_up1": "gpu-gemm", "hifigan_v1_up2": "gpu-gemm",

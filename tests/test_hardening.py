@@ -152,6 +152,13 @@ def test_load_of_folders_and_missing_files(compiled, tmp_path):
         CompiledConvTranspose1d.load(path)
 
 
+def test_a_sidecar_nested_too_deeply_is_refused(tmp_path):
+    (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    (tmp_path / "deep.so").write_bytes(b"x")
+    with pytest.raises(ModuleFileError, match="nests its JSON too deeply to read"):
+        CompiledConvTranspose1d.load(tmp_path / "deep.so")
+
+
 def test_a_library_changed_after_load_is_refused_at_first_use(compiled, tmp_path):
     loaded = CompiledConvTranspose1d.load(compiled.export(tmp_path / "layer.so"))
     _truncate(loaded.library)

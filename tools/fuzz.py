@@ -59,15 +59,7 @@ SUBPROCESS_TIMEOUT = 90
 
 # Bad outcomes already reported to the owner of the code at fault: (kind, detail regex, owner).
 # They are counted as "known" (and fail the run with --strict) until the fix lands.
-KNOWN_ISSUES: list[tuple[str, str, str]] = [
-    ("unexpected-error|cli-internal-error", r"RecursionError: maximum recursion depth exceeded while decoding a JSON",
-     "tvm_convt/_files.py read_json: deeply nested JSON raises RecursionError"),
-    ("unexpected-error", r"in _cooperative_load",
-     "tvm_convt/schedule/cuda.py gpu-gemm: IndexError in _cooperative_load for a one-element x tile, "
-     "e.g. compile(P(1, 2, 20), batch=1, length=1, target={\"kind\": \"cuda\", \"arch\": \"sm_80\"})"),
-    ("cli-internal-error", r"bench: internal error: RuntimeError: conv_transpose1d: this module targets .* needs",
-     "tvm_convt/cli.py bench: a target this CPU cannot run is an internal error, not a usage error"),
-]
+KNOWN_ISSUES: list[tuple[str, str, str]] = []
 
 
 class Bad(Exception):
@@ -1311,6 +1303,7 @@ def worker_main(conn, seed: int, root: str, log: str, strict: bool, warm: bool) 
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)  # TVM's C++ logging and anything printed go to the worker's log, not the terminal
     os.dup2(fd, 2)
+    os.chdir(root)  # relative paths the cases write (bench --json -) land in the run folder
     ctx = Context(Path(root), send=conn.send)
     if warm:  # imported before "ready", so that start-up is no case's time
         import tvm_convt.cli  # noqa: F401

@@ -37,5 +37,7 @@ def read_json(path: Path, what: str) -> Any:
         raise ValueError(f"{OP}: {what} {path} must be a file, got a folder") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{OP}: {what} {path} is not UTF-8 text: {err.reason}") from None
+    except RecursionError:
+        raise ValueError(f"{OP}: {what} {path} nests its JSON too deeply to read") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{OP}: {what} {path} is not valid JSON: {err}") from None

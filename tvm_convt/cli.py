@@ -74,13 +74,19 @@ def target_arg(text: str) -> str:
 
 def cpu_target_arg(text: str) -> str:
     """A target the CPU benchmark can run: llvm only (PyTorch runs beside it on the CPU)."""
-    from .target import resolve_target
+    from .target import missing_cpu_support, resolve_target
 
     text = target_arg(text)
-    if resolve_target(text).kind.name != "llvm":
+    target = resolve_target(text)
+    if target.kind.name != "llvm":
         raise argparse.ArgumentTypeError(
             f"bench compares CPU kernels with PyTorch's on the CPU and takes llvm targets only, "
             f"got target={text!r}")
+    missing = missing_cpu_support(target)
+    if missing is not None:
+        raise argparse.ArgumentTypeError(
+            f"bench runs the kernels here, and code for this target needs {missing}, which this "
+            f"machine does not have, got target={text!r}")
     return text
 
 

@@ -97,6 +97,8 @@ def _json(line: bytes) -> Any:
         raise _BadLine(f"a line must be UTF-8, got byte {line[err.start]:#04x} at column {err.start + 1}") from None
     except json.JSONDecodeError as err:
         raise _BadLine(f"a line must be one JSON value, got {err.msg.lower()} (column {err.colno})") from None
+    except RecursionError:
+        raise _BadLine("a line must be a record, got JSON nested too deeply to read") from None
 
 
 def _lines(path: Path) -> tuple[list[tuple[int, bytes]], bool]:

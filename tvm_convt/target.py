@@ -239,6 +239,8 @@ def _resolve(spec: TargetLike) -> Target:
                 config = json.loads(text)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{OP}: target is not valid JSON ({err.msg}), got target={spec!r}") from None
+            except RecursionError:
+                raise ValueError(f"{OP}: target nests its JSON too deeply, got target={spec[:40]!r}...") from None
             if not isinstance(config, dict):
                 raise ValueError(f"{OP}: a JSON target must be an object, got target={spec!r}")
         elif text in ("llvm", "cpu", "cuda"):

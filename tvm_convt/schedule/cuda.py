@@ -156,6 +156,8 @@ def _cooperative_load(sch: s_tir.Schedule, col: s_tir.schedule.SBlockRV, buffer:
     shared = sch.cache_read(col, _read_index(sch, col, buffer), "shared")
     sch.compute_at(shared, k_loop)
     inner = sch.get_loops(shared)[depth:]
+    if not inner:  # a one-element tile (one channel, one sample): nothing to share out
+        return
     fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
     _, ty, tx = sch.split(fused, [None, *threads])
     sch.bind(ty, "threadIdx.y")
