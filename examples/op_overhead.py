@@ -1,7 +1,9 @@
 """The custom op's overhead over the bare compiled module, on the HiFi-GAN demo layer.
 
 Times, interleaved (medians after warm-up): the compiled module's function called on TVM
-tensors made once (``bare``), and ``tvm_convt.torch.ConvTranspose1d`` under
+tensors made once (``bare``), the same writing into a fresh torch tensor each call
+(``bare+alloc``: what any op returning a new tensor pays), and
+``tvm_convt.torch.ConvTranspose1d`` under
 ``torch.no_grad()`` (``layer``) and with autograd recording (``layer+grad``). PyTorch's own
 layer is left out: its OpenMP threads and TVM's pool slow each other down when interleaved.
 Usage: ``python examples/op_overhead.py [--rounds N]``.
@@ -43,11 +45,17 @@ def main() -> None:
     with torch.no_grad():
         assert torch.equal(layer(x), (func(*bare_args), y)[1])
 
+    def bare_alloc() -> torch.Tensor:
+        out = torch.empty(y.shape)
+        func(*bare_args[:3], tvm.runtime.from_dlpack(out))
+        return out
+
     def op_no_grad() -> torch.Tensor:
         with torch.no_grad():
             return layer(x)
 
-    fns = {"bare": lambda: func(*bare_args), "layer": op_no_grad, "layer+grad": lambda: layer(x_grad)}
+    fns = {"bare": lambda: func(*bare_args), "bare+alloc": bare_alloc, "layer": op_no_grad,
+           "layer+grad": lambda: layer(x_grad)}
     times = interleaved_medians(fns, rounds=args.rounds)
     print(f"demo layer {SHAPE}, L_in={LENGTH}, batch 1, {threads} threads, {compiled.metadata.schedule}")
     for name, t in times.items():
