@@ -9,13 +9,16 @@ both run on a random mel spectrogram (80 mels; 173 frames = 2 s of 22050 Hz audi
 
 Prints the maximum relative differences (output, input gradient, gradients of the upsampling
 weights), then medians, interleaved on the same threads, of the whole generator and of the
-four upsampling layers alone. ``--frames 3 --rounds 1`` is a quick run.
+four upsampling layers alone. ``--frames 3 --rounds 1`` is a quick run. In the converted model
+TVM's thread pool and PyTorch's OpenMP threads take turns on the same cores, and each pool's
+idle spinning slows the other: see examples/README.md for the environment variables.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +127,9 @@ def main() -> None:
     mel = torch.randn(1, MELS, args.frames)
     print(f"HiFi-GAN V1 generator, {args.frames} mel frames ({args.frames * HOP / SAMPLE_RATE:.2f} s of "
           f"audio at {SAMPLE_RATE} Hz), {args.threads} threads, PyTorch {torch.__version__}")
+    # Both thread pools' idle policies decide how much they slow each other in the converted model.
+    print("pools: " + ", ".join(f"{name}={os.environ.get(name, '(default)')}"
+                                for name in ("TVM_THREAD_POOL_SPIN_COUNT", "OMP_WAIT_POLICY")))
 
     with torch.no_grad():
         y_ref, y = reference(mel), converted(mel)
