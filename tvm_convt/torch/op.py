@@ -112,7 +112,7 @@ def call(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     if input.dim() not in (2, 3):
         raise ValueError(f"{OP}: expected a 2-D (unbatched) or 3-D (batched) input, "
                          f"got input.shape={tuple(input.shape)}")
-    op = _OP if torch.compiler.is_compiling() or not _plain_eager(input, weight, bias) else _implementation
+    op = _OP if torch.compiler.is_compiling() else _eager_route(input, weight, bias)
     if input.dim() == 2:
         return op(input.unsqueeze(0), weight, bias, conv, padding_mode, backend).squeeze(0)
     return op(input, weight, bias, conv, padding_mode, backend)
@@ -121,24 +121,26 @@ def call(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
-def _plain_eager(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """Whether the implementation may be called directly, past PyTorch's dispatcher.
+def _eager_route(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Any:
+    """The cheapest correct way to run an eager call: the implementation itself when there is
+    nothing to record, :class:`_EagerAutograd` when only autograd must record, else the op.
 
-    True only in eager mode without anything the dispatcher would act on: nothing to
-    record for autograd, plain tensors (no FakeTensor or other subclass), no dispatch or
-    torch-function mode (FX tracing, ``torch.device`` contexts, FakeTensorMode), no
-    ``torch.func`` transform and no profiler. The dispatcher's Python layers cost 30-170 us
-    a call (more after a large kernel has evicted the interpreter from the caches).
+    The shortcuts apply only to plain tensors (no FakeTensor or other subclass) without a
+    dispatch or torch-function mode (FX tracing, ``torch.device`` contexts, FakeTensorMode),
+    a ``torch.func`` transform or the profiler, which need the registered op. The
+    dispatcher's Python layers cost 30-170 us a call, its autograd wrapper about 90 us more.
     """
     if type(input) not in _PLAIN_TYPES or type(weight) not in _PLAIN_TYPES or (
             bias is not None and type(bias) not in _PLAIN_TYPES):
-        return False
+        return _OP
+    if (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._functorch.peek_interpreter_stack() is not None
+            or torch.autograd._profiler_enabled()):
+        return _OP
     if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad or (
             bias is not None and bias.requires_grad)):
-        return False
-    return not (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
-                or torch._C._functorch.peek_interpreter_stack() is not None
-                or torch.autograd._profiler_enabled())
+        return _EagerAutograd.apply
+    return _implementation
 
 
 # -- checks shared by the implementation and the fake ------------------------------------------
@@ -322,6 +324,23 @@ def _backward(ctx, grad: torch.Tensor):
 
 
 _conv_transpose1d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerAutograd(torch.autograd.Function):
+    """The op's forward and autograd formula for eager calls, past the dispatcher.
+
+    ``forward`` takes ``ctx`` itself: with a separate ``setup_context``, ``apply`` binds
+    the arguments through ``inspect.signature`` on every call (about 30 us)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, conv, padding_mode, backend):
+        _setup_context(ctx, (input, weight, bias, conv, padding_mode, backend), None)
+        return _implementation(input, weight, bias, conv, padding_mode, backend)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _backward(ctx, grad)
+
 
 # The overload itself: calling it skips the packet's overload lookup on every call.
 _OP = torch.ops.tvm_convt.conv_transpose1d.default
