@@ -160,14 +160,31 @@ def test_targets_as_json_dicts():
         tt.ConvTranspose1d(3, 2, 3, target="tpu")
 
 
+def _eager_op(x, w, b, mode):
+    return tt.conv_transpose1d(x, w, b, 2, 1, 1, 2, 2, mode)
+
+
+def _registered_op(x, w, b, mode):
+    return torch.ops.tvm_convt.conv_transpose1d.default(x, w, b, [2, 1, 1, 2, 2], mode, "llvm")
+
+
 @pytest.mark.parametrize("mode", PADDING_MODES)
-def test_the_registered_op_passes_gradcheck(mode):
-    """Through PyTorch's dispatcher (the layer's eager calls without autograd skip it)."""
+@pytest.mark.parametrize("op", [_eager_op, _registered_op], ids=["eager", "registered"])
+def test_gradcheck_eager_and_through_the_dispatcher(op, mode):
+    """Eager calls that need autograd take their own torch.autograd.Function past the
+    dispatcher; the registered op's autograd formula is what torch.compile and torch.func see."""
     gen = torch.Generator().manual_seed(3)
     args = [torch.randn(shape, dtype=torch.float64, generator=gen, requires_grad=True)
             for shape in ((2, 4, 5), (4, 3, 3), (6,))]
-    op = torch.ops.tvm_convt.conv_transpose1d.default
-    assert torch.autograd.gradcheck(lambda x, w, b: op(x, w, b, [2, 1, 1, 2, 2], mode, "llvm"), args)
+    assert torch.autograd.gradcheck(lambda x, w, b: op(x, w, b, mode), args)
+
+
+def test_second_derivatives_eager():
+    """The backward is made of differentiable PyTorch ops, so it has a gradient too."""
+    gen = torch.Generator().manual_seed(4)
+    args = [torch.randn(shape, dtype=torch.float64, generator=gen, requires_grad=True)
+            for shape in ((1, 2, 4), (2, 3, 3), (6,))]
+    assert torch.autograd.gradgradcheck(lambda x, w, b: _eager_op(x, w, b, "reflect"), args)
 
 
 def test_fake_tensors_get_the_shape_without_running():
