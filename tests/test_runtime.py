@@ -209,8 +209,8 @@ def test_torch_tensors_via_dlpack():
     layer = ConvTranspose1d(4, 2, 3, stride=2, seed=0)
     xt = torch.randn(1, 4, 5, requires_grad=True)
     y = layer(xt)
-    assert isinstance(y, np.ndarray)
-    assert_close(y, torch_conv_transpose1d(xt.detach().numpy(), layer.weight, layer.bias, layer.params),
+    assert isinstance(y, torch.Tensor)  # torch in, torch out (no autograd: that is tvm_convt.torch)
+    assert_close(y.numpy(), torch_conv_transpose1d(xt.detach().numpy(), layer.weight, layer.bias, layer.params),
                  "float32")
     layer.weight = torch.from_numpy(layer.weight * 2)  # assignable from torch too
     assert isinstance(layer.weight, np.ndarray)
