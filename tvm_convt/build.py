@@ -27,7 +27,7 @@ from tvm.target import Target
 
 from ._files import read_json, write_atomic
 from .errors import CacheWarning, ModuleFileError
-from .params import OP, Workload
+from .params import OP, Workload, check_dtype_for_target
 from .records import find_tuned_schedule, prim_func
 from .schedule import default_schedule
 from .target import TargetLike, resolve_target, target_json, target_key
@@ -102,6 +102,7 @@ def schedule(
     name and ``tuned=False`` skips the records (for tests and benchmarks).
     The source reads ``tuned:<directory>`` or ``default:<rule>``.
     """
+    check_dtype_for_target(workload.dtype, target.kind.name)
     if tuned and rule is None:
         found = find_tuned_schedule(workload, target, logs=logs)
         if found is not None:

@@ -68,7 +68,9 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
     kernel_size) and (out_channels,), and the output (batch, out_channels, L_out).
     """
     p = w.params
-    dtype = w.dtype
+    # col, the gather and the folds hold the accumulator dtype (float32 for the half
+    # dtypes); only the output is cast back, once.
+    dtype, acc = w.dtype, w.accumulator
     n_batch, length, l_out = w.batch, w.length, w.out_length
     cig, cog, kern = p.in_per_group, p.out_per_group, p.kernel_size
     stride, dil, pad = p.stride, p.dilation, p.padding
@@ -78,13 +80,17 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
     weight = te.placeholder(p.weight_shape, dtype, name="weight")
     bias = te.placeholder((p.out_channels,), dtype, name="bias") if p.bias else None
 
+    def widen(v):
+        return v if acc == dtype else v.astype(acc)
+
     c = te.reduce_axis((0, cig), name="c")
     # (o, k) is one axis m = o*K + k: the weight is contiguous along it, and a
     # schedule's tiles of m stay contiguous (a tile of (o, k) would be a box).
     col = te.compute(
         (n_batch, p.groups, length, cog * kern),
         lambda n, g, j, m: te.sum(
-            x[n, g * cig + c, j] * weight[g * cig + c, tirx.indexdiv(m, kern), tirx.indexmod(m, kern)],
+            widen(x[n, g * cig + c, j])
+            * widen(weight[g * cig + c, tirx.indexdiv(m, kern), tirx.indexmod(m, kern)]),
             axis=c),
         # Not marked layout-free: MetaSchedule would then repack the weight inside
         # the function, on every call; packing once per weight assignment needs a
@@ -115,7 +121,7 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
         # Clamped indices keep even a speculated load in bounds.
         i_safe = tirx.max(tirx.min(i, length - 1), 0)
         k_safe = tirx.min(k, kern - 1)
-        return tirx.if_then_else(live, col[n, g, i_safe, o * kern + k_safe], tirx.const(0, dtype))
+        return tirx.if_then_else(live, col[n, g, i_safe, o * kern + k_safe], tirx.const(0, acc))
 
     def sample_term(n, co, r, q, i):
         """Input sample ``i``'s contribution to output ``u``: the tap with i*stride + k*dilation == u."""
@@ -125,13 +131,13 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
         k = tirx.indexdiv(d, dil)
         live = tirx.all(d >= 0, tirx.indexmod(d, dil) == 0, k < kern)
         k_safe = tirx.max(tirx.min(k, kern - 1), 0)
-        return tirx.if_then_else(live, col[n, g, i, o * kern + k_safe], tirx.const(0, dtype))
+        return tirx.if_then_else(live, col[n, g, i, o * kern + k_safe], tirx.const(0, acc))
 
     if plan.taps <= MAX_UNROLLED_TAPS:
         def gather(n, co, r, q):
             # An unrolled sum over the few live taps: no reduction axis, nothing predicated
             # beyond the edges.
-            total = tirx.const(0, dtype)
+            total = tirx.const(0, acc)
             for t in range(plan.taps):
                 total = total + tap_term(n, co, r, q, t)
             return total
@@ -153,13 +159,14 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
         return full[n, co, tirx.indexmod(u, stride), tirx.indexdiv(u, stride) - q_first]
 
     def with_bias(v, co):
-        return v + bias[co] if bias is not None else v
+        v = v + widen(bias[co]) if bias is not None else v
+        return v if acc == dtype else v.astype(dtype)
 
     inputs = [x, weight] + ([bias] if bias is not None else [])
     if p.padding_mode == "zeros":
         fold = lambda n, co, l: full_at(n, co, l + pad)  # noqa: E731
     else:
-        fold = _fold_margins(full_at, (n_batch, p.out_channels), p.padding_mode, pad, l_out, dtype)
+        fold = _fold_margins(full_at, (n_batch, p.out_channels), p.padding_mode, pad, l_out, acc)
     y = te.compute((n_batch, p.out_channels, l_out),
                    lambda n, co, l: with_bias(fold(n, co, l), co), name=OUT)
     return inputs, y

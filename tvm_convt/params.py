@@ -18,7 +18,11 @@ OP = "conv_transpose1d"
 
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
-DTYPES: tuple[str, ...] = ("float32", "float64")
+DTYPES: tuple[str, ...] = ("float32", "float64", "float16", "bfloat16")
+# The half-precision dtypes: stored in 16 bits, accumulated in float32 (col, the gather,
+# the folds), cast back once at the output. CUDA only: no CPU rule is written for them.
+ACCUMULATOR: dict[str, str] = {"float16": "float32", "bfloat16": "float32"}
+CUDA_ONLY_DTYPES: tuple[str, ...] = tuple(ACCUMULATOR)
 
 # TVM indexes buffers with 32-bit integers: every tensor of the compute, and every
 # index into one, must stay below this.
@@ -66,9 +70,10 @@ def _non_negative(name: str, value: int) -> None:
 
 
 def check_dtype(dtype: Any) -> str:
-    """Return the canonical dtype name, or raise for anything but float32/float64.
+    """Return the canonical dtype name, or raise for anything but :data:`DTYPES`.
 
-    Accepts names, NumPy dtypes and scalar types (``np.float32``) and torch dtypes.
+    Accepts names, NumPy dtypes and scalar types (``np.float32``, ``ml_dtypes.bfloat16``)
+    and torch dtypes (``torch.bfloat16``).
     """
     if dtype is None:  # NumPy reads None as float64, PyTorch as its default float32
         raise TypeError(f"{OP}: dtype must be one of {', '.join(DTYPES)}, got dtype=None")
@@ -83,6 +88,27 @@ def check_dtype(dtype: Any) -> str:
     if name not in DTYPES:
         raise TypeError(f"{OP}: dtype must be one of {', '.join(DTYPES)}, got dtype={name!r}")
     return name
+
+
+def check_dtype_for_target(dtype: str, kind: str) -> None:
+    """Refuse a half-precision dtype on a target kind other than CUDA (``kind`` as TVM names it)."""
+    if dtype in CUDA_ONLY_DTYPES and kind != "cuda":
+        raise ValueError(f"{OP}: dtype {dtype} needs a CUDA target, got dtype={dtype!r}, target={kind!r}")
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    """The NumPy dtype of ``dtype`` (one of :data:`DTYPES`): bfloat16 is ``ml_dtypes.bfloat16``,
+    which NumPy knows by name only once ml_dtypes (a dependency of TVM) is imported."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes an element of ``dtype`` (one of :data:`DTYPES`)."""
+    return numpy_dtype(dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -307,6 +333,11 @@ class Workload:
         return self.params.output_length(self.length)
 
     @property
+    def accumulator(self) -> str:
+        """The dtype of ``col``, the gather and the folds: float32 for the half dtypes."""
+        return ACCUMULATOR.get(self.dtype, self.dtype)
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.batch, self.params.in_channels, self.length)
 
@@ -316,13 +347,15 @@ class Workload:
 
     @property
     def working_set_bytes(self) -> int:
-        """Bytes of every tensor one call touches: input, weight, bias, ``col``, the gather, output."""
+        """Bytes of every tensor one call touches: input, weight, bias, ``col``, the gather, output
+        (``col`` and the gather in the accumulator dtype)."""
         p = self.params
         _, n_q = self.phase_range
-        elements = (self.batch * p.in_channels * self.length + math.prod(p.weight_shape) + p.out_channels
-                    + self.batch * self.length * p.out_channels * p.kernel_size
-                    + self.batch * p.out_channels * (p.stride * n_q + self.out_length))
-        return elements * np.dtype(self.dtype).itemsize
+        stored = (self.batch * p.in_channels * self.length + math.prod(p.weight_shape) + p.out_channels
+                  + self.batch * p.out_channels * self.out_length)
+        accumulated = (self.batch * self.length * p.out_channels * p.kernel_size
+                       + self.batch * p.out_channels * p.stride * n_q)
+        return stored * itemsize(self.dtype) + accumulated * itemsize(self.accumulator)
 
     @property
     def flops(self) -> int:

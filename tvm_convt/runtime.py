@@ -26,7 +26,7 @@ import tvm
 from .build import (ModuleMetadata, build_library, copy_library, discard, load_library, read_library,
                     read_sidecar, sidecar_path)
 from .errors import ModuleFileError
-from .params import OP, ConvTranspose1dParams, Workload, check_dtype
+from .params import OP, ConvTranspose1dParams, Workload, check_dtype, check_dtype_for_target, numpy_dtype
 from .target import TargetLike, check_linkable, device_of, missing_cpu_support, resolve_target
 
 
@@ -40,6 +40,9 @@ def as_array(value: Any, name: str) -> np.ndarray:
         try:
             return np.from_dlpack(value)
         except (BufferError, RuntimeError, TypeError) as err:
+            copied = _bfloat16_copy(value)
+            if copied is not None:
+                return copied
             raise TypeError(f"{OP}: {name} must be a NumPy array or a CPU tensor with DLPack, "
                             f"could not import {type(value).__name__}: {err}") from None
     if isinstance(value, (list, tuple)):
@@ -52,13 +55,24 @@ def as_array(value: Any, name: str) -> np.ndarray:
                     f"got {type(value).__name__}")
 
 
+def _bfloat16_copy(value: Any) -> np.ndarray | None:
+    """A bfloat16 tensor as an ``ml_dtypes.bfloat16`` array, copied through TVM's DLPack import
+    (NumPy's refuses bfloat16); None for any other tensor or when TVM refuses it too."""
+    if "bfloat16" not in str(getattr(value, "dtype", "")):
+        return None
+    try:
+        return tvm.runtime.from_dlpack(value).numpy()
+    except (BufferError, RuntimeError, TypeError, ValueError):
+        return None
+
+
 # TVM imports host memory through DLPack only at this alignment (its allocations' own).
 ALIGNMENT = 64
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: str | np.dtype) -> np.ndarray:
     """An uninitialised C-contiguous NumPy array whose data starts on an ``ALIGNMENT`` boundary."""
-    dtype = np.dtype(dtype)
+    dtype = numpy_dtype(dtype) if isinstance(dtype, str) else np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
@@ -77,7 +91,7 @@ def _shareable(arr: np.ndarray) -> bool:
 
 
 def _check_array_dtype(arr: np.ndarray, name: str, dtype: str) -> None:
-    if arr.dtype != np.dtype(dtype):
+    if arr.dtype != numpy_dtype(dtype):
         raise TypeError(f"{OP}: {name} must have dtype {dtype}, got {name}.dtype={arr.dtype}")
 
 
@@ -394,6 +408,7 @@ class ConvTranspose1d:
         self.dtype = check_dtype(dtype)
         # A bad target is rejected now, not at the first call.
         self._host_weights = resolve_target(target).kind.name == "llvm"
+        check_dtype_for_target(self.dtype, resolve_target(target).kind.name)
         self.target = target
         self.logs = _logs(logs)
         _check_seed(seed)
@@ -532,7 +547,8 @@ def conv_transpose1d(
     (in_channels, out_channels/groups, kernel_size); ``bias`` is (out_channels,)
     or None. Returns a NumPy array (batch, out_channels, L_out) with L_out as in
     :class:`ConvTranspose1dParams`, which also defines the padding modes. The
-    dtype (float32 or float64) is the input's; weight and bias must match it.
+    dtype is the input's (float32 or float64; float16 and bfloat16 on CUDA); weight and
+    bias must match it.
     Tuning records are looked up in ``logs`` (default ``$TVM_CONVT_TUNING_LOGS``),
     then in the shipped ``schedules/``.
     """
@@ -554,7 +570,7 @@ def conv_transpose1d(
     if bias is not None:
         bias = as_array(bias, "bias")
         _check_array(bias, "bias", (params.out_channels,), dtype)
-    resolve_target(target)
+    check_dtype_for_target(dtype, resolve_target(target).kind.name)
     logs = _logs(logs)
     if x.ndim == 3 and x.shape[0] == 0:
         return _empty_batch(params, x.shape[-1], dtype)

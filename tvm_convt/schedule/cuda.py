@@ -37,8 +37,8 @@ def _max_shared_bytes(target: Target) -> int:
     return int(target.attrs.get("max_shared_memory_per_block", 49152))
 
 
-def _itemsize(workload: Workload) -> int:
-    return tvm.DataType(workload.dtype).bits // 8
+def _itemsize(dtype: str) -> int:
+    return tvm.DataType(dtype).bits // 8
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,8 @@ def _gemm_tiles(cfg: GemmConfig, workload: Workload, target: Target) -> GemmConf
     while cfg.bm > 2 * cfg.tm and 2 * m_total <= cfg.bm and cfg.bn < length:
         cfg = replace(cfg, bm=cfg.bm // 2, bn=cfg.bn * 2)
     limit = _max_shared_bytes(target)
-    while cfg.bk > 1 and _gemm_shared_elements(cfg, p.kernel_size) * _itemsize(workload) > limit:
+    # The shared tiles are of x and the weight: the workload's own dtype (2 bytes for the half ones).
+    while cfg.bk > 1 and _gemm_shared_elements(cfg, p.kernel_size) * _itemsize(workload.dtype) > limit:
         cfg = replace(cfg, bk=cfg.bk // 2)
     return cfg
 
@@ -284,7 +285,8 @@ class GpuDirectRule:
         while q_tile >= cfg.min_q_tile:
             sch = s_tir.Schedule(func)
             tile = _schedule_direct(sch, q_tile, cfg.threads, workload.length)
-            if tile * _itemsize(workload) <= _max_shared_bytes(target):
+            # The shared tile is of col, held in the accumulator dtype (float32 for the half ones).
+            if tile * _itemsize(workload.accumulator) <= _max_shared_bytes(target):
                 _schedule_epilogue(sch, cfg.threads)
                 return sch
             q_tile //= 2
