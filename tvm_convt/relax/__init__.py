@@ -1,0 +1,16 @@
+"""Whole Relax models with this package's transposed convolution.
+
+``mod = tvm_convt.relax.use_tvm_convt(mod, target)`` replaces each
+``relax.nn.conv1d_transpose`` (as ``from_exported_program`` writes PyTorch's
+ConvTranspose1d) by a call to the PrimFunc :func:`tvm_convt.compile` would build,
+fusing the bias add after it; ``tvm.compile`` then builds the model as usual.
+:func:`workloads` and :func:`write_suite` give the layers to tune. Needs TVM, not torch.
+"""
+
+from __future__ import annotations
+
+from .calls import Unsupported
+from .legalize import use_tvm_convt
+from .workloads import workloads, write_suite
+
+__all__ = ["Unsupported", "use_tvm_convt", "workloads", "write_suite"]
