@@ -290,11 +290,20 @@ def test_empty_batch_returns_an_empty_output():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_other_dtypes_raise_type_error_naming_them(dtype):
+def test_half_dtypes_on_the_cpu_name_the_target_they_need(dtype):
     layer = tt.ConvTranspose1d(3, 2, 3, dtype=dtype)
-    with pytest.raises(TypeError, match=f"conv_transpose1d: dtype must be one of float32, float64, "
-                                        f"got dtype='{str(dtype)[6:]}'"):
+    name = str(dtype)[6:]
+    with pytest.raises(ValueError, match=f"conv_transpose1d: dtype {name} needs a CUDA target, "
+                                         f"got dtype='{name}', target='llvm'"):
         layer(torch.randn(1, 3, 5, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.complex64])
+def test_other_dtypes_raise_type_error_naming_them(dtype):
+    x = torch.ones(1, 3, 5, dtype=dtype)
+    with pytest.raises(TypeError, match=f"conv_transpose1d: dtype must be one of float32, float64, .*"
+                                        f"got dtype='{str(dtype)[6:]}'"):
+        tt.conv_transpose1d(x, torch.ones(3, 2, 3, dtype=dtype))
 
 
 def test_bad_calls_name_the_rule():
