@@ -1,0 +1,453 @@
+"""``tvm-convt bundle``: a folder that runs exported modules where TVM's compiler is not installed.
+
+A bundle holds the TVM package without its compiler (``libtvm_compiler.so`` and
+every compiler-only Python package), ``tvm_ffi`` for the Python version that will
+run it, psutil (one abi3 build serves every Python 3), ``tvm_convt``'s runtime
+files, one ``.so`` + ``.json`` per workload of a suite compiled for one target, a
+``manifest.json``, a ``README.md`` and ``run.py`` (loads every module; ``--check``
+compares each with the float64 NumPy reference). The machine that runs it needs
+Python and NumPy (and ml_dtypes for bfloat16), nothing else.
+
+CUDA kernels are shipped compiled by default: the CUDA source TVM 0.27 stores in a
+module (compiled when loaded, by NVRTC or nvcc, on the machine that loads it) is
+replaced by a fatbin that this machine's ``nvcc`` builds for the target's arch (SASS,
+plus PTX that newer GPUs compile); ``kernels="source"`` keeps the source instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from . import __version__
+from .build import ModuleMetadata, schedule, write_library
+from .params import OP, Workload
+from .target import TargetLike, resolve_target, target_json, target_key
+
+MANIFEST_FORMAT = 1
+# What a runtime-only install leaves out of the installed packages (paths relative to each);
+# everything listed is compiler-only or sources/headers, checked by tests/test_bundle.py.
+TVM_LEFT_OUT = ("lib/libtvm_compiler.so", "lib/libtvm_runtime_extra.so", "3rdparty", "src", "include",
+                "web", "relax", "topi", "s_tir", "contrib", "rpc", "exec", "testing", "cmake", "lib64",
+                "backend/adreno", "backend/cuda", "backend/hexagon", "backend/metal", "backend/opencl",
+                "backend/rocm", "backend/trn", "backend/vulkan", "backend/webgpu")
+CPU_LEFT_OUT = ("lib/libtvm_runtime_cuda.so",)  # a CPU bundle needs no CUDA runtime
+FFI_LEFT_OUT = ("include", "3rdparty", "src", "share", "cython", "stub")
+# tvm_convt's files that loading and running a module imports, and reference.py for run.py --check.
+RUNTIME_FILES = ("__init__.py", "_files.py", "_runtime_only.py", "build.py", "errors.py", "params.py",
+                 "reference.py", "runtime.py", "target.py")
+KERNELS = ("fatbin", "source")
+_PYTHON_VERSION = re.compile(r"3\.[0-9]{1,2}")
+FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    """What :func:`write_bundle` wrote: the folder and its manifest."""
+
+    folder: Path
+    manifest: dict[str, Any]
+
+
+def check_python_version(text: str) -> str:
+    """A ``3.N`` Python version (the one that will run the bundle)."""
+    if not isinstance(text, str) or not _PYTHON_VERSION.fullmatch(text):
+        raise ValueError(f"{OP}: the bundle's Python version must read 3.N, such as 3.12, got python={text!r}")
+    return text
+
+
+def this_python() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _copy_package(source: Path, dest: Path, left_out: tuple[str, ...]) -> None:
+    """Copy a package folder without ``left_out`` (relative paths) and byte-code caches."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for rel in left_out:
+        path = dest / rel
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _package_dir(name: str) -> Path:
+    module = __import__(name)
+    return Path(module.__file__).resolve().parent
+
+
+def _download_ffi(python: str, into: Path) -> Path:
+    """The ``tvm_ffi`` folder of the installed apache-tvm-ffi version built for ``python``,
+    fetched with pip (its compiled extension must match the Python that imports it)."""
+    version = importlib.metadata.version("apache-tvm-ffi")
+    cmd = [sys.executable, "-m", "pip", "download", f"apache-tvm-ffi=={version}", "--python-version", python,
+           "--only-binary=:all:", "--no-deps", "--quiet", "-d", str(into)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wheels = sorted(into.glob("apache_tvm_ffi-*.whl"))
+    if done.returncode != 0 or not wheels:
+        why = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "no wheel found")
+        raise ValueError(f"{OP}: a bundle for Python {python} needs apache-tvm-ffi=={version} built for it, "
+                         f"and pip could not download it ({why.strip()}); bundle for this machine's "
+                         f"Python {this_python()} or where pip can reach PyPI")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        wheel.extractall(into / "unpacked")
+    return into / "unpacked" / "tvm_ffi"
+
+
+def copy_runtime(folder: Path, python: str, cuda: bool) -> None:
+    """The TVM runtime packages, psutil and tvm_convt's runtime files, into ``folder``."""
+    _copy_package(_package_dir("tvm"), folder / "tvm", TVM_LEFT_OUT + (() if cuda else CPU_LEFT_OUT))
+    with tempfile.TemporaryDirectory(prefix="tvm_convt-ffi-") as tmp:
+        ffi = _package_dir("tvm_ffi") if python == this_python() else _download_ffi(python, Path(tmp))
+        _copy_package(ffi, folder / "tvm_ffi", FFI_LEFT_OUT)
+    _copy_package(_package_dir("psutil"), folder / "psutil", ())
+    (folder / "tvm_convt").mkdir()
+    here = Path(__file__).resolve().parent
+    for name in RUNTIME_FILES:
+        shutil.copy2(here / name, folder / "tvm_convt" / name)
+
+
+# -- CUDA kernels shipped compiled ---------------------------------------------------------------
+# TVM packs a module's imports as: u64 size, the import tree (two u64 vectors), then per module
+# its type key and, unless it is "_lib" (the host code itself), its serialised bytes. A CUDA
+# module's bytes (TVM 0.27) are: format ("cuda": source), function table, code.
+
+
+def _u64(data: bytes, at: int) -> tuple[int, int]:
+    return struct.unpack_from("<Q", data, at)[0], at + 8
+
+
+def _string(data: bytes, at: int) -> tuple[bytes, int]:
+    size, at = _u64(data, at)
+    if at + size > len(data):
+        raise ValueError(f"{OP}: a packed TVM module ends inside a string of {size} bytes at byte {at}")
+    return data[at:at + size], at + size
+
+
+def _packed(value: bytes) -> bytes:
+    return struct.pack("<Q", len(value)) + value
+
+
+def _vector(data: bytes, at: int) -> tuple[list[int], int]:
+    count, at = _u64(data, at)
+    return list(struct.unpack_from(f"<{count}Q", data, at)), at + 8 * count
+
+
+def read_imports_blob(blob: bytes) -> tuple[bytes, list[tuple[bytes, bytes | None]]]:
+    """The import tree (raw bytes) and the ``(type key, bytes or None)`` of each packed module."""
+    size, at = _u64(blob, 0)
+    if size + 8 != len(blob):
+        raise ValueError(f"{OP}: a packed TVM module says {size} bytes and holds {len(blob) - 8}")
+    row_ptr, at = _vector(blob, at)
+    _, at = _vector(blob, at)
+    tree, modules = blob[8:at], []
+    for _ in range(len(row_ptr) - 1):
+        key, at = _string(blob, at)
+        data = None
+        if key != b"_lib":
+            data, at = _string(blob, at)
+        modules.append((key, data))
+    return tree, modules
+
+
+def write_imports_blob(tree: bytes, modules: list[tuple[bytes, bytes | None]]) -> bytes:
+    body = tree + b"".join(_packed(key) + (b"" if data is None else _packed(data)) for key, data in modules)
+    return _packed(body)
+
+
+def cuda_with_fatbin(module: bytes, source: bytes, fatbin: bytes) -> bytes:
+    """A serialised CUDA module holding ``source`` as code, with ``fatbin`` in its place."""
+    fmt, at = _string(module, 0)
+    code = _packed(source)
+    if fmt != b"cuda" or module.count(code) != 1:
+        raise ValueError(f"{OP}: this TVM ({tvm.__version__}) packs CUDA modules in a layout tvm_convt "
+                         f"does not know (format {fmt[:20]!r}); bundle with kernels='source'")
+    start = module.index(code)
+    return _packed(b"fatbin") + module[at:start] + _packed(fatbin) + module[start + len(code):]
+
+
+def compile_fatbin(source: str, target: tvm.target.Target) -> bytes:
+    """``source`` compiled by nvcc into a fatbin for the target's arch: its SASS, and its PTX
+    for GPUs newer than the arch (the same flags TVM uses to compile at load time)."""
+    from tvm.support import nvcc
+
+    if shutil.which("nvcc") is None:
+        raise ValueError(f"{OP}: shipping compiled CUDA kernels needs nvcc on PATH, and none was found; "
+                         "install the CUDA toolkit, or bundle with kernels='source' (compiled at load time)")
+    n = str(target.attrs["arch"]).removeprefix("sm_")
+    with target:
+        return bytes(nvcc.compile_cuda(source, target_format="fatbin", compiler="nvcc",
+                                       arch=["-gencode", f"arch=compute_{n},code=[sm_{n},compute_{n}]"]))
+
+
+def _blob_c_source(blob: bytes, symbol: str) -> str:
+    """C source defining ``symbol`` as ``blob``, as TVM's own import packing writes it."""
+    rows = ",\n".join(",".join(f"0x{b:02x}" for b in blob[i:i + 32]) for i in range(0, len(blob), 32))
+    return (f'#ifdef __cplusplus\nextern "C" {{\n#endif\n'
+            f"__attribute__((visibility(\"default\"))) extern const unsigned char {symbol}[];\n"
+            f"const unsigned char {symbol}[{len(blob)}] = {{\n{rows}\n}};\n"
+            f"#ifdef __cplusplus\n}}\n#endif\n")
+
+
+class FatbinExport:
+    """An executable whose ``export_library`` packs its CUDA kernels as fatbins, not source."""
+
+    def __init__(self, executable: Any, target: tvm.target.Target,
+                 compile_kernels: Callable[[str, tvm.target.Target], bytes] = compile_fatbin) -> None:
+        self.executable = executable
+        self.target = target
+        self.compile_kernels = compile_kernels
+
+    def export_library(self, path: str) -> None:
+        self.executable.export_library(path, fpack_imports=self._pack)
+
+    def _pack(self, mod: Any, is_system_lib: bool, prefix: str, workspace: str) -> str:
+        blob = tvm.get_global_func("runtime.ModulePackImportsToTensor")(mod).numpy().tobytes()
+        tree, modules = read_imports_blob(blob)
+        sources = [m.inspect_source("cuda").encode() for m in mod.imports if m.kind == "cuda"]
+        patched = []
+        for key, data in modules:
+            if key == b"cuda":
+                source = next(s for s in sources if _packed(s) in data)
+                data = cuda_with_fatbin(data, source, self.compile_kernels(source.decode(), self.target))
+            patched.append((key, data))
+        symbol = prefix + tvm.get_global_func("runtime.ModuleImportsBlobName")()
+        path = Path(workspace) / f"{prefix}devc.c"
+        path.write_text(_blob_c_source(write_imports_blob(tree, patched), symbol))
+        return str(path)
+
+
+def library_imports(path: Path) -> list[tuple[bytes, bytes | None]]:
+    """The packed modules inside an exported library, read from its blob symbol."""
+    lib = ctypes.CDLL(str(path))
+    symbol = tvm.get_global_func("runtime.ModuleImportsBlobName")()
+    size = ctypes.c_uint64.in_dll(lib, symbol).value
+    blob = ctypes.string_at(ctypes.addressof(ctypes.c_uint64.in_dll(lib, symbol)), size + 8)
+    return read_imports_blob(blob)[1]
+
+
+# -- the folder ------------------------------------------------------------------------------------
+def _file_stem(index: int, name: str) -> str:
+    """A file name for a suite entry: its index (unique) and its name's safe characters."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")[:60]
+    return f"{index:02d}_{slug}" if slug else f"{index:02d}"
+
+
+def write_module(workload: Workload, target: tvm.target.Target, path: Path, *, kernels: str,
+                 logs: Path | None = None) -> ModuleMetadata:
+    """Compile ``workload`` and write it to ``path`` with its sidecar; CUDA kernels as fatbins
+    when ``kernels`` is "fatbin", else as the source TVM compiles at load time."""
+    from .runtime import compile as compile_module
+
+    if target.kind.name == "cuda" and kernels == "fatbin":
+        mod, source = schedule(workload, target, logs=logs)
+        metadata = ModuleMetadata(workload, target_json(target), target_key(target), source, tvm.__version__,
+                                  __version__)
+        write_library(FatbinExport(tvm.compile(mod, target=target), target), metadata, path)
+        return metadata
+    compiled = compile_module(workload.params, batch=workload.batch, length=workload.length,
+                              dtype=workload.dtype, target=target, logs=logs)
+    compiled.export(path)
+    return compiled.metadata
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def kernels_statement(target: tvm.target.Target, kernels: str) -> str | None:
+    """How the CUDA kernels are shipped, in words (None for a CPU target)."""
+    if target.kind.name != "cuda":
+        return None
+    arch = target.attrs["arch"]
+    if kernels == "fatbin":
+        return (f"compiled: a fatbin built by nvcc for {arch} (SASS) with PTX that newer GPUs compile; "
+                "loading needs neither NVRTC nor nvcc")
+    return ("CUDA source, compiled when a module is loaded: by NVRTC through the cuda-bindings package "
+            "(default) or by nvcc (TVM_CUDA_COMPILE_MODE=nvcc) on the machine that loads it")
+
+
+def _tolerances() -> dict[str, float]:
+    from .benchmark import CHECK_TOLERANCE
+
+    # The half dtypes round their output once: the float16 goal of issue #7, and bfloat16's 8 bits.
+    return {"float16": 1e-2, "bfloat16": 2e-2, **CHECK_TOLERANCE}
+
+
+def manifest(entries: list[dict[str, Any]], target: tvm.target.Target,
+             python: str, kernels: str, folder: Path) -> dict[str, Any]:
+    sizes = {name: _tree_bytes(folder / name) for name in ("tvm", "tvm_ffi", "psutil", "tvm_convt", "modules")}
+    return {"format": MANIFEST_FORMAT, "python": python, "tvm": tvm.__version__,
+            "tvm_ffi": importlib.metadata.version("apache-tvm-ffi"), "tvm_convt": __version__,
+            "target": json.loads(target_json(target)), "target_key": target_key(target),
+            "cuda_kernels": kernels_statement(target, kernels), "workloads": entries,
+            "tolerance": _tolerances(), "needs": ["python " + python, "numpy", "ml_dtypes (bfloat16 only)"],
+            "sizes": {**sizes, "total": sum(sizes.values())}}
+
+
+def write_modules(suite: dict[str, Workload], target: tvm.target.Target, folder: Path, *, kernels: str,
+                  logs: Path | None) -> list[dict[str, Any]]:
+    (folder / "modules").mkdir()
+    entries = []
+    for index, (name, workload) in enumerate(suite.items()):
+        path = folder / "modules" / f"{_file_stem(index, name)}.so"
+        metadata = write_module(workload, target, path, kernels=kernels, logs=logs)
+        entries.append({"name": name, "workload": workload.to_dict(),
+                        "library": str(path.relative_to(folder)),
+                        "sidecar": str(path.with_suffix(".json").relative_to(folder)),
+                        "schedule": metadata.schedule, "bytes": path.stat().st_size})
+    return entries
+
+
+def write_bundle(suite: dict[str, Workload], folder: str | Path, *, target: TargetLike = "llvm",
+                 python: str | None = None, kernels: str = "fatbin", logs: Path | None = None) -> BundleReport:
+    """Write a self-contained runtime-only folder for ``suite`` compiled for ``target``.
+
+    Args:
+        suite: workloads by name (a suite file's, :func:`tvm_convt.suite.load_suite`).
+        folder: the folder to create; it must not exist, or be empty.
+        target: the target to compile for (``"llvm"`` is this machine's CPU).
+        python: the ``3.N`` Python version that will run it (default: this one's).
+        kernels: CUDA kernels as a "fatbin" compiled here (default) or as "source".
+        logs: tuning logs to take schedules from (default: as :func:`tvm_convt.compile`).
+    """
+    python = check_python_version(this_python() if python is None else python)
+    if kernels not in KERNELS:
+        raise ValueError(f"{OP}: kernels must be one of {', '.join(KERNELS)}, got kernels={kernels!r}")
+    tgt = resolve_target(target)
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ValueError(f"{OP}: the bundle folder must not exist or be empty, got {str(folder)!r}")
+    # Written beside the folder and renamed at the end, so a failure leaves no half bundle.
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    work.chmod(0o755)
+    try:
+        copy_runtime(work, python, cuda=tgt.kind.name == "cuda")
+        entries = write_modules(suite, tgt, work, kernels=kernels, logs=logs)
+        info = manifest(entries, tgt, python, kernels, work)
+        write_docs(work, info)
+        if folder.exists():
+            folder.rmdir()
+        work.rename(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return BundleReport(folder, info)
+
+
+RUN_PY = '''"""Load every module of this bundle; with --check, run each on random input against the NumPy reference.
+
+Usage: python run.py [--check]   (it puts its own folder first on sys.path)
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+
+from tvm_convt import CompiledConvTranspose1d  # noqa: E402
+from tvm_convt.params import numpy_dtype  # noqa: E402
+from tvm_convt.reference import conv_transpose1d_reference  # noqa: E402
+
+
+def relative_error(module, rng):
+    """The module's largest error on random input, relative to max(1, max|reference|)."""
+    w = module.workload
+    dtype = numpy_dtype(w.dtype)
+    x = rng.standard_normal(w.input_shape).astype(dtype)
+    weight = rng.standard_normal(w.params.weight_shape).astype(dtype)
+    bias = rng.standard_normal(w.params.out_channels).astype(dtype) if w.params.bias else None
+    y = np.asarray(module(x, weight, bias), dtype=np.float64)
+    expected = conv_transpose1d_reference(x, weight, bias, w.params)
+    if expected.size == 0:
+        return 0.0
+    return float(np.max(np.abs(y - expected))) / max(1.0, float(np.max(np.abs(expected))))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="run each module on random input and compare with the float64 reference")
+    args = parser.parse_args()
+    manifest = json.loads((HERE / "manifest.json").read_text())
+    rng = np.random.default_rng(0)
+    failed = 0
+    for entry in manifest["workloads"]:
+        module = CompiledConvTranspose1d.load(HERE / entry["library"])
+        line = f"{entry['name']}: loaded {entry['library']} ({module.metadata.target_key})"
+        if args.check:
+            try:
+                error = relative_error(module, rng)
+            except RuntimeError as err:  # no GPU, or a CPU without the target's instructions
+                failed += 1
+                print(f"{line}: cannot run here: {err}")
+                continue
+            ok = error <= manifest["tolerance"][module.workload.dtype]
+            failed += not ok
+            line += f", max relative error {error:.2e}: {'OK' if ok else 'FAIL'}"
+        print(line)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+def readme(info: dict[str, Any]) -> str:
+    """The bundle's README: what is in it, what the machine needs, how to run it."""
+    s = info["sizes"]
+    first = info["workloads"][0]["library"]
+    kernels = f"\nCUDA kernels: {info['cuda_kernels']}.\n" if info["cuda_kernels"] else ""
+    return f"""# tvm_convt runtime bundle ({info['target_key']})
+
+Compiled ConvTranspose1d modules and the runtime that loads them, without TVM's compiler.
+Target: `{json.dumps(info['target'], sort_keys=True)}`; tvm {info['tvm']}, tvm_ffi {info['tvm_ffi']},
+tvm_convt {info['tvm_convt']}; for Python {info['python']} on this OS and architecture.
+{kernels}
+| part | size |
+|---|---|
+| tvm (runtime libraries and Python, no libtvm_compiler.so) | {_mib(s['tvm'])} |
+| tvm_ffi | {_mib(s['tvm_ffi'])} |
+| psutil | {_mib(s['psutil'])} |
+| tvm_convt (runtime files) | {_mib(s['tvm_convt'])} |
+| modules ({len(info['workloads'])} x .so + .json) | {_mib(s['modules'])} |
+| total | {_mib(s['total'])} |
+
+The machine needs Python {info['python']} and NumPy (ml_dtypes for bfloat16), nothing else.
+
+    python run.py --check          # load every module, run it, compare with the NumPy reference
+    PYTHONPATH=$PWD python -c "from tvm_convt import CompiledConvTranspose1d as C; print(C.load('{first}'))"
+
+`CompiledConvTranspose1d.load(path)(x, weight, bias)` takes NumPy arrays or DLPack tensors
+(torch, CuPy; CUDA tensors stay on the GPU) and returns the caller's kind of array.
+`manifest.json` lists the workloads, their files, the target and the sizes.
+"""
+
+
+def write_docs(folder: Path, info: dict[str, Any]) -> None:
+    (folder / "manifest.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    (folder / "README.md").write_text(readme(info))
+    (folder / "run.py").write_text(RUN_PY)
