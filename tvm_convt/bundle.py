@@ -2,7 +2,7 @@
 
 A bundle holds the TVM package without its compiler (``libtvm_compiler.so`` and
 every compiler-only Python package), ``tvm_ffi`` for the Python version that will
-run it, psutil (one abi3 build serves every Python 3), ``tvm_convt``'s runtime
+run it, psutil (one abi3 build serves every Python 3), typing_extensions, ``tvm_convt``'s runtime
 files, one ``.so`` + ``.json`` per workload of a suite compiled for one target, a
 ``manifest.json``, a ``README.md`` and ``run.py`` (loads every module; ``--check``
 compares each with the float64 NumPy reference). The machine that runs it needs
@@ -115,6 +115,9 @@ def copy_runtime(folder: Path, python: str, cuda: bool) -> None:
         ffi = _package_dir("tvm_ffi") if python == this_python() else _download_ffi(python, Path(tmp))
         _copy_package(ffi, folder / "tvm_ffi", FFI_LEFT_OUT)
     _copy_package(_package_dir("psutil"), folder / "psutil", ())
+    import typing_extensions  # tvm_ffi's one pure-Python dependency
+
+    shutil.copy2(typing_extensions.__file__, folder / "typing_extensions.py")
     (folder / "tvm_convt").mkdir()
     here = Path(__file__).resolve().parent
     for name in RUNTIME_FILES:
@@ -291,6 +294,7 @@ def _tolerances() -> dict[str, float]:
 def manifest(entries: list[dict[str, Any]], target: tvm.target.Target,
              python: str, kernels: str, folder: Path) -> dict[str, Any]:
     sizes = {name: _tree_bytes(folder / name) for name in ("tvm", "tvm_ffi", "psutil", "tvm_convt", "modules")}
+    sizes["typing_extensions"] = (folder / "typing_extensions.py").stat().st_size
     return {"format": MANIFEST_FORMAT, "python": python, "tvm": tvm.__version__,
             "tvm_ffi": importlib.metadata.version("apache-tvm-ffi"), "tvm_convt": __version__,
             "target": json.loads(target_json(target)), "target_key": target_key(target),
@@ -333,7 +337,10 @@ def write_bundle(suite: dict[str, Workload], folder: str | Path, *, target: Targ
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ValueError(f"{OP}: the bundle folder must not exist or be empty, got {str(folder)!r}")
     # Written beside the folder and renamed at the end, so a failure leaves no half bundle.
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    except OSError as err:  # a read-only or special file system
+        raise type(err)(err.errno, f"{OP}: cannot write a bundle into {folder.parent}: {err.strerror}") from None
     work.chmod(0o755)
     try:
         copy_runtime(work, python, cuda=tgt.kind.name == "cuda")
@@ -431,7 +438,7 @@ tvm_convt {info['tvm_convt']}; for Python {info['python']} on this OS and archit
 |---|---|
 | tvm (runtime libraries and Python, no libtvm_compiler.so) | {_mib(s['tvm'])} |
 | tvm_ffi | {_mib(s['tvm_ffi'])} |
-| psutil | {_mib(s['psutil'])} |
+| psutil, typing_extensions | {_mib(s['psutil'] + s['typing_extensions'])} |
 | tvm_convt (runtime files) | {_mib(s['tvm_convt'])} |
 | modules ({len(info['workloads'])} x .so + .json) | {_mib(s['modules'])} |
 | total | {_mib(s['total'])} |

@@ -1,4 +1,4 @@
-"""The ``tvm-convt`` command line: ``demo``, ``bench``, ``compile``, ``tune`` and ``info``.
+"""The ``tvm-convt`` command line: ``demo``, ``bench``, ``compile``, ``tune``, ``bundle`` and ``info``.
 
 Each sub-command parses and validates its arguments (argparse ``type=``
 functions raise on bad values) and then calls the Python API. Every failure is
@@ -282,6 +282,46 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{'is not a file' if path.exists() else 'does not exist'}, got {text!r}")
+    return path
+
+
+def python_version_arg(text: str) -> str:
+    from .bundle import check_python_version
+
+    try:
+        return check_python_version(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"{OP}: ")) from None
+
+
+def bundle_folder(text: str) -> Path:
+    """A folder to create (or an empty one) whose parent exists and is writable."""
+    path = Path(text)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise argparse.ArgumentTypeError(f"must be a new or empty folder, got {text!r}")
+    output_file(str(path / "x") if path.is_dir() else text)  # the folder it is written into
+    return path
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from .bundle import write_bundle
+    from .suite import load_suite
+
+    report = write_bundle(load_suite(args.suite), args.output, target=args.target, python=args.python,
+                          kernels=args.kernels, logs=args.logs)
+    m = report.manifest
+    print(f"bundled {len(m['workloads'])} module(s) for {m['target_key']}, Python {m['python']}: "
+          f"{m['sizes']['total'] / 2**20:.1f} MiB in {report.folder}")
+    if m["cuda_kernels"]:
+        print(f"CUDA kernels: {m['cuda_kernels']}")
+    print(f"run there: python {report.folder / 'run.py'} --check")
+    return 0
+
+
 def tracker_arg(text: str) -> str:
     from .tuning import parse_tracker
 
@@ -453,6 +493,26 @@ def build_parser() -> argparse.ArgumentParser:
                             "default schedules, as for a layer nobody tuned")
     bench.set_defaults(func=_cmd_bench)
 
+    bundle = sub.add_parser(
+        "bundle", help="write a self-contained folder that runs a suite's modules without TVM's compiler",
+        description="Compile every layer of a suite for one target and write them into a folder with "
+                    "the TVM runtime (no compiler library), tvm_ffi for the Python that will run it, "
+                    "tvm_convt's runtime files, a manifest, a README and run.py (--check compares each "
+                    "module with the NumPy reference). The machine that runs it needs Python and NumPy.")
+    bundle.add_argument("--suite", type=existing_file, required=True,
+                        help="JSON list of layers, the format tune and bench read")
+    bundle.add_argument("--target", type=target_arg, default="llvm",
+                        help="'llvm' (this CPU) or a JSON target, e.g. '{\"kind\": \"cuda\", \"arch\": "
+                             "\"sm_90\"}' (default: %(default)s)")
+    bundle.add_argument("-o", "--output", type=bundle_folder, required=True, help="the folder to write (new or empty)")
+    bundle.add_argument("--python", type=python_version_arg, default=None,
+                        help="Python version of the machine that runs it, 3.N (default: this one's)")
+    bundle.add_argument("--kernels", choices=("fatbin", "source"), default="fatbin",
+                        help="CUDA kernels compiled here by nvcc (fatbin) or as source compiled at "
+                             "load time (default: %(default)s)")
+    bundle.add_argument("--logs", type=Path, default=None, help=LOGS_HELP)
+    bundle.set_defaults(func=_cmd_bundle)
+
     info = sub.add_parser("info", help="TVM version, usable targets and the cache directory")
     info.add_argument("--json", action="store_true", help="print JSON (default: text)")
     info.add_argument("--logs", type=Path, default=None, help=LOGS_HELP)
@@ -460,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = ("demo", "bench", "compile", "tune", "info")
+COMMANDS = ("demo", "bench", "compile", "tune", "bundle", "info")
 USER_ERRORS = (ValueError, TypeError, OSError)  # bad layer or input; missing, unreadable, unwritable file
 TVM_MODULES = ("tvm", "tvm_ffi")
 
