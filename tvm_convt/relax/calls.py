@@ -8,17 +8,25 @@ kernel_size) and the output channels as ``groups * weight.shape[1]``. What the
 package's compute does not express (another layout, a symbolic shape, mixed
 dtypes, unequal padding) is refused with :class:`Unsupported`, whose message
 is the reason logged for the skipped call.
+
+A stride-1 ``relax.nn.conv1d`` (opt-in) is the same operator: ``conv1d(x, W, padding=p,
+dilation=d, groups=g)`` equals the transposed convolution with ``padding = d*(K-1) - p`` and
+the weight ``W'[g*Cig + c, o, k] = W[g*Cog + o, c, K-1-k]`` (each group's in/out swapped,
+taps reversed), as long as ``p <= d*(K-1)``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import tvm
 from tvm import relax, tirx
 
 from ..params import ConvTranspose1dParams, Workload, check_dtype_for_target
 
 OP_NAME = "relax.nn.conv1d_transpose"
+CONV1D = "relax.nn.conv1d"
 
 
 class Unsupported(Exception):
@@ -29,6 +37,12 @@ def is_conv1d_transpose(expr: Any) -> bool:
     return isinstance(expr, relax.Call) and getattr(expr.op, "name", None) == OP_NAME
 
 
+def is_converted(expr: Any, conv1d: bool) -> bool:
+    """Whether ``expr`` is a call this package converts: conv1d_transpose, and conv1d when asked."""
+    return is_conv1d_transpose(expr) or (conv1d and isinstance(expr, relax.Call)
+                                         and getattr(expr.op, "name", None) == CONV1D)
+
+
 def static_shape(expr: relax.Expr, what: str) -> tuple[int, ...]:
     """The shape of a tensor expression as ints; :class:`Unsupported` when any dimension is symbolic."""
     ty = expr.ty
@@ -37,8 +51,8 @@ def static_shape(expr: relax.Expr, what: str) -> tuple[int, ...]:
         raise Unsupported(f"{what} must be a tensor of known rank and shape, got {ty}")
     dims = list(shape.values)
     if not all(isinstance(d, tirx.IntImm) for d in dims):
-        raise Unsupported(f"{what} must have a static shape, got shape "
-                          f"({', '.join(str(d) for d in dims)})")
+        shown = (str(int(d)) if isinstance(d, tirx.IntImm) else str(d) for d in dims)
+        raise Unsupported(f"{what} must have a static shape, got shape ({', '.join(shown)})")
     return tuple(int(d) for d in dims)
 
 
@@ -46,10 +60,10 @@ def dtype_of(expr: relax.Expr) -> str:
     return str(expr.ty.dtype)
 
 
-def _check_layouts(attrs: Any) -> None:
+def _check_layouts(attrs: Any, kernel: str) -> None:
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
-    if layouts != ("NCW", "IOW", "NCW"):
-        raise Unsupported(f"layouts must be data NCW, kernel IOW, output NCW, got data_layout="
+    if layouts != ("NCW", kernel, "NCW"):
+        raise Unsupported(f"layouts must be data NCW, kernel {kernel}, output NCW, got data_layout="
                           f"{layouts[0]}, kernel_layout={layouts[1]}, out_layout={layouts[2]}")
 
 
@@ -74,28 +88,62 @@ def _padding(attrs: Any) -> int:
     return pad[0]
 
 
+def _conv_transpose_fields(call: relax.Call, w_shape: tuple[int, ...]) -> dict[str, Any]:
+    attrs = call.attrs
+    _check_layouts(attrs, "IOW")
+    return dict(out_channels=w_shape[1] * int(attrs.groups), padding=_padding(attrs),
+                stride=tuple(int(s) for s in attrs.strides),
+                output_padding=tuple(int(o) for o in attrs.output_padding))
+
+
+def _conv1d_fields(call: relax.Call, w_shape: tuple[int, ...]) -> dict[str, Any]:
+    """conv1d's fields as a transposed convolution's (see the module docstring)."""
+    attrs = call.attrs
+    _check_layouts(attrs, "OIW")
+    strides, dilation = [int(s) for s in attrs.strides], int(attrs.dilation[0])
+    if strides != [1]:
+        raise Unsupported(f"a conv1d must have stride 1 to be a transposed convolution, got strides={strides}")
+    pad, reach = _padding(attrs), dilation * (w_shape[2] - 1)
+    if pad > reach:
+        raise Unsupported(f"a conv1d's padding must be at most dilation*(kernel_size-1), got padding={pad}, "
+                          f"dilation*(kernel_size-1)={reach}")
+    return dict(out_channels=w_shape[0], padding=reach - pad)
+
+
 def call_workload(call: relax.Call, *, bias: bool, target_kind: str | None = None) -> Workload:
-    """The workload of ``call``, with a bias when ``bias`` (one fused into it).
+    """The workload of ``call`` (a conv1d_transpose, or a conv1d as its transposed form), with
+    a bias when ``bias`` (one fused into it).
 
     ``target_kind`` ("llvm", "cuda") also refuses dtypes the target's rules lack.
     Raises :class:`Unsupported` for what the compute does not cover.
     """
-    attrs = call.attrs
-    _check_layouts(attrs)
     x_shape = static_shape(call.args[0], "the input")
     w_shape = static_shape(call.args[1], "the weight")
+    fields = (_conv_transpose_fields if is_conv1d_transpose(call) else _conv1d_fields)(call, w_shape)
     dtype = _dtype(call, target_kind)
-    groups = int(attrs.groups)
     try:
         params = ConvTranspose1dParams(
-            in_channels=x_shape[1], out_channels=w_shape[1] * groups, kernel_size=w_shape[2],
-            stride=tuple(int(s) for s in attrs.strides), padding=_padding(attrs),
-            output_padding=tuple(int(o) for o in attrs.output_padding), groups=groups, bias=bias,
-            dilation=tuple(int(d) for d in attrs.dilation))
+            in_channels=x_shape[1], kernel_size=w_shape[2], groups=int(call.attrs.groups), bias=bias,
+            dilation=tuple(int(d) for d in call.attrs.dilation), **fields)
         workload = Workload(params, x_shape[0], x_shape[2], dtype)
     except (TypeError, ValueError) as err:
         raise Unsupported(str(err).split(": ", 1)[-1]) from None
-    if w_shape[0] != params.in_channels or workload.output_shape != static_shape(call, "the output"):
-        raise Unsupported(f"the weight and output shapes must be PyTorch's for this layer, got weight "
-                          f"{w_shape} and output {static_shape(call, 'the output')} for {workload.input_shape}")
+    if workload.output_shape != static_shape(call, "the output"):
+        raise Unsupported(f"the output shape must be PyTorch's for this layer, got "
+                          f"{static_shape(call, 'the output')} for the input {workload.input_shape}")
     return workload
+
+
+def transposed_weight(call: relax.Call, groups: int) -> relax.Expr:
+    """The weight in the transposed convolution's layout: as it is for conv1d_transpose; for
+    conv1d, each group's in/out swapped and the taps reversed (folded now when a constant)."""
+    weight = call.args[1]
+    if is_conv1d_transpose(call):
+        return weight
+    c_out, c_in_group, k = static_shape(weight, "the weight")
+    shape = (groups, c_out // groups, c_in_group, k)
+    if isinstance(weight, tvm.ir.expr.Constant):
+        w = weight.value.numpy().reshape(shape).transpose(0, 2, 1, 3)[..., ::-1]
+        return relax.const(np.ascontiguousarray(w.reshape(groups * c_in_group, c_out // groups, k)))
+    w = relax.op.permute_dims(relax.op.reshape(weight, shape), [0, 2, 1, 3])
+    return relax.op.flip(relax.op.reshape(w, (groups * c_in_group, c_out // groups, k)), axis=2)

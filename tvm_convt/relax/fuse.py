@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from tvm import relax
 
-from .calls import Unsupported, dtype_of, is_conv1d_transpose, static_shape
+from .calls import Unsupported, dtype_of, is_converted, static_shape
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,12 @@ def per_channel_bias(expr: relax.Expr, values: dict, channels: int, dtype: str) 
     return relax.op.reshape(expr, (channels,))
 
 
-def _as_bias_add(value: relax.Expr, values: dict, uses: Counter) -> BiasAdd | None:
+def _as_bias_add(value: relax.Expr, values: dict, uses: Counter, conv1d: bool) -> BiasAdd | None:
     if not (isinstance(value, relax.Call) and getattr(value.op, "name", None) == "relax.add"):
         return None
     for conv_var, other in (value.args, value.args[::-1]):
         conv = values.get(conv_var) if isinstance(conv_var, relax.Var) else None
-        if not is_conv1d_transpose(conv) or uses[conv_var] != 1:
+        if not is_converted(conv, conv1d) or uses[conv_var] != 1:
             continue
         try:
             channels = static_shape(conv, "the output")[1]
@@ -73,14 +73,14 @@ def _as_bias_add(value: relax.Expr, values: dict, uses: Counter) -> BiasAdd | No
     return None
 
 
-def bias_adds(func: relax.Function) -> dict[relax.Var, BiasAdd]:
-    """The add bindings of ``func`` that can be fused into the convolution they add to,
-    by the add's variable."""
+def bias_adds(func: relax.Function, conv1d: bool = False) -> dict[relax.Var, BiasAdd]:
+    """The add bindings of ``func`` that can be fused into the convolution they add to
+    (a conv1d too when ``conv1d``), by the add's variable."""
     values = relax.analysis.get_var2val(func)
     uses = _uses(func)
     found = {}
     for var, value in values.items():
-        fused = _as_bias_add(value, values, uses)
+        fused = _as_bias_add(value, values, uses, conv1d)
         if fused is not None:
             found[var] = fused
     return found

@@ -23,7 +23,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ..build import schedule
 from ..params import OP, Workload
 from ..target import TargetLike, resolve_target
-from .calls import OP_NAME, Unsupported, call_workload, is_conv1d_transpose
+from .calls import Unsupported, call_workload, is_converted, transposed_weight
 from .fuse import BiasAdd, bias_adds
 
 logger = logging.getLogger("tvm_convt.relax")
@@ -53,11 +53,13 @@ def kernel_func(workload: Workload, target: tvm.target.Target, logs: str | Path 
 
 @mutator
 class _Legalizer(PyExprMutator):
-    """Rewrites the conv1d_transpose calls (and fused bias adds) of one module's functions."""
+    """Rewrites the conv1d_transpose calls (conv1d too when asked), and the bias adds fused
+    into them, of one module's functions."""
 
-    def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, logs: str | Path | None) -> None:
+    def __init__(self, mod: tvm.IRModule, target: tvm.target.Target, logs: str | Path | None,
+                 conv1d: bool) -> None:
         super().__init__(mod)
-        self.target, self.logs = target, logs
+        self.target, self.logs, self.conv1d = target, logs, conv1d
         self.kernels: dict[Workload, relax.GlobalVar] = {}
         self.where = ""
         self.fused: dict[relax.Var, BiasAdd] = {}
@@ -65,7 +67,7 @@ class _Legalizer(PyExprMutator):
 
     def run(self, name: str, func: relax.Function) -> relax.Function:
         self.where, self.fused = name, {}
-        for var, add in bias_adds(func).items():
+        for var, add in bias_adds(func, self.conv1d).items():
             try:
                 call_workload(add.conv, bias=True, target_kind=self.target.kind.name)
             except Unsupported:
@@ -82,7 +84,8 @@ class _Legalizer(PyExprMutator):
 
     def kernel_call(self, conv: relax.Call, bias: relax.Expr | None) -> relax.Call:
         workload = call_workload(conv, bias=bias is not None, target_kind=self.target.kind.name)
-        args = [conv.args[0], conv.args[1]] + ([bias] if bias is not None else [])
+        weight = transposed_weight(conv, workload.params.groups)
+        args = [conv.args[0], weight] + ([bias] if bias is not None else [])
         return relax.call_tir(self.gvar(workload), args, relax.TensorType(workload.output_shape, workload.dtype))
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
@@ -92,7 +95,7 @@ class _Legalizer(PyExprMutator):
         if add is not None:
             # The new value is in the original variables; the default visit remaps them.
             binding = relax.VarBinding(binding.var, self.kernel_call(add.conv, add.bias))
-        elif is_conv1d_transpose(binding.value):
+        elif is_converted(binding.value, self.conv1d):
             binding = relax.VarBinding(binding.var, self.legalized(binding.value, binding.var.name))
         super().visit_var_binding_(binding)
 
@@ -101,11 +104,12 @@ class _Legalizer(PyExprMutator):
             return self.kernel_call(call, None)
         except Unsupported as why:
             logger.warning("%s: %s %s in %s is left to TVM's default legalization: %s",
-                           OP, OP_NAME, name, self.where, why)
+                           OP, call.op.name, name, self.where, why)
             return call
 
 
-def use_tvm_convt(mod: tvm.IRModule, target: TargetLike, logs: str | Path | None = None) -> tvm.IRModule:
+def use_tvm_convt(mod: tvm.IRModule, target: TargetLike, logs: str | Path | None = None, *,
+                  conv1d: bool = False) -> tvm.IRModule:
     """``mod`` with every ``relax.nn.conv1d_transpose`` it can express computed by this package.
 
     Args:
@@ -115,6 +119,8 @@ def use_tvm_convt(mod: tvm.IRModule, target: TargetLike, logs: str | Path | None
             ``tvm.compile(mod, target=tvm_convt.target.resolve_target(target))``.
         logs: a tuning-log folder searched before the shipped records (default
             ``$TVM_CONVT_TUNING_LOGS``).
+        conv1d: also compute stride-1 ``relax.nn.conv1d`` calls, as the transposed convolution
+            they equal (TVM 0.27 leaves conv1d unscheduled on CPU, single-threaded).
 
     A bias add right after a call is computed by the same function. Calls it cannot express
     stay for TVM's legalization, each with one warning on the ``tvm_convt.relax`` logger.
@@ -124,7 +130,7 @@ def use_tvm_convt(mod: tvm.IRModule, target: TargetLike, logs: str | Path | None
     if logs is not None and not isinstance(logs, (str, os.PathLike)):
         raise TypeError(f"{OP}: logs must be a folder path or None, got logs={logs!r} ({type(logs).__name__})")
     tgt = resolve_target(target)
-    legalizer = _Legalizer(mod, tgt, logs)
+    legalizer = _Legalizer(mod, tgt, logs, bool(conv1d))
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             legalizer.builder_.update_func(gvar, legalizer.run(gvar.name_hint, func))

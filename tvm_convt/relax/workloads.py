@@ -16,20 +16,20 @@ from tvm import relax
 from .. import suite as suite_file
 from ..params import OP, Workload
 from ..target import TargetLike, resolve_target
-from .calls import Unsupported, call_workload, is_conv1d_transpose
+from .calls import Unsupported, call_workload, is_converted
 from .fuse import bias_adds
 
 
-def _function_workloads(func: relax.Function, kind: str | None) -> list[Workload]:
+def _function_workloads(func: relax.Function, kind: str | None, conv1d: bool) -> list[Workload]:
     fused = {}
-    for add in bias_adds(func).values():
+    for add in bias_adds(func, conv1d).values():
         try:
             fused[add.conv_var] = call_workload(add.conv, bias=True, target_kind=kind)
         except Unsupported:
             pass
     found = []
     for var, value in relax.analysis.get_var2val(func).items():
-        if not is_conv1d_transpose(value):
+        if not is_converted(value, conv1d):
             continue
         try:
             found.append(fused.get(var) or call_workload(value, bias=False, target_kind=kind))
@@ -38,10 +38,11 @@ def _function_workloads(func: relax.Function, kind: str | None) -> list[Workload
     return found
 
 
-def workloads(mod: tvm.IRModule, target: TargetLike | None = None) -> list[Workload]:
+def workloads(mod: tvm.IRModule, target: TargetLike | None = None, *, conv1d: bool = False) -> list[Workload]:
     """The distinct workloads of ``mod``'s conv1d_transpose calls, in the module's order.
 
-    With ``target``, only those its rules cover (half precision needs CUDA).
+    With ``target``, only those its rules cover (half precision needs CUDA); with ``conv1d``,
+    also the stride-1 conv1d calls, as :func:`~tvm_convt.relax.use_tvm_convt` converts them.
     """
     if not isinstance(mod, tvm.IRModule):
         raise TypeError(f"{OP}: mod must be a tvm.IRModule, got mod={type(mod).__name__}")
@@ -49,7 +50,9 @@ def workloads(mod: tvm.IRModule, target: TargetLike | None = None) -> list[Workl
     found: list[Workload] = []
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):
-            found += [w for w in _function_workloads(func, kind) if w not in found]
+            for w in _function_workloads(func, kind, conv1d):
+                if w not in found:
+                    found.append(w)
     return found
 
 
@@ -58,9 +61,10 @@ def suite_name(index: int, workload: Workload) -> str:
     return f"layer{index}_{p.in_channels}x{p.out_channels}_k{p.kernel_size}_s{p.stride}_l{workload.length}"
 
 
-def write_suite(path: str | Path, mod: tvm.IRModule, target: TargetLike | None = None) -> Path:
+def write_suite(path: str | Path, mod: tvm.IRModule, target: TargetLike | None = None, *,
+                conv1d: bool = False) -> Path:
     """Write :func:`workloads` of ``mod`` as a suite file (``tvm-convt tune --suite PATH``)."""
-    found = workloads(mod, target)
+    found = workloads(mod, target, conv1d=conv1d)
     if not found:
         raise ValueError(f"{OP}: a suite needs at least one layer, got a module with no "
                          "conv1d_transpose this package computes")

@@ -1,0 +1,345 @@
+"""tvm_convt.relax: models exported from PyTorch, legalized with use_tvm_convt, built with tvm.compile.
+
+A seeded random set of layers (``TVM_CONVT_PROPERTY_EXAMPLES`` for a longer sweep, e.g.
+``TVM_CONVT_PROPERTY_EXAMPLES=200 pytest tests/test_relax.py``) against PyTorch; the
+skipped calls and their log lines; the bias fusion; workloads as a suite file; the
+CUDA build for sm_90 without a GPU; the example on a short input.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+import torch  # noqa: E402
+import tvm  # noqa: E402
+import tvm_ffi  # noqa: E402
+from tvm import relax  # noqa: E402
+from tvm.relax.frontend.torch import from_exported_program  # noqa: E402
+
+import tvm_convt.relax as tr  # noqa: E402
+from tvm_convt.build import device_source, schedule  # noqa: E402
+from tvm_convt.params import ConvTranspose1dParams, Workload  # noqa: E402
+from tvm_convt.records import shipped_schedules_dir  # noqa: E402
+from tvm_convt.relax.legalize import FUNC_PREFIX, SCHEDULE_ATTR, func_name  # noqa: E402
+from tvm_convt.suite import load_suite  # noqa: E402
+from tvm_convt.target import resolve_target, target_key  # noqa: E402
+
+from conftest import assert_close, torch_conv_transpose1d  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = int(os.environ.get("TVM_CONVT_PROPERTY_EXAMPLES", "8"))
+CPU = resolve_target("llvm")
+CUDA = resolve_target({"kind": "cuda", "arch": "sm_90"})
+has_gpu = tvm.cuda(0).exist
+
+
+# -- helpers ------------------------------------------------------------------------------
+def export(model: torch.nn.Module, *inputs: torch.Tensor, **kwargs) -> tvm.IRModule:
+    return from_exported_program(torch.export.export(model.eval(), inputs, **kwargs))
+
+
+def run_cpu(mod: tvm.IRModule, *inputs: np.ndarray) -> list[np.ndarray]:
+    vm = relax.VirtualMachine(tvm.compile(mod, target=CPU), tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(x) for x in inputs])
+    return [t.numpy() for t in out]
+
+
+def op_names(func: relax.Function) -> list[str]:
+    """The operators (and call_tir targets) called in ``func``, in order."""
+    names = []
+    for value in relax.analysis.get_var2val(func).values():
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            callee = value.args[0].name_hint if value.op.name == "relax.call_tir" else ""
+            names.append(f"{value.op.name}:{callee}" if callee else value.op.name)
+    return names
+
+
+def our_funcs(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
+    return {gv.name_hint: f for gv, f in mod.functions_items() if gv.name_hint.startswith(FUNC_PREFIX)}
+
+
+def layer(p: ConvTranspose1dParams) -> torch.nn.ConvTranspose1d:
+    return torch.nn.ConvTranspose1d(p.in_channels, p.out_channels, p.kernel_size, p.stride, p.padding,
+                                    p.output_padding, p.groups, p.bias, p.dilation)
+
+
+def random_case(rng: np.random.Generator) -> Workload:
+    """A layer PyTorch and Relax both accept (Relax wants output_padding < stride)."""
+    while True:
+        groups = int(rng.choice([1, 1, 2, 3, 4]))
+        stride, dilation, kernel = int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.integers(1, 10))
+        try:
+            p = ConvTranspose1dParams(
+                groups * int(rng.integers(1, 5)), groups * int(rng.integers(1, 5)), kernel, stride,
+                int(rng.integers(0, dilation * (kernel - 1) // 2 + 2)), int(rng.integers(0, stride)),
+                groups, bool(rng.integers(0, 2)), dilation)
+            return Workload(p, int(rng.integers(1, 4)), int(rng.integers(1, 24)))
+        except ValueError:
+            continue
+
+
+_rng = np.random.default_rng(20261128)
+CASES = [random_case(_rng) for _ in range(EXAMPLES)]
+
+
+# -- the random set against PyTorch ---------------------------------------------------------
+@pytest.mark.parametrize("w", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_random_layers_match_torch(w):
+    torch.manual_seed(0)
+    model = layer(w.params)
+    x = torch.randn(w.input_shape)
+    mod = tr.use_tvm_convt(export(model, x), CPU)
+    ops = op_names(mod["main"])
+    assert not any(op.startswith(("relax.nn.conv1d_transpose", "relax.add")) for op in ops), ops
+    # The PrimFunc is what tvm_convt.compile would build: the same schedule lookup.
+    (func,) = our_funcs(mod).values()
+    expected, source = schedule(w, CPU)
+    tvm_ffi.structural_equal(func.body, expected["main"].body) or pytest.fail("schedule differs")
+    assert func.attrs[SCHEDULE_ATTR] == source
+    (y,) = run_cpu(mod, x.numpy())
+    b = None if model.bias is None else model.bias.detach().numpy()
+    assert_close(y, torch_conv_transpose1d(x.numpy(), model.weight.detach().numpy(), b, w.params), "float32")
+
+
+def test_shipped_tuned_record_is_used():
+    """A layer with a shipped record for this CPU class gets the tuned schedule, as compile does."""
+    w = Workload(ConvTranspose1dParams(64, 32, 4, stride=2, padding=1), 1, 11008)
+    directory = shipped_schedules_dir() / target_key(CPU)
+    if not any(r == w for r in _shipped(directory)):
+        pytest.skip(f"no shipped record for {target_key(CPU)}")
+    mod = tr.use_tvm_convt(export(layer(w.params), torch.randn(w.input_shape)), CPU)
+    (func,) = our_funcs(mod).values()
+    expected, source = schedule(w, CPU)
+    assert source.startswith("tuned:") and func.attrs[SCHEDULE_ATTR] == source
+    assert tvm_ffi.structural_equal(func.body, expected["main"].body)
+
+
+def _shipped(directory: Path) -> list[Workload]:
+    from tvm_convt.records import read_index
+
+    return read_index(directory) if directory.is_dir() else []
+
+
+# -- the bias add ----------------------------------------------------------------------------
+class ChannelBias(torch.nn.Module):
+    """A convolution without bias and a per-channel add written as ``b[:, None]`` (shape (C, 1))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.ConvTranspose1d(6, 4, 5, stride=2, padding=1, bias=False)
+        self.b = torch.nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return self.up(x) + self.b[:, None]
+
+
+class SharedOutput(torch.nn.Module):
+    """The convolution's result is used twice, so its add cannot absorb it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.ConvTranspose1d(6, 4, 5, stride=2, padding=1, bias=False)
+        self.b = torch.nn.Parameter(torch.randn(1, 4, 1))
+
+    def forward(self, x):
+        y = self.up(x)
+        return y + self.b, y * 2
+
+
+@pytest.mark.parametrize("model, fused", [
+    (torch.nn.ConvTranspose1d(6, 4, 5, stride=2, padding=1), True),  # R.add(lv, R.reshape(bias, (1, C, 1)))
+    (ChannelBias(), True),
+    (SharedOutput(), False),
+], ids=["exported-bias", "channel-column", "shared-output"])
+def test_bias_add(model, fused):
+    torch.manual_seed(1)
+    x = torch.randn(2, 6, 9)
+    mod = tr.use_tvm_convt(export(model, x), CPU)
+    ops = op_names(mod["main"])
+    assert "relax.nn.conv1d_transpose" not in ops
+    assert ("relax.add" in ops) != fused, ops
+    assert [name.endswith("_bias") for name in our_funcs(mod)] == [fused]
+    with torch.no_grad():
+        expected = model(x)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    for y, ref in zip(run_cpu(mod, x.numpy()), expected):
+        assert_close(y, ref.double().numpy(), "float32")
+
+
+# -- calls left to TVM -------------------------------------------------------------------------
+def hand_built(dtype="float32", layout="NCW", padding=(1, 1), x_shape=(2, 4, 9)) -> tvm.IRModule:
+    """A Relax module with one conv1d_transpose (4 -> 6 channels, K3, stride 2) written directly."""
+    x = relax.Var("x", relax.TensorType(x_shape, dtype))
+    w = relax.Var("w", relax.TensorType((4, 6, 3), dtype))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x, w]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv1d_transpose(x, w, strides=2, padding=padding, data_layout=layout,
+                                                     out_dtype=dtype))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def symbolic_length(model: torch.nn.Module | None = None) -> tvm.IRModule:
+    """A layer exported with its input length symbolic."""
+    model = model if model is not None else torch.nn.ConvTranspose1d(4, 6, 3, stride=2)
+    return export(model, torch.randn(1, 4, 9),
+                  dynamic_shapes={"input": {2: torch.export.Dim("length", min=2, max=64)}})
+
+
+SKIPS = [
+    ("symbolic-length", symbolic_length, CPU, "the input must have a static shape, got shape (1, 4, "),
+    ("float16-on-cpu", lambda: hand_built("float16"), CPU, "dtype float16 needs a CUDA target"),
+    ("layout", lambda: hand_built(layout="NWC", x_shape=(2, 9, 4)), CPU,
+     "layouts must be data NCW, kernel IOW, output NCW, got data_layout=NWC"),
+    ("asymmetric-padding", lambda: hand_built(padding=(1, 2)), CPU,
+     "padding must be equal on both sides, got padding=(1, 2)"),
+]
+
+
+@pytest.mark.parametrize("build, target, reason", [s[1:] for s in SKIPS], ids=[s[0] for s in SKIPS])
+def test_skipped_call_is_logged(build, target, reason, caplog):
+    mod = build()
+    with caplog.at_level(logging.WARNING, logger="tvm_convt.relax"):
+        out = tr.use_tvm_convt(mod, target)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tvm_convt.relax"]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("conv_transpose1d: relax.nn.conv1d_transpose lv in main is left to "
+                               "TVM's default legalization: ") and reason in lines[0], lines[0]
+    assert "relax.nn.conv1d_transpose" in op_names(out["main"]) and not our_funcs(out)
+    assert tr.workloads(mod, target) == []
+
+
+def test_symbolic_length_still_builds_with_tvm():
+    """A skipped call is TVM's to legalize, and the module still runs correctly."""
+    torch.manual_seed(2)
+    model = torch.nn.ConvTranspose1d(4, 6, 3, stride=2)
+    x = torch.randn(1, 4, 13)
+    (y,) = run_cpu(tr.use_tvm_convt(symbolic_length(model), CPU), x.numpy())
+    with torch.no_grad():
+        assert_close(y, model(x).double().numpy(), "float32")
+
+
+def test_float16_is_converted_for_cuda():
+    mod = tr.use_tvm_convt(hand_built("float16"), CUDA)
+    assert list(our_funcs(mod)) == [f"{FUNC_PREFIX}_4x6_k3_s2"]
+    assert [w.dtype for w in tr.workloads(hand_built("float16"), CUDA)] == ["float16"]
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda: tr.use_tvm_convt("not a module", CPU), TypeError),
+    (lambda: tr.use_tvm_convt(hand_built(), "gpu"), ValueError),
+    (lambda: tr.use_tvm_convt(hand_built(), CPU, logs=3), TypeError),
+    (lambda: tr.workloads(None), TypeError),
+])
+def test_bad_arguments(call, error):
+    with pytest.raises(error, match="^conv_transpose1d: "):
+        call()
+
+
+# -- workloads and suite files ------------------------------------------------------------------
+class ThreeLayers(torch.nn.Module):
+    """Two identical layers with bias and one without."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.ConvTranspose1d(8, 8, 4, stride=2, padding=1)
+        self.b = torch.nn.ConvTranspose1d(8, 8, 4, stride=2, padding=1)
+        self.c = torch.nn.ConvTranspose1d(8, 4, 5, stride=3, groups=2, dilation=2, output_padding=1, bias=False)
+
+    def forward(self, x):
+        return self.c(self.b(x) + self.a(x))
+
+
+def test_workloads_round_trip_through_a_suite_file(tmp_path):
+    mod = export(ThreeLayers(), torch.randn(2, 8, 10))
+    found = tr.workloads(mod)
+    assert found == [Workload(ConvTranspose1dParams(8, 8, 4, stride=2, padding=1), 2, 10),
+                     Workload(ConvTranspose1dParams(8, 4, 5, stride=3, output_padding=1, groups=2, bias=False,
+                                                    dilation=2), 2, 20)]
+    suite = load_suite(tr.write_suite(tmp_path / "suite.json", mod))
+    assert list(suite.values()) == found
+    # use_tvm_convt compiles one PrimFunc per listed workload.
+    assert len(our_funcs(tr.use_tvm_convt(mod, CPU))) == len(found)
+
+
+def test_write_suite_refuses_a_module_without_layers(tmp_path):
+    with pytest.raises(ValueError, match="at least one layer"):
+        tr.write_suite(tmp_path / "suite.json", hand_built(padding=(0, 1)))
+
+
+# -- CUDA ---------------------------------------------------------------------------------------
+class TwoLayers(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.ConvTranspose1d(16, 8, 16, stride=8, padding=4)
+        self.b = torch.nn.ConvTranspose1d(8, 4, 4, stride=2, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.leaky_relu(self.a(x), 0.1))
+
+
+def cuda_source(executable) -> str:
+    pending, source = [executable.mod], []
+    while pending:
+        m = pending.pop()
+        source += [m.inspect_source("cuda")] if m.kind == "cuda" else []
+        pending += list(m.imports)
+    return "\n".join(source)
+
+
+def kernel_bodies(source: str, prefix: str) -> list[str]:
+    """The text of each kernel named ``prefix``, ``prefix_1``, ... with the name taken out."""
+    parts = re.split(r"(?=extern \"C\" __global__)", source)
+    return sorted(re.sub(rf"\b{prefix}(_kernel)", r"K\1", p) for p in parts if re.search(rf"\b{prefix}_kernel", p))
+
+
+def test_cuda_sm90_build_without_gpu_uses_our_kernels():
+    original = export(TwoLayers(), torch.randn(1, 16, 6))
+    mod = tr.use_tvm_convt(original, CUDA)
+    ours = our_funcs(mod)
+    assert sorted(ours) == sorted(func_name(w) for w in tr.workloads(original)) and len(ours) == 2
+    # The CUDA pipeline (dlight included) leaves our scheduled PrimFuncs as they are.
+    with CUDA:
+        lowered = relax.get_default_pipeline(CUDA)(mod)
+    for name, func in ours.items():
+        assert tvm_ffi.structural_equal(lowered[name].body, func.body), name
+    source = cuda_source(tvm.compile(mod, target=CUDA))
+    for w in tr.workloads(original):
+        # The same kernels tvm_convt.compile generates for this workload (build.device_source).
+        kernels = kernel_bodies(source, func_name(w))
+        assert kernels and kernels == kernel_bodies(device_source(w, target=CUDA), "main"), func_name(w)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_gpu, reason="no CUDA GPU")
+def test_cuda_model_matches_torch_on_gpu():
+    torch.manual_seed(3)
+    model, x = TwoLayers(), torch.randn(1, 16, 6)
+    vm = relax.VirtualMachine(tvm.compile(tr.use_tvm_convt(export(model, x), CUDA), target=CUDA), tvm.cuda(0))
+    y = vm["main"](tvm.runtime.tensor(x.numpy(), tvm.cuda(0)))[0].numpy()
+    with torch.no_grad():
+        assert_close(y, model(x).double().numpy(), "float32")
+
+
+# -- the example ---------------------------------------------------------------------------------
+def test_relax_vocoder_example_runs():
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "relax_vocoder.py"), "--frames", "1",
+                             "--rounds", "1"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    diffs = re.findall(r"max relative difference to PyTorch, (.+): (\S+)", result.stdout)
+    assert [name for name, _ in diffs] == ["TVM default legalization", "TVM with tvm_convt",
+                                           "TVM with tvm_convt, conv1d too"], result.stdout
+    assert all(float(d) <= 1e-5 for _, d in diffs), result.stdout
+    assert re.search(r"whole generator: TVM default legalization [\d.]+ ms, TVM with tvm_convt [\d.]+ ms, "
+                     r"TVM with tvm_convt, conv1d too [\d.]+ ms, PyTorch eager [\d.]+ ms", result.stdout), result.stdout
