@@ -1,0 +1,193 @@
+"""``tvm-convt bundle``: a folder that loads and runs modules where TVM's compiler is absent.
+
+The CPU bundle is run in a fresh interpreter whose only paths are the bundle, a folder
+holding NumPy alone and the standard library; the CUDA bundle is built with the real nvcc
+and checked by its bytes (no GPU here to load it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import assert_close, random_inputs, torch, torch_conv_transpose1d
+from tvm_convt import cli
+from tvm_convt.bundle import FATBIN_MAGIC, library_imports, write_bundle
+from tvm_convt.params import ConvTranspose1dParams as P
+from tvm_convt.params import Workload
+from tvm_convt.reference import conv_transpose1d_reference
+from tvm_convt.suite import write_suite
+
+SUITE = {"up": Workload(P(4, 6, 3, stride=2, padding=1), 2, 9, "float32"),
+         "grouped reflect": Workload(P(4, 4, 4, stride=2, groups=2, bias=False, padding_mode="reflect"), 1, 9,
+                                     "float32"),
+         "dilated f64": Workload(P(3, 2, 3, dilation=2, output_padding=1, stride=2), 1, 7, "float64")}
+CUDA_TARGET = '{"kind": "cuda", "arch": "sm_80"}'
+
+# Run in the bundle's interpreter: every module against inputs saved by the test, the outputs
+# saved back, and what the process loaded (modules' files, mapped libraries) reported.
+CHILD = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+import tvm, tvm_convt
+from tvm_convt import CompiledConvTranspose1d
+bundle, io = Path(sys.argv[1]), Path(sys.argv[2])
+manifest = json.loads((bundle / "manifest.json").read_text())
+for i, entry in enumerate(manifest["workloads"]):
+    m = CompiledConvTranspose1d.load(bundle / entry["library"])
+    args = np.load(io / f"in{i}.npz")
+    y = m(args["x"], args["w"], args["b"] if "b" in args else None)
+    np.save(io / f"out{i}.npy", y)
+files = sorted({str(Path(f).resolve()) for f in (getattr(v, "__file__", None) for v in list(sys.modules.values())) if f})
+libs = sorted({line.split()[-1] for line in open("/proc/self/maps") if ".so" in line})
+print(json.dumps({"runtime_only": tvm.base._RUNTIME_ONLY, "files": files, "libs": libs,
+                  "torch": "torch" in sys.modules}))
+"""
+
+
+@pytest.fixture(scope="module")
+def cpu_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    suite = write_suite(root / "suite.json", SUITE)
+    assert cli.main(["bundle", "--suite", str(suite), "-o", str(root / "out")]) == 0
+    return root / "out"
+
+
+def _numpy_only(folder: Path) -> Path:
+    """A folder holding NumPy and nothing else, for the bundle's interpreter."""
+    folder.mkdir()
+    source = Path(np.__file__).resolve().parent
+    for name in (source.name, source.name + ".libs"):
+        if (source.parent / name).exists():
+            os.symlink(source.parent / name, folder / name)
+    return folder
+
+
+def _isolated(args: list[str], bundle: Path, numpy_dir: Path) -> subprocess.CompletedProcess:
+    """Run Python with no site-packages (-S -s) and only the bundle and NumPy on its path."""
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": f"{bundle}{os.pathsep}{numpy_dir}",
+           "HOME": str(numpy_dir)}
+    return subprocess.run([sys.executable, "-S", "-s", *args], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=numpy_dir)
+
+
+def test_bundle_content_and_manifest(cpu_bundle):
+    manifest = json.loads((cpu_bundle / "manifest.json").read_text())
+    assert [e["name"] for e in manifest["workloads"]] == list(SUITE)
+    assert [Workload.from_dict(e["workload"]) for e in manifest["workloads"]] == list(SUITE.values())
+    for entry in manifest["workloads"]:
+        assert (cpu_bundle / entry["library"]).stat().st_size == entry["bytes"]
+        assert (cpu_bundle / entry["sidecar"]).is_file()
+    assert manifest["python"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert manifest["cuda_kernels"] is None and manifest["target_key"].startswith("llvm-")
+    assert not list(cpu_bundle.rglob("libtvm_compiler*")) and not list(cpu_bundle.rglob("libtvm_runtime_cuda*"))
+    for left_out in ("relax", "s_tir", "topi", "include", "3rdparty", "src"):
+        assert not (cpu_bundle / "tvm" / left_out).exists(), left_out
+    sizes = manifest["sizes"]
+    for part in ("tvm", "tvm_ffi", "modules"):
+        assert sizes[part] == sum(f.stat().st_size for f in (cpu_bundle / part).rglob("*") if f.is_file())
+    assert sizes["total"] == sum(v for k, v in sizes.items() if k != "total")
+    assert sizes["total"] < 40 * 2**20, sizes  # the installed tvm package alone is over 250 MiB
+    assert "run.py --check" in (cpu_bundle / "README.md").read_text()
+
+
+@pytest.mark.skipif(torch is None, reason="torch is not installed (the oracle)")
+def test_bundle_runs_without_the_compiler(cpu_bundle, tmp_path):
+    numpy_dir = _numpy_only(tmp_path / "numpy_only")
+    io = tmp_path / "io"
+    io.mkdir()
+    inputs = []
+    for i, w in enumerate(SUITE.values()):
+        x, weight, b = random_inputs(w.params, w.batch, w.length, w.dtype, seed=i)
+        np.savez(io / f"in{i}.npz", x=x, w=weight, **({} if b is None else {"b": b}))
+        inputs.append((x, weight, b))
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    done = _isolated([str(script), str(cpu_bundle), str(io)], cpu_bundle, numpy_dir)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["runtime_only"] and not seen["torch"]
+    assert not [lib for lib in seen["libs"] if "tvm_compiler" in lib]
+    tvm_libs = [lib for lib in seen["libs"] if "tvm" in Path(lib).name]
+    assert tvm_libs and all(lib.startswith(str(cpu_bundle.resolve())) for lib in tvm_libs), tvm_libs
+    stdlib = str(Path(os.__file__).resolve().parent)
+    outside = [f for f in seen["files"] if not f.startswith((str(cpu_bundle.resolve()), str(numpy_dir),
+                                                             str(Path(np.__file__).resolve().parent), stdlib))]
+    assert outside == [str(script.resolve())], outside
+    for i, (w, (x, weight, b)) in enumerate(zip(SUITE.values(), inputs)):
+        y = np.load(io / f"out{i}.npy")
+        assert_close(y, torch_conv_transpose1d(x, weight, b, w.params), w.dtype)
+        assert_close(y, conv_transpose1d_reference(x, weight, b, w.params), w.dtype)
+
+
+def test_bundle_run_script_checks_every_module(cpu_bundle, tmp_path):
+    done = _isolated([str(cpu_bundle / "run.py"), "--check"], cpu_bundle, _numpy_only(tmp_path / "np"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(SUITE) and all(line.endswith(": OK") for line in lines), lines
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed: CUDA kernels cannot be compiled")
+@pytest.mark.parametrize("kernels", ["fatbin", "source"])
+def test_cuda_bundle_builds_without_a_gpu(kernels, tmp_path):
+    suite = {"up": SUITE["up"]}
+    report = write_bundle(suite, tmp_path / "cuda", target=CUDA_TARGET, kernels=kernels)
+    folder, manifest = report.folder, report.manifest
+    assert (folder / "tvm" / "lib" / "libtvm_runtime_cuda.so").is_file()
+    assert not list(folder.rglob("libtvm_compiler*"))
+    assert manifest["target_key"] == "cuda-sm_80"
+    library = folder / manifest["workloads"][0]["library"]
+    data = library.read_bytes()
+    imports = dict(library_imports(library))
+    if kernels == "fatbin":
+        assert "fatbin built by nvcc for sm_80" in manifest["cuda_kernels"]
+        assert imports[b"cuda"].startswith(b"\x06" + b"\0" * 7 + b"fatbin") and FATBIN_MAGIC in imports[b"cuda"]
+        assert b"__global__" not in data
+    else:
+        assert "compiled when a module is loaded" in manifest["cuda_kernels"]
+        assert imports[b"cuda"].startswith(b"\x04" + b"\0" * 7 + b"cuda") and b"__global__" in data
+        assert FATBIN_MAGIC not in data
+
+
+def test_bundle_for_another_python(tmp_path):
+    other = "3.12" if sys.version_info[:2] != (3, 12) else "3.11"
+    try:
+        report = write_bundle({"up": SUITE["up"]}, tmp_path / "b", python=other)
+    except ValueError as err:
+        if "pip could not download it" in str(err):
+            pytest.skip(f"no apache-tvm-ffi wheel for Python {other} reachable: {err}")
+        raise
+    tag = other.replace(".", "")
+    assert list((report.folder / "tvm_ffi").glob(f"core.cpython-{tag}-*.so"))
+    assert not list((report.folder / "tvm_ffi").glob(f"core.cpython-{sys.version_info[0]}{sys.version_info[1]}-*"))
+    assert report.manifest["python"] == other
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--suite", "{missing}", "-o", "{tmp}/b"], "argument --suite: does not exist"),
+    (["--suite", "{tmp}", "-o", "{tmp}/b"], "argument --suite: is not a file"),
+    (["--suite", "{suite}", "-o", "{tmp}/b", "--python", "3"], "Python version must read 3.N, such as 3.12, got python='3'"),
+    (["--suite", "{suite}", "-o", "{tmp}/b", "--python", "py3.12"], "must read 3.N"),
+    (["--suite", "{suite}", "-o", "{suite}"], "argument -o/--output: must be a new or empty folder"),
+    (["--suite", "{suite}", "-o", "{tmp}/no/b"], "does not exist"),
+    (["--suite", "{suite}", "-o", "/proc/tvm-convt-bundle"], "cannot write a bundle into /proc"),
+    (["--suite", "{suite}", "-o", "{tmp}/b", "--kernels", "ptx"], "argument --kernels: invalid choice"),
+    (["--suite", "{suite}", "-o", "{tmp}/b", "--target", "rocm"], "target must be 'llvm', 'cuda'"),
+    (["--suite", "{bad_suite}", "-o", "{tmp}/b"], "missing keys"),
+])
+def test_bundle_usage_errors(args, message, tmp_path, capsys):
+    suite = write_suite(tmp_path / "suite.json", {"up": SUITE["up"]})
+    (tmp_path / "bad.json").write_text('[{"name": "x"}]')
+    names = {"missing": tmp_path / "nope.json", "tmp": tmp_path, "suite": suite, "bad_suite": tmp_path / "bad.json"}
+    assert cli.main(["bundle", *(a.format(**names) for a in args)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tvm-convt bundle: error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "b").exists()
