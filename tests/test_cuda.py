@@ -89,26 +89,52 @@ def test_default_suite_rules():
         assert got == {name: f"default:{rule}" for name, rule in SUITE_RULES.items()}, arch
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_cuda_sources_compile_with_nvcc(arch, tmp_path):
-    """One nvcc call an architecture for all the files (about 0.5 s a file, 1.3 s a call)."""
+KERNEL_START = 'extern "C" __global__'
+
+
+def _kernel_prefix(name: str) -> str:
+    return re.sub(r"\W", "_", name) + "_kernel"
+
+
+def _translation_units(sources: dict[str, str]) -> dict[str, str]:
+    """The sources merged into one file per distinct preamble (the helpers before the first
+    kernel), each kernel renamed after its source: nvcc spends most of a small file on start-up
+    and headers, so one file of 26 kernels compiles about 3x faster than 26 files."""
+    groups: dict[str, list[str]] = {}
+    for name, source in sources.items():
+        start = source.index(KERNEL_START)
+        kernels = re.sub(r"\bmain_kernel", _kernel_prefix(name), source[start:])
+        groups.setdefault(source[:start], []).append(kernels)
+    return {f"unit{i}": preamble + "\n".join(kernels) for i, (preamble, kernels) in enumerate(groups.items())}
+
+
+def check_with_nvcc(sources: dict[str, str], arch: str, folder) -> None:
+    """Compile every source with the real nvcc for ``arch`` (skip where it is missing) and check
+    that each kernel is in the cubins; kernels staging data in shared memory must synchronise."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc is not installed: CUDA sources are generated but not compiled")
-    sources = _sources(arch)
     for name, source in sources.items():
-        assert "__global__" in source, name
-        # Every kernel staging data in shared memory must synchronise its threads.
-        for kernel in re.split(r"(?=extern \"C\" __global__)", source):
+        assert KERNEL_START in source, name
+        for kernel in re.split(f"(?={re.escape(KERNEL_START)})", source):
             if "__shared__" in kernel:
                 assert "__syncthreads()" in kernel, name
-        (tmp_path / f"{name}.cu").write_text(source)
-    files = sorted(str(f) for f in tmp_path.glob("*.cu"))
-    result = subprocess.run([nvcc, f"-arch={arch}", "-cubin", "-odir", str(tmp_path), *files],
+    units = _translation_units(sources)
+    for unit, text in units.items():
+        (folder / f"{unit}.cu").write_text(text)
+    result = subprocess.run([nvcc, f"-arch={arch}", "-cubin", "-odir", str(folder),
+                             *(str(folder / f"{unit}.cu") for unit in units)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
+    cubins = b"".join((folder / f"{unit}.cubin").read_bytes() for unit in units)
     for name in sources:
-        assert (tmp_path / f"{name}.cubin").stat().st_size > 0, name
+        assert _kernel_prefix(name).encode() in cubins, name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cuda_sources_compile_with_nvcc(arch, tmp_path):
+    """One nvcc call an architecture for all the sources, merged into few files."""
+    check_with_nvcc(_sources(arch), arch, tmp_path)
 
 
 def _threads_as_loops(mod: tvm.IRModule) -> tvm.IRModule:
