@@ -62,7 +62,7 @@ MISSING = "{missing}"  # replaced by a folder under tmp_path that does not exist
 
 # Invocations -> (exit status, part of the one line on stderr); none of them compiles anything.
 USER_ERRORS = [
-    ([], 2, "tvm-convt: error: a command is required (demo, bench, compile, tune, info)"),
+    ([], 2, "tvm-convt: error: a command is required (demo, bench, compile, tune, bundle, info)"),
     (["frobnicate"], 2, "tvm-convt: error: argument command: invalid choice: 'frobnicate'"),
     (["info", "--bogus"], 2, "tvm-convt info: error: unrecognized arguments: --bogus"),
     (["tune", "--trials", "0"], 2, "tvm-convt tune: error: argument --trials: must be positive, got 0"),
