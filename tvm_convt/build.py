@@ -28,8 +28,6 @@ from tvm.target import Target
 from ._files import read_json, write_atomic
 from .errors import CacheWarning, ModuleFileError
 from .params import OP, Workload, check_dtype_for_target
-from .records import find_tuned_schedule, prim_func
-from .schedule import default_schedule
 from .target import TargetLike, resolve_target, target_json, target_key
 
 # 2: the sidecar records the library's size and SHA-256 and a checksum of itself.
@@ -102,6 +100,10 @@ def schedule(
     name and ``tuned=False`` skips the records (for tests and benchmarks).
     The source reads ``tuned:<directory>`` or ``default:<rule>``.
     """
+    # Imported here: loading and running a module (a runtime-only install) needs neither.
+    from .records import find_tuned_schedule, prim_func
+    from .schedule import default_schedule
+
     check_dtype_for_target(workload.dtype, target.kind.name)
     if tuned and rule is None:
         found = find_tuned_schedule(workload, target, logs=logs)

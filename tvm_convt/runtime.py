@@ -11,29 +11,37 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
 import shutil
+import sys
 import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tvm
+import tvm_ffi
 
 from .build import (ModuleMetadata, build_library, copy_library, discard, load_library, read_library,
                     read_sidecar, sidecar_path)
+from ._runtime_only import compiler_available, load_cuda_runtime, missing_isa
 from .errors import ModuleFileError
 from .params import OP, ConvTranspose1dParams, Workload, check_dtype, check_dtype_for_target, numpy_dtype
-from .target import TargetLike, check_linkable, device_of, missing_cpu_support, resolve_target
+from .target import TargetLike, check_linkable, missing_cpu_support, resolve_target
 
 
 def as_array(value: Any, name: str) -> np.ndarray:
     """Accept a NumPy array or any DLPack-capable CPU tensor (torch, JAX, CuPy on host)."""
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (np.ndarray, DeviceArray)):
         return value
+    device = _dlpack_device(value)
+    if device is not None and device[0] != _DLPACK_CPU:
+        return _device_array(value, name)
     if hasattr(value, "__dlpack__"):
         if getattr(value, "requires_grad", False):
             value = value.detach()
@@ -64,6 +72,112 @@ def _bfloat16_copy(value: Any) -> np.ndarray | None:
         return tvm.runtime.from_dlpack(value).numpy()
     except (BufferError, RuntimeError, TypeError, ValueError):
         return None
+
+
+# DLPack's device type for host memory; an array on any other is a device array.
+_DLPACK_CPU = 1
+
+
+def _dlpack_device(value: Any) -> tuple[int, int] | None:
+    """The DLPack (device type, id) of a tensor other than a NumPy array; None for anything else."""
+    query = getattr(value, "__dlpack_device__", None)
+    if query is None or isinstance(value, np.ndarray):
+        return None
+    try:
+        kind, index = query()
+        return int(kind), int(index)
+    except (BufferError, RuntimeError, TypeError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _library_from_dlpack(cls: type) -> Any:
+    """``from_dlpack`` of the library defining ``cls`` (``torch.from_dlpack`` for a torch tensor),
+    found through the type's module so that nothing here imports torch or CuPy; None if it has none."""
+    return getattr(sys.modules.get(cls.__module__.partition(".")[0]), "from_dlpack", None)
+
+
+@dataclass(frozen=True)
+class Output:
+    """How a call hands its output back: through ``from_dlpack`` of the input's library (None:
+    as a NumPy array), left in device memory when the input was there."""
+
+    from_dlpack: Any = None
+    on_device: bool = False
+
+    @classmethod
+    def like(cls, value: Any) -> Output:
+        """The output kind for input ``value``: torch in, torch out; CuPy in, CuPy out; else NumPy."""
+        if isinstance(value, np.ndarray):
+            return _NUMPY_OUTPUT
+        if isinstance(value, DeviceArray):
+            return cls(value.hand_back, True)
+        device = _dlpack_device(value)
+        if device is None:
+            return _NUMPY_OUTPUT
+        return cls(_library_from_dlpack(type(value)), device[0] != _DLPACK_CPU)
+
+    def from_host(self, y: np.ndarray, device: tvm.runtime.Device | None = None) -> Any:
+        """A host result as the caller's kind of array, copied to ``device`` when on_device."""
+        if self.on_device:
+            return self.from_dlpack(tvm.runtime.tensor(y, device))
+        return y if self.from_dlpack is None else self.from_dlpack(y)
+
+
+_NUMPY_OUTPUT = Output()
+
+
+class DeviceArray:
+    """A caller's array in device memory (a CUDA torch tensor, a CuPy array), shared through
+    DLPack: ``tensor`` is the TVM tensor on its memory, ``shape``, ``ndim`` and ``dtype`` are
+    the array's, and ``hand_back`` is its library's ``from_dlpack``."""
+
+    def __init__(self, tensor: tvm.runtime.Tensor, hand_back: Any) -> None:
+        self.tensor = tensor
+        self.hand_back = hand_back
+        self.shape = tuple(int(n) for n in tensor.shape)
+        self.ndim = len(self.shape)
+        text = str(tensor.dtype)
+        try:
+            self.dtype: Any = numpy_dtype(text)
+        except TypeError:  # a dtype NumPy has no name for: reported as TVM names it
+            self.dtype = text
+
+    def view(self, shape: tuple[int, ...]) -> DeviceArray:
+        return DeviceArray(self.tensor._create_view(shape), self.hand_back)
+
+    def numpy(self) -> np.ndarray:
+        """A host copy (a layer keeps its weights on the host)."""
+        return self.tensor.numpy()
+
+
+def _device_array(value: Any, name: str) -> DeviceArray:
+    """``value`` (in device memory) as a DeviceArray: shared when contiguous and aligned,
+    else an aligned copy made on its device."""
+    hand_back = _library_from_dlpack(type(value))
+    if hand_back is None:
+        raise TypeError(f"{OP}: {name} in device memory must come from a library with from_dlpack "
+                        f"(torch, CuPy), got a {type(value).__module__}.{type(value).__name__}")
+    if getattr(value, "requires_grad", False):
+        value = value.detach()
+    try:
+        tensor = tvm_ffi.from_dlpack(value, require_alignment=0, require_contiguous=False)
+    except (BufferError, RuntimeError, TypeError, ValueError) as err:
+        raise TypeError(f"{OP}: {name} could not be shared through DLPack, got a "
+                        f"{type(value).__name__}: {err}") from None
+    if not tensor.is_contiguous():
+        raise ValueError(f"{OP}: {name} in device memory must be contiguous, got {name}.shape="
+                         f"{tuple(tensor.shape)} with strides {tuple(tensor.strides)}; pass a contiguous copy")
+    if tensor.data_ptr() % ALIGNMENT:  # a view at an offset: TVM's kernels assume aligned data
+        copy = tvm.runtime.empty(tensor.shape, tensor.dtype, tensor.device)
+        tensor.copyto(copy)
+        tensor = copy
+    return DeviceArray(tensor, hand_back)
+
+
+def host_array(arr: np.ndarray | DeviceArray) -> np.ndarray:
+    """``arr`` in host memory: a device array copied back, a NumPy array as it is."""
+    return arr.numpy() if isinstance(arr, DeviceArray) else arr
 
 
 # TVM imports host memory through DLPack only at this alignment (its allocations' own).
@@ -129,18 +243,32 @@ class CompiledConvTranspose1d:
 
     Call it as ``compiled(x, weight, bias=None)`` with ``x`` of shape (batch,
     in_channels, L_in), or (in_channels, L_in) when batch is 1; it returns the
-    output as a NumPy array of shape (batch, out_channels, L_out), unbatched when
-    ``x`` was. Every argument is checked against the module's metadata first.
+    output of shape (batch, out_channels, L_out), unbatched when ``x`` was, as the
+    caller's kind of array on the input's device: a NumPy array for NumPy input, a torch
+    tensor for a torch tensor, a CuPy array for a CuPy array (see :class:`Output`). Device
+    arrays are shared, not copied; host arrays given to a CUDA module are copied to the GPU.
+    Every argument is checked against the module's metadata first.
     """
 
     def __init__(self, library: str | Path, metadata: ModuleMetadata | None = None) -> None:
         self.library = Path(library)
         described, self.digest = read_sidecar(self.library)
         self.metadata = metadata if metadata is not None else described
-        self.target = resolve_target(self.metadata.target)
-        self.device = device_of(self.target)
+        # A TVM target needs the compiler; a runtime-only install goes by the target key.
+        self._target = resolve_target(self.metadata.target) if compiler_available() else None
+        cuda = self.metadata.target_key.startswith("cuda")
+        if cuda:
+            load_cuda_runtime()
+        self.device = tvm.cuda(0) if cuda else tvm.cpu(0)
         self._func: Any = None  # loaded on first use: a CUDA module exports without a GPU
         self._cpu_missing: Any = _UNCHECKED
+
+    @property
+    def target(self) -> Any:
+        """The module's ``tvm.target.Target`` (needs TVM's compiler, which a runtime-only install lacks)."""
+        if self._target is None:
+            self._target = resolve_target(self.metadata.target)
+        return self._target
 
     @property
     def func(self) -> Any:
@@ -156,7 +284,8 @@ class CompiledConvTranspose1d:
         if not self.device.exist:
             return f"a {self.device} device"
         if self._cpu_missing is _UNCHECKED:
-            self._cpu_missing = missing_cpu_support(self.target)
+            self._cpu_missing = (missing_cpu_support(self._target) if self._target is not None
+                                 else missing_isa(self.metadata.target_key))
         return self._cpu_missing
 
     @property
@@ -187,13 +316,23 @@ class CompiledConvTranspose1d:
                 f"schedule={self.metadata.schedule!r})")
 
     # -- running ------------------------------------------------------------------------
-    def to_device(self, arr: np.ndarray) -> tvm.runtime.Tensor:
+    def to_device(self, arr: np.ndarray | DeviceArray, name: str = "array") -> tvm.runtime.Tensor:
         """``arr`` as a tensor on the module's device. On the CPU an aligned C-contiguous
-        array is shared, not copied: later in-place changes to it are seen by the module."""
+        array is shared, not copied: later in-place changes to it are seen by the module;
+        a device array must be on the module's device, and is shared."""
         self._require_device()
+        if isinstance(arr, DeviceArray):
+            return self._on_device(arr, name)
         if self.device.dlpack_device_type() != tvm.cpu(0).dlpack_device_type():
             return tvm.runtime.tensor(np.ascontiguousarray(arr), self.device)
         return tvm.runtime.from_dlpack(arr if _shareable(arr) else aligned_copy(arr))
+
+    def _on_device(self, arr: DeviceArray, name: str) -> tvm.runtime.Tensor:
+        dev = arr.tensor.device
+        if (dev.dlpack_device_type(), dev.index) != (self.device.dlpack_device_type(), self.device.index):
+            raise ValueError(f"{OP}: {name} must be in host memory or on this module's device "
+                             f"{self.device}, got {name} on {dev}")
+        return arr.tensor
 
     def check_weights(self, weight: Any, bias: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
         p, dtype = self.params, self.workload.dtype
@@ -208,9 +347,18 @@ class CompiledConvTranspose1d:
             raise ValueError(f"{OP}: this module was compiled with bias=False, got a bias")
         return weight, bias
 
-    def run(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor]) -> np.ndarray:
+    def run(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor], out: Output | None = None) -> Any:
         """Run on device tensors already checked: ``x`` batched, ``weights`` = [weight(, bias)];
-        return the output as a NumPy array (written in place on the CPU, copied back otherwise)."""
+        return the output as ``out`` says (default: a NumPy array)."""
+        if out is None or not out.on_device:
+            y = self._run_to_host(x, weights)
+            return y if out is None or out.from_dlpack is None else out.from_dlpack(y)
+        y_dev = tvm.runtime.empty(self.workload.output_shape, self.workload.dtype, self.device)
+        self._invoke(x, *weights, y_dev)
+        return out.from_dlpack(y_dev)
+
+    def _run_to_host(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor]) -> np.ndarray:
+        """The output as a NumPy array (written in place on the CPU, copied back otherwise)."""
         w = self.workload
         if self.device.dlpack_device_type() == tvm.cpu(0).dlpack_device_type():
             y = aligned_empty(w.output_shape, w.dtype)
@@ -243,15 +391,19 @@ class CompiledConvTranspose1d:
         if unbatched and w.batch != 1:
             raise ValueError(f"{OP}: this module was compiled for batch {w.batch}; an unbatched "
                              f"input needs batch 1, got input.shape={tuple(x.shape)}")
-        xb = x[None] if unbatched else x
+        xb = (x.view((1, *x.shape)) if isinstance(x, DeviceArray) else x[None]) if unbatched else x
         _check_array(xb, "input", w.input_shape, w.dtype)
         return xb, unbatched
 
-    def __call__(self, x: Any, weight: Any, bias: Any = None) -> np.ndarray:
+    def __call__(self, x: Any, weight: Any, bias: Any = None) -> Any:
+        return self.call(x, weight, bias, Output.like(x))
+
+    def call(self, x: Any, weight: Any, bias: Any, out: Output) -> Any:
+        """The call, handing the output back as ``out`` says."""
         xb, unbatched = self.check_input(x)
         weight, bias = self.check_weights(weight, bias)
-        weights = [self.to_device(weight)] + ([self.to_device(bias)] if bias is not None else [])
-        y = self.run(self.to_device(xb), weights)
+        weights = [self.to_device(weight, "weight")] + ([self.to_device(bias, "bias")] if bias is not None else [])
+        y = self.run(self.to_device(xb, "input"), weights, out)
         return y[0] if unbatched else y
 
     # -- files ----------------------------------------------------------------------------
@@ -440,7 +592,7 @@ class ConvTranspose1d:
 
     @weight.setter
     def weight(self, value: Any) -> None:
-        arr = as_array(value, "weight")
+        arr = host_array(as_array(value, "weight"))  # kept on the host, uploaded once per device
         _check_array(arr, "weight", self.params.weight_shape, self.dtype)
         self._state = (aligned_copy(arr), self._state[1], {})
 
@@ -458,7 +610,7 @@ class ConvTranspose1d:
             return
         if value is None:
             raise ValueError(f"{OP}: this layer was built with bias=True; assign an array, not None")
-        arr = as_array(value, "bias")
+        arr = host_array(as_array(value, "bias"))
         _check_array(arr, "bias", (self.params.out_channels,), self.dtype)
         self._state = (self._state[0], aligned_copy(arr), {})
 
@@ -471,7 +623,9 @@ class ConvTranspose1d:
                 params.output_padding_for(x_shape[-1], _output_length(output_size, len(x_shape))))
         return _MODULES.get(Workload(params, batch, x_shape[-1], self.dtype), self.target, self.logs)
 
-    def __call__(self, x: Any, output_size: Any = None) -> np.ndarray:
+    def __call__(self, x: Any, output_size: Any = None) -> Any:
+        """The output as the caller's kind of array, on the input's device (see :class:`Output`)."""
+        out = Output.like(x)
         arr = as_array(x, "input")
         _check_channels(arr, self.params.weight_shape, self.params.in_channels)
         _check_array_dtype(arr, "input", self.dtype)
@@ -480,7 +634,7 @@ class ConvTranspose1d:
             if output_size is not None:
                 params = params.with_output_padding(
                     params.output_padding_for(arr.shape[-1], _output_length(output_size, 3)))
-            return _empty_batch(params, arr.shape[-1], self.dtype)
+            return _empty_output(out, arr, params, self.dtype)
         compiled = self.compiled_for(tuple(arr.shape), output_size)
         xb, unbatched = compiled.check_input(arr)
         weight, bias, copies = self._state
@@ -490,7 +644,7 @@ class ConvTranspose1d:
             w, b = compiled.check_weights(weight, bias)
             weights = [compiled.to_device(w)] + ([compiled.to_device(b)] if b is not None else [])
             copies[key] = weights
-        y = compiled.run(compiled.to_device(xb), weights)
+        y = compiled.run(compiled.to_device(xb, "input"), weights, out)
         return y[0] if unbatched else y
 
 
@@ -509,6 +663,12 @@ def _empty_batch(params: ConvTranspose1dParams, length: int, dtype: str) -> np.n
     check of a real call (the sizes of one sample) and nothing compiled."""
     w = Workload(params, 1, length, dtype)
     return aligned_empty((0, params.out_channels, w.out_length), dtype)
+
+
+def _empty_output(out: Output, x: np.ndarray | DeviceArray, params: ConvTranspose1dParams, dtype: str) -> Any:
+    """The empty output of a batch of 0, as the caller's kind of array on the input's device."""
+    y = _empty_batch(params, x.shape[-1], dtype)
+    return out.from_host(y, x.tensor.device if isinstance(x, DeviceArray) else None)
 
 
 def _read_only(arr: np.ndarray) -> np.ndarray:
@@ -545,13 +705,15 @@ def conv_transpose1d(
 
     ``x`` is (batch, in_channels, L_in) or (in_channels, L_in); ``weight`` is
     (in_channels, out_channels/groups, kernel_size); ``bias`` is (out_channels,)
-    or None. Returns a NumPy array (batch, out_channels, L_out) with L_out as in
-    :class:`ConvTranspose1dParams`, which also defines the padding modes. The
+    or None. Returns (batch, out_channels, L_out) with L_out as in
+    :class:`ConvTranspose1dParams`, which also defines the padding modes, as the caller's
+    kind of array on the input's device (NumPy for NumPy, torch for torch, CuPy for CuPy). The
     dtype is the input's (float32 or float64; float16 and bfloat16 on CUDA); weight and
     bias must match it.
     Tuning records are looked up in ``logs`` (default ``$TVM_CONVT_TUNING_LOGS``),
     then in the shipped ``schedules/``.
     """
+    out = Output.like(x)
     x = as_array(x, "input")
     weight = as_array(weight, "weight")
     if weight.ndim != 3:
@@ -573,6 +735,6 @@ def conv_transpose1d(
     check_dtype_for_target(dtype, resolve_target(target).kind.name)
     logs = _logs(logs)
     if x.ndim == 3 and x.shape[0] == 0:
-        return _empty_batch(params, x.shape[-1], dtype)
+        return _empty_output(out, x, params, dtype)
     workload = Workload(params, x.shape[0] if x.ndim == 3 else 1, x.shape[-1], dtype)
-    return _MODULES.get(workload, target, logs)(x, weight, bias)
+    return _MODULES.get(workload, target, logs).call(x, weight, bias, out)
