@@ -19,7 +19,7 @@ import pytest
 
 from conftest import assert_close, random_inputs, torch, torch_conv_transpose1d
 from tvm_convt import cli
-from tvm_convt.bundle import FATBIN_MAGIC, library_imports, write_bundle
+from tvm_convt.bundle import FATBIN_MAGIC, fatbin_entries, library_imports, write_bundle
 from tvm_convt.params import ConvTranspose1dParams as P
 from tvm_convt.params import Workload
 from tvm_convt.reference import conv_transpose1d_reference
@@ -151,6 +151,7 @@ def test_cuda_bundle_builds_without_a_gpu(kernels, tmp_path):
         assert "fatbin built by nvcc for sm_80" in manifest["cuda_kernels"]
         assert imports[b"cuda"].startswith(b"\x06" + b"\0" * 7 + b"fatbin") and FATBIN_MAGIC in imports[b"cuda"]
         assert b"__global__" not in data
+        assert manifest["workloads"][0]["fatbin"] == fatbin_entries(data) == ["sm_80 SASS", "compute_80 PTX"]
     else:
         assert "compiled when a module is loaded" in manifest["cuda_kernels"]
         assert imports[b"cuda"].startswith(b"\x04" + b"\0" * 7 + b"cuda") and b"__global__" in data

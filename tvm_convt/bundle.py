@@ -234,6 +234,22 @@ class FatbinExport:
         return str(path)
 
 
+def fatbin_entries(data: bytes) -> list[str]:
+    """What the fatbin inside ``data`` holds, as ``sm_90 SASS`` / ``compute_90 PTX`` (its header:
+    magic, version, header size, size; each entry: kind, version, header size, size, ..., arch)."""
+    at = data.find(FATBIN_MAGIC)
+    if at < 0:
+        return []
+    _, _, header, size = struct.unpack_from("<IHHQ", data, at)
+    entries, pos = [], at + header
+    while pos < at + header + size:
+        kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, pos)
+        arch = struct.unpack_from("<I", data, pos + 28)[0]
+        entries.append({1: f"compute_{arch} PTX", 2: f"sm_{arch} SASS"}.get(kind, f"kind {kind} for {arch}"))
+        pos += entry_header + payload
+    return entries
+
+
 def library_imports(path: Path) -> list[tuple[bytes, bytes | None]]:
     """The packed modules inside an exported library, read from its blob symbol."""
     lib = ctypes.CDLL(str(path))
@@ -313,7 +329,8 @@ def write_modules(suite: dict[str, Workload], target: tvm.target.Target, folder:
         entries.append({"name": name, "workload": workload.to_dict(),
                         "library": str(path.relative_to(folder)),
                         "sidecar": str(path.with_suffix(".json").relative_to(folder)),
-                        "schedule": metadata.schedule, "bytes": path.stat().st_size})
+                        "schedule": metadata.schedule, "bytes": path.stat().st_size,
+                        "fatbin": fatbin_entries(path.read_bytes()) if kernels == "fatbin" else []})
     return entries
 
 
