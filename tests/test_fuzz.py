@@ -121,7 +121,8 @@ OPERATOR = r"^conv_transpose1d: "
 
 
 def test_dtype_none_and_params_that_are_not_params_are_type_errors():
-    with pytest.raises(TypeError, match=OPERATOR + "dtype must be one of float32, float64, float16, bfloat16, got dtype=None"):
+    with pytest.raises(TypeError, match=OPERATOR + "dtype must be one of float32, float64, float16, bfloat16, "
+                                                   "got dtype=None"):
         check_dtype(None)  # NumPy would read it as float64, PyTorch as float32
     with pytest.raises(TypeError, match=OPERATOR + "params must be a ConvTranspose1dParams, got params=None"):
         tvm_convt.compile(None, batch=1, length=4)
