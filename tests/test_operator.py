@@ -119,8 +119,8 @@ def test_functional_matches_torch_functional():
                                    stride=3, padding=2, output_padding=1, groups=2, dilation=2)
     expected = torch.nn.functional.conv_transpose1d(
         torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), 3, 2, 1, 2, 2).numpy()
-    assert isinstance(y, np.ndarray)
-    assert_close(y, expected.astype(np.float64), "float32")
+    assert isinstance(y, torch.Tensor)  # torch in, torch out
+    assert_close(y.numpy(), expected.astype(np.float64), "float32")
 
 
 @needs_torch

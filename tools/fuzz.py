@@ -408,11 +408,14 @@ def check_values(y: np.ndarray, ref: np.ndarray, dtype: str) -> None:
 
 
 def check_output(y: Any, inputs: dict[str, Any], params, dtype: str) -> None:
-    """A successful call's output: a fresh NumPy array of the dtype, equal to the reference."""
+    """A successful call's output: a fresh array of the caller's kind (torch for a torch input, else
+    NumPy) and of the dtype, equal to the reference."""
     from tvm_convt.reference import conv_transpose1d_reference
 
+    if type(inputs.get("x")).__module__.startswith("torch") and type(y).__module__.startswith("torch"):
+        y = y.numpy()  # torch in, torch out
     if not isinstance(y, np.ndarray):
-        raise Bad("wrong-result", f"returned {type(y).__name__}, not a NumPy array")
+        raise Bad("wrong-result", f"returned {type(y).__name__}, not the caller's kind of array")
     if y.dtype != np.dtype(dtype):
         raise Bad("wrong-result", f"output dtype {y.dtype}, expected {dtype}")
     arrays = {k: to_numpy(v) for k, v in inputs.items() if v is not None}
