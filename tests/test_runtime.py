@@ -230,7 +230,7 @@ def test_torch_tensors_via_dlpack():
         (lambda x, w, b: tvm_convt.conv_transpose1d(x[:, :3], w, b), ValueError,
          r"weight of size \[4, 3, 3\], expected input\[2, 3, 6\] to have 4 channels, but got 3 channels instead"),
         (lambda x, w, b: tvm_convt.conv_transpose1d(x.astype(np.int32), w, b), TypeError,
-         "dtype must be one of float32, float64, got dtype='int32'"),
+         "dtype must be one of float32, float64, float16, bfloat16, got dtype='int32'"),
         (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, stride=0), ValueError, "stride must be positive"),
         (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, padding=-1), ValueError, "padding must be non-negative"),
         (lambda x, w, b: tvm_convt.conv_transpose1d(x, w, b, stride=2, output_padding=2), ValueError,
