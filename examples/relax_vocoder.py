@@ -67,7 +67,9 @@ def cuda_kernels(mod: tvm.IRModule, arch: str) -> list[str]:
         m = pending.pop()
         source += [m.inspect_source("cuda")] if m.kind == "cuda" else []
         pending += list(m.imports)
-    return re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", "\n".join(source))
+    # Each kernel appears twice: declared first, then defined.
+    names = re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(", "\n".join(source))
+    return list(dict.fromkeys(names))
 
 
 def compare_whole(model: Generator, mel: torch.Tensor, target, rounds: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,16 +111,23 @@ def test_random_layers_match_torch(w):
     assert_close(y, torch_conv_transpose1d(x.numpy(), model.weight.detach().numpy(), b, w.params), "float32")
 
 
-def test_shipped_tuned_record_is_used():
-    """A layer with a shipped record for this CPU class gets the tuned schedule, as compile does."""
+@pytest.mark.parametrize("in_logs", [False, True], ids=["shipped", "user-logs"])
+def test_tuned_record_is_used(in_logs, tmp_path):
+    """A layer with a tuned record for this CPU class gets it, as compile does: from the shipped
+    records, or from a copy of them given as the user's ``logs`` (searched first)."""
     w = Workload(ConvTranspose1dParams(64, 32, 4, stride=2, padding=1), 1, 11008)
-    directory = shipped_schedules_dir() / target_key(CPU)
-    if not any(r == w for r in _shipped(directory)):
+    shipped = shipped_schedules_dir() / target_key(CPU)
+    if w not in _shipped(shipped):
         pytest.skip(f"no shipped record for {target_key(CPU)}")
-    mod = tr.use_tvm_convt(export(layer(w.params), torch.randn(w.input_shape)), CPU)
+    logs = None
+    if in_logs:
+        shutil.copytree(shipped, tmp_path / target_key(CPU))
+        logs = tmp_path
+    mod = tr.use_tvm_convt(export(layer(w.params), torch.randn(w.input_shape)), CPU, logs=logs)
     (func,) = our_funcs(mod).values()
-    expected, source = schedule(w, CPU)
-    assert source.startswith("tuned:") and func.attrs[SCHEDULE_ATTR] == source
+    expected, source = schedule(w, CPU, logs=logs)
+    assert source == f"tuned:{(tmp_path if in_logs else shipped.parent) / target_key(CPU)}"
+    assert func.attrs[SCHEDULE_ATTR] == source
     assert tvm_ffi.structural_equal(func.body, expected["main"].body)
 
 

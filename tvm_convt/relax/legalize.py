@@ -1,5 +1,5 @@
-"""``use_tvm_convt``: each ``relax.nn.conv1d_transpose`` of a module becomes a ``call_tir`` to
-this package's scheduled PrimFunc.
+"""``use_tvm_convt``: each ``relax.nn.conv1d_transpose`` of a module (and, when asked, each
+stride-1 ``relax.nn.conv1d``) becomes a ``call_tir`` to this package's scheduled PrimFunc.
 
 The PrimFunc is the one :func:`tvm_convt.compile` builds for the same workload and
 target (:func:`tvm_convt.build.schedule`: the user's tuning logs, the shipped
