@@ -19,6 +19,10 @@ Formulation (per group ``g``, with ``M = out_channels/groups * kernel_size``):
    adjoint of the padding, which adds its two ``padding``-wide margins back onto the output,
    then the bias. Replicate sums each margin once (``margin_left/right``).
 
+The half dtypes (float16, bfloat16) widen ``x``, the weight and the bias to float32 as they are
+read: ``col``, ``full`` and the margins are float32, and only ``y`` is cast back, once. float32
+and float64 get no casts at all.
+
 The TE stages are named so that schedule rules can find them by name.
 """
 

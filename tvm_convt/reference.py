@@ -22,6 +22,7 @@ def conv_transpose1d_reference(
 
     ``x`` is (batch, in_channels, L_in) or (in_channels, L_in); the result has
     the same rank, with out_channels and L_out (see :class:`ConvTranspose1dParams`).
+    Inputs of any float dtype (``ml_dtypes.bfloat16`` included) are read exactly into float64.
     """
     p = params
     x = np.asarray(x, dtype=np.float64)
