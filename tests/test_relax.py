@@ -183,6 +183,27 @@ def test_bias_add(model, fused):
         assert_close(y, ref.double().numpy(), "float32")
 
 
+# -- conv1d=True --------------------------------------------------------------------------------
+@pytest.mark.parametrize("conv, as_input", [
+    (dict(in_channels=8, out_channels=6, kernel_size=5, padding=4, dilation=2, groups=2), False),
+    (dict(in_channels=6, out_channels=3, kernel_size=7, padding=9, dilation=3, groups=3), True),
+    (dict(in_channels=4, out_channels=4, kernel_size=3, padding=1, bias=False), True),
+], ids=["grouped-constant-weight", "weight-as-input", "no-bias"])
+def test_conv1d_as_transposed_convolution(conv, as_input):
+    torch.manual_seed(4)
+    model, x = torch.nn.Conv1d(**conv).eval(), torch.randn(2, conv["in_channels"], 17)
+    mod = from_exported_program(torch.export.export(model, (x,)), keep_params_as_input=as_input)
+    params = [p.detach().numpy() for p in model.parameters()] if as_input else []
+    if as_input:
+        mod, _ = relax.frontend.detach_params(mod)
+    out = tr.use_tvm_convt(mod, CPU, conv1d=True)
+    assert not any(op.startswith(("relax.nn.conv1d", "relax.add")) for op in op_names(out["main"]))
+    assert len(our_funcs(out)) == 1 and tr.workloads(mod, conv1d=True)[0].params.stride == 1
+    (y,) = run_cpu(out, x.numpy(), *params)
+    with torch.no_grad():
+        assert_close(y, model(x).double().numpy(), "float32")
+
+
 # -- calls left to TVM -------------------------------------------------------------------------
 def hand_built(dtype="float32", layout="NCW", padding=(1, 1), x_shape=(2, 4, 9)) -> tvm.IRModule:
     """A Relax module with one conv1d_transpose (4 -> 6 channels, K3, stride 2) written directly."""
@@ -213,6 +234,12 @@ SKIPS = [
     ("asymmetric-padding", lambda: hand_built(padding=(1, 2)), CPU,
      "padding must be equal on both sides, got padding=(1, 2)"),
 ]
+CONV1D_SKIPS = [
+    ("conv1d-stride-2", dict(stride=2, padding=1), "a conv1d must have stride 1 to be a transposed convolution, "
+     "got strides=[2]"),
+    ("conv1d-wide-padding", dict(padding=3), "a conv1d's padding must be at most dilation*(kernel_size-1), "
+     "got padding=3, dilation*(kernel_size-1)=2"),
+]
 
 
 @pytest.mark.parametrize("build, target, reason", [s[1:] for s in SKIPS], ids=[s[0] for s in SKIPS])
@@ -226,6 +253,16 @@ def test_skipped_call_is_logged(build, target, reason, caplog):
                                "TVM's default legalization: ") and reason in lines[0], lines[0]
     assert "relax.nn.conv1d_transpose" in op_names(out["main"]) and not our_funcs(out)
     assert tr.workloads(mod, target) == []
+
+
+@pytest.mark.parametrize("conv, reason", [c[1:] for c in CONV1D_SKIPS], ids=[c[0] for c in CONV1D_SKIPS])
+def test_skipped_conv1d_is_logged(conv, reason, caplog):
+    mod = export(torch.nn.Conv1d(4, 4, 3, **conv), torch.randn(1, 4, 9))
+    with caplog.at_level(logging.WARNING, logger="tvm_convt.relax"):
+        out = tr.use_tvm_convt(mod, CPU, conv1d=True)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "tvm_convt.relax"]
+    assert line == f"conv_transpose1d: relax.nn.conv1d lv in main is left to TVM's default legalization: {reason}"
+    assert "relax.nn.conv1d" in op_names(out["main"])
 
 
 def test_symbolic_length_still_builds_with_tvm():
