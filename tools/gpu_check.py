@@ -16,7 +16,8 @@ F.conv1d over F.pad). Issue #7's goal is a relative error under 1e-5 (float32) a
 interleaved: CUDA events around batches of calls after a warm-up, medians of --repeat samples,
 cuDNN with torch.backends.cudnn.benchmark = True, float32 both with TF32 disabled and allowed.
 Tensors are torch tensors on the device, handed to the module function through DLPack
-(tvm.runtime.from_dlpack): nothing is copied. Writes gpu_check.json and gpu_check.md into
+(tvm.runtime.from_dlpack): nothing is copied; tvm_convt writes into an output allocated once,
+PyTorch allocates its own each call (from its caching allocator). Writes gpu_check.json and gpu_check.md into
 --out; exits 1 when a case fails its check (or none ran), 2 on usage errors or a missing device.
 --write-suite FILE writes the cases as a suite file, for `tvm-convt bundle --suite FILE`.
 """
