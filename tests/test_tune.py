@@ -670,3 +670,11 @@ def test_fast_stack_matches_inspect_stack():
         assert a.frame is b.frame
         if b.code_context and b.code_context[0].strip():
             assert a.code_context == b.code_context
+
+
+def test_half_dtypes_are_refused_for_a_cpu_target_before_tuning(tmp_path):
+    w = SUITE["up"]
+    half = Workload(w.params, w.batch, w.length, "float16")
+    with pytest.raises(ValueError, match="dtype float16 needs a CUDA target, got dtype='float16', target='llvm'"):
+        tune(half, trials=2, logs=tmp_path, progress=False)
+    assert not any(tmp_path.iterdir()), "nothing is written"

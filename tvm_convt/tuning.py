@@ -27,7 +27,7 @@ from typing import Any
 import tvm
 
 from . import _tvmscript_patch
-from .params import OP, Workload
+from .params import OP, Workload, check_dtype_for_target
 from .records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, default_logs_dir, open_database,
                       read_index, workload_module, write_index)
 from .target import TargetLike, resolve_target, target_key
@@ -324,6 +324,8 @@ def tune(
         check_tracker(rpc_tracker, rpc_key)
     tgt = resolve_target(target)
     key = target_key(tgt)
+    for w in named.values():
+        check_dtype_for_target(w.dtype, tgt.kind.name)
     if tgt.kind.name == "cuda" and not build_only and rpc_tracker is None and not tvm.cuda(0).exist:
         raise ValueError(f"{OP}: tuning target {key} needs a GPU to measure on: run on a GPU machine, "
                          "measure over RPC (rpc_tracker, rpc_key), or pass build_only=True")
