@@ -7,7 +7,6 @@ definition in float64, and against ``torch.nn.ConvTranspose1d`` itself for zeros
 
 from __future__ import annotations
 
-import copy
 import re
 import subprocess
 import sys
