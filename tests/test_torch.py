@@ -7,6 +7,7 @@ definition in float64, and against ``torch.nn.ConvTranspose1d`` itself for zeros
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -423,6 +424,43 @@ def test_without_torch_the_package_works_and_tvm_convt_torch_says_how_to_install
     assert out.returncode == 0, out.stderr
     assert "(1, 2, 4)" in out.stdout
     assert "ImportError:" in out.stdout and "pip install tvm_convt[torch]" in out.stdout
+
+
+IDLE_CPU = """
+import os, sys, time
+import numpy as np
+if sys.argv[1] == "torch":
+    import tvm_convt.torch
+import tvm_convt
+p = tvm_convt.ConvTranspose1dParams(64, 32, 16, stride=8, padding=4, bias=False)
+compiled = tvm_convt.compile(p, batch=1, length=64)
+x, w = np.ones((1, 64, 64), "float32"), np.ones(p.weight_shape, "float32")
+for _ in range(5):
+    compiled(x, w)
+start = time.process_time()
+time.sleep(0.5)
+print(os.environ.get("TVM_THREAD_POOL_SPIN_COUNT"), (time.process_time() - start) * 1e3)
+"""
+
+
+def _idle_cpu_after_a_kernel(importing: str, env: dict[str, str]) -> tuple[str, float]:
+    """TVM_THREAD_POOL_SPIN_COUNT in a fresh process, and the CPU ms it burns in the 0.5 s
+    after its last kernel (TVM's idle workers spin on sched_yield before sleeping)."""
+    base = {k: v for k, v in os.environ.items() if k != "TVM_THREAD_POOL_SPIN_COUNT"}
+    out = subprocess.run([sys.executable, "-c", IDLE_CPU, importing], capture_output=True, text=True,
+                         timeout=300, env={**base, "TVM_NUM_THREADS": "2", **env})
+    assert out.returncode == 0, out.stderr
+    value, ms = out.stdout.split()
+    return value, float(ms)
+
+
+def test_importing_tvm_convt_torch_puts_idle_tvm_workers_to_sleep_soon():
+    """A converted model alternates TVM's pool and PyTorch's threads on the same cores."""
+    value, ms = _idle_cpu_after_a_kernel("torch", {})
+    assert value == str(tt.TVM_SPIN_COUNT) and ms < 20, (value, ms)
+    # The user's choice stands, and TVM's own default spins for a long time.
+    value, ms = _idle_cpu_after_a_kernel("torch", {"TVM_THREAD_POOL_SPIN_COUNT": "300000"})
+    assert value == "300000" and ms > 20, (value, ms)
 
 
 def test_benchmark_helpers_still_importable():

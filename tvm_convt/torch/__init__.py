@@ -6,17 +6,28 @@
 - :func:`convert` / :func:`revert`: a model's layers to and from it, in place;
 - ``version``, ``set_threads``, ``functional_call``: what the benchmark needs.
 
+Importing it sets ``TVM_THREAD_POOL_SPIN_COUNT`` to :data:`TVM_SPIN_COUNT` unless it is set,
+which takes effect if no TVM CPU kernel has run yet in the process.
+
 Importing it without torch raises ImportError saying how to install it; callers that
 treat PyTorch as optional (the benchmark) catch that.
 """
 
 from __future__ import annotations
 
+import os
+
 try:
     import torch  # noqa: F401
 except ImportError as err:
     raise ImportError("tvm_convt.torch needs PyTorch, which is not installed: "
                       "pip install tvm_convt[torch]") from err
+
+# In a converted model PyTorch's OpenMP threads and TVM's pool take turns on the same cores,
+# and TVM's idle workers would otherwise yield 300000 times before sleeping (measured in
+# examples/README.md). TVM reads the variable when its pool first starts.
+TVM_SPIN_COUNT = 1000
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(TVM_SPIN_COUNT))
 
 from .bench import functional_call, set_threads, version
 from .convert import convert, revert
