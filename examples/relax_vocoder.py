@@ -9,7 +9,9 @@ compared with PyTorch, then timed interleaved with PyTorch's eager run on the sa
 in a Relax module after ``use_tvm_convt``, and ``tvm_convt.compile`` called directly.
 TVM 0.27 leaves the generator's 38 Conv1d unscheduled on CPU (single-threaded loops), so
 the whole model is also built with ``use_tvm_convt(mod, target, conv1d=True)``, which
-computes those (all stride 1) as the transposed convolutions they equal.
+computes those (all stride 1) as the transposed convolutions they equal, and that build once
+more with ``relax_pipeline=tvm_convt.relax.cpu_pipeline(target)``: TVM's CPU pipeline with fusion,
+plus a parallel, vectorised schedule for the element-wise functions (LeakyReLU, adds, tanh).
 ``--cuda-arch sm_90`` also compiles the model for that GPU (no GPU needed) and names its kernels.
 ``--frames 8 --rounds 1`` is a quick run.
 """
@@ -28,7 +30,7 @@ from tvm import relax
 from tvm.relax.frontend.torch import from_exported_program
 
 import tvm_convt
-from tvm_convt.relax import use_tvm_convt
+from tvm_convt.relax import cpu_pipeline, use_tvm_convt
 from tvm_convt.target import host_cores, resolve_target, set_cpu_threads
 from tvm_convt.timing import interleaved_medians
 
@@ -38,10 +40,11 @@ def import_model(model: torch.nn.Module, example: torch.Tensor) -> tvm.IRModule:
     return from_exported_program(torch.export.export(model.eval(), (example,)))
 
 
-def vm_runner(mod: tvm.IRModule, target: tvm.target.Target, x):
-    """Compile ``mod`` for ``target``; return a call that runs it on ``x`` and the compile seconds."""
+def vm_runner(mod: tvm.IRModule, target: tvm.target.Target, x, pipeline="default"):
+    """Compile ``mod`` for ``target`` (with ``pipeline``, tvm.compile's ``relax_pipeline``); return
+    a call that runs it on ``x`` and the compile seconds."""
     start = time.perf_counter()
-    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target, relax_pipeline=pipeline), tvm.cpu())
     seconds = time.perf_counter() - start
     main, x_tvm = vm["main"], tvm.runtime.tensor(x)
     return (lambda: main(x_tvm)[0]), seconds
@@ -74,11 +77,13 @@ def cuda_kernels(mod: tvm.IRModule, arch: str) -> list[str]:
 
 def compare_whole(model: Generator, mel: torch.Tensor, target, rounds: int) -> None:
     mod = import_model(model, mel)
-    builds = {"TVM default legalization": mod, "TVM with tvm_convt": use_tvm_convt(mod, target),
-              "TVM with tvm_convt, conv1d too": use_tvm_convt(mod, target, conv1d=True)}
+    both = use_tvm_convt(mod, target, conv1d=True)
+    builds = {"TVM default legalization": (mod, "default"), "TVM with tvm_convt": (use_tvm_convt(mod, target), "default"),
+              "TVM with tvm_convt, conv1d too": (both, "default"),
+              "conv1d too + cpu_pipeline": (both, cpu_pipeline(target))}
     runners = {}
-    for name, built in builds.items():
-        runners[name], seconds = vm_runner(built, target, mel.numpy())
+    for name, (built, pipeline) in builds.items():
+        runners[name], seconds = vm_runner(built, target, mel.numpy(), pipeline)
         print(f"compile, {name}: {seconds:.1f} s")
     with torch.no_grad():
         y_ref = model(mel)
@@ -91,7 +96,8 @@ def compare_whole(model: Generator, mel: torch.Tensor, target, rounds: int) -> N
     ours = times["TVM with tvm_convt"]
     print(f"  TVM with tvm_convt: {times['TVM default legalization'] / ours:.2f}x TVM default, "
           f"{times['PyTorch eager'] / ours:.2f}x PyTorch; with conv1d too: "
-          f"{times['PyTorch eager'] / times['TVM with tvm_convt, conv1d too']:.2f}x PyTorch")
+          f"{times['PyTorch eager'] / times['TVM with tvm_convt, conv1d too']:.2f}x PyTorch, "
+          f"and with cpu_pipeline: {times['PyTorch eager'] / times['conv1d too + cpu_pipeline']:.2f}x PyTorch")
 
 
 def compare_layers(model: Generator, mel: torch.Tensor, target, rounds: int) -> None:

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 import tvm  # noqa: E402
 import tvm_ffi  # noqa: E402
 from tvm import relax  # noqa: E402
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic  # noqa: E402
 from tvm.relax.frontend.torch import from_exported_program  # noqa: E402
 
 import tvm_convt.relax as tr  # noqa: E402
@@ -202,6 +203,52 @@ def test_conv1d_as_transposed_convolution(conv, as_input):
     (y,) = run_cpu(out, x.numpy(), *params)
     with torch.no_grad():
         assert_close(y, model(x).double().numpy(), "float32")
+
+
+# -- cpu_pipeline ---------------------------------------------------------------------------------
+class _Block(torch.nn.Module):
+    """conv1d, LeakyReLU, a residual add, an upsampling layer, a mean over time (a reduction), tanh."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(8, 8, 3, padding=1)
+        self.up = torch.nn.ConvTranspose1d(8, 4, 4, stride=2, padding=1)
+
+    def forward(self, x):
+        h = torch.nn.functional.leaky_relu(self.conv(torch.nn.functional.leaky_relu(x, 0.1)), 0.1) + x
+        y = self.up(h)
+        return torch.tanh(y - y.mean(dim=-1, keepdim=True))
+
+
+def _is_reduction(func: tvm.tirx.PrimFunc) -> bool:
+    """Whether a block of ``func`` reduces (only a reduction block has an init statement)."""
+    return "T.init()" in func.script()
+
+
+def test_cpu_pipeline_schedules_only_the_spatial_functions():
+    torch.manual_seed(5)
+    model, x = _Block().eval(), torch.randn(1, 8, 1024)
+    ours = tr.use_tvm_convt(export(model, x), CPU, conv1d=True)
+    with CPU:
+        fused = tvm.transform.Sequential(cpu_generic.legalize_passes(CPU) + [tr.schedule_spatial()])(ours)
+    others = {gv.name_hint: f for gv, f in fused.functions_items()
+              if isinstance(f, tvm.tirx.PrimFunc) and not gv.name_hint.startswith(FUNC_PREFIX)}
+    reductions = [name for name, f in others.items() if _is_reduction(f)]
+    spatial = [f for name, f in others.items() if name not in reductions]
+    assert reductions and spatial, list(others)
+    assert not any(others[name].attrs.get("tirx.is_scheduled") for name in reductions)
+    assert all(f.attrs.get("tirx.is_scheduled") for f in spatial)
+    assert any("T.parallel" in f.script() and "T.vectorized" in f.script() for f in spatial)
+    for name, func in our_funcs(ours).items():
+        tvm.ir.assert_structural_equal(our_funcs(fused)[name], func)
+    vm = relax.VirtualMachine(tvm.compile(ours, target=CPU, relax_pipeline=tr.cpu_pipeline(CPU)), tvm.cpu())
+    with torch.no_grad():
+        assert_close(vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy(), model(x).double().numpy(), "float32")
+
+
+def test_cpu_pipeline_refuses_a_cuda_target():
+    with pytest.raises(ValueError, match="cpu_pipeline needs an llvm target, got target kind cuda"):
+        tr.cpu_pipeline(CUDA)
 
 
 # -- calls left to TVM -------------------------------------------------------------------------
@@ -386,7 +433,9 @@ def test_relax_vocoder_example_runs():
     assert result.returncode == 0, result.stderr[-3000:]
     diffs = re.findall(r"max relative difference to PyTorch, (.+): (\S+)", result.stdout)
     assert [name for name, _ in diffs] == ["TVM default legalization", "TVM with tvm_convt",
-                                           "TVM with tvm_convt, conv1d too"], result.stdout
+                                           "TVM with tvm_convt, conv1d too", "conv1d too + cpu_pipeline"], \
+        result.stdout
     assert all(float(d) <= 1e-5 for _, d in diffs), result.stdout
     assert re.search(r"whole generator: TVM default legalization [\d.]+ ms, TVM with tvm_convt [\d.]+ ms, "
-                     r"TVM with tvm_convt, conv1d too [\d.]+ ms, PyTorch eager [\d.]+ ms", result.stdout), result.stdout
+                     r"TVM with tvm_convt, conv1d too [\d.]+ ms, conv1d too \+ cpu_pipeline [\d.]+ ms, "
+                     r"PyTorch eager [\d.]+ ms", result.stdout), result.stdout

@@ -4,13 +4,17 @@
 ``relax.nn.conv1d_transpose`` (as ``from_exported_program`` writes PyTorch's
 ConvTranspose1d) by a call to the PrimFunc :func:`tvm_convt.compile` would build,
 fusing the bias add after it; ``tvm.compile`` then builds the model as usual.
-:func:`workloads` and :func:`write_suite` give the layers to tune. Needs TVM, not torch.
+:func:`workloads` and :func:`write_suite` give the layers to tune; on CPUs,
+``tvm.compile(mod, target, relax_pipeline=cpu_pipeline(target))`` also fuses and schedules
+the element-wise functions around them. Needs TVM, not torch.
 """
 
 from __future__ import annotations
 
 from .calls import Unsupported
+from .cpu_schedule import SpatialCPU, cpu_pipeline, schedule_spatial
 from .legalize import use_tvm_convt
 from .workloads import workloads, write_suite
 
-__all__ = ["Unsupported", "use_tvm_convt", "workloads", "write_suite"]
+__all__ = ["SpatialCPU", "Unsupported", "cpu_pipeline", "schedule_spatial", "use_tvm_convt", "workloads",
+           "write_suite"]
