@@ -295,31 +295,13 @@ def tune(
 
     Returns ``(database, report)``.
     """
-    from tvm.s_tir.meta_schedule import TuneContext, tune_tasks
+    from tvm.s_tir.meta_schedule import tune_tasks
     from tvm.s_tir.meta_schedule.builder import LocalBuilder
     from tvm.s_tir.meta_schedule.database import MemoryDatabase
-    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.measure_callback import MeasureCallback
-    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner, RPCConfig, RPCRunner
-    from tvm.s_tir.meta_schedule.utils import fork_seed
 
-    if isinstance(workloads, Workload):
-        named = {"main": workloads}
-    elif isinstance(workloads, Mapping):
-        named = dict(workloads)
-    else:
-        named = {f"w{i}": w for i, w in enumerate(workloads)}
-    if not named or not all(isinstance(w, Workload) for w in named.values()):
-        raise TypeError(f"{OP}: tune needs one or more Workload objects, got {workloads!r}")
-    for name, value in (("trials", trials), ("trials_per_iter", trials_per_iter)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{OP}: {name} must be a positive int, got {name}={value!r}")
-    for name, value in (("build_timeout", build_timeout), ("run_timeout", run_timeout)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{OP}: {name} must be a positive number of seconds, got {name}={value!r}")
-    if (rpc_tracker is None) != (rpc_key is None):
-        raise ValueError(f"{OP}: rpc_tracker and rpc_key go together, got rpc_tracker={rpc_tracker!r}, "
-                         f"rpc_key={rpc_key!r}")
+    named = _named_workloads(workloads)
+    _check_tune_arguments(trials, trials_per_iter, build_timeout, run_timeout, rpc_tracker, rpc_key)
     if rpc_tracker is not None and not build_only:
         check_tracker(rpc_tracker, rpc_key)
     tgt = resolve_target(target)
@@ -337,38 +319,12 @@ def tune(
     database = MemoryDatabase() if build_only else open_database(db_dir, create=True)
 
     _tvmscript_patch.install()
-    # MetaSchedule logs its tables at INFO to a console handler whose level it copies
-    # from this logger: silence the console, keep everything in work_dir's files.
-    # Handlers of an earlier run point at its work dir (and MetaSchedule fails on a
-    # second configuration that keeps them), so close them first.
-    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-    ms_logger.setLevel(logging.CRITICAL)
-    for handler in list(ms_logger.handlers):
-        ms_logger.removeHandler(handler)
-        handler.close()
-
+    _quiet_meta_schedule_console()
     names = sorted(named)
     mods = {name: workload_module(named[name]) for name in names}
-    tasks = [
-        TuneContext(mod=mods[name], target=tgt,
-                    space_generator="post-order-apply",
-                    search_strategy=_search_strategy(build_only),
-                    task_name=name, rand_state=rand_state, num_threads="physical",
-                    logger=logger).clone()
-        for name, logger, rand_state in zip(names, get_loggers_from_work_dir(str(work), names),
-                                            fork_seed(seed, n=len(names)))
-    ]
+    tasks = _tune_contexts(mods, tgt, work, seed, build_only)
     builder = LocalBuilder(timeout_sec=build_timeout, initializer=_tvmscript_patch.install)
-    evaluator = EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
-    if build_only:
-        runner = _build_only_runner()
-    elif rpc_tracker is not None:
-        host, port = parse_tracker(rpc_tracker)
-        runner = RPCRunner(RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
-                                     session_timeout_sec=int(run_timeout)),
-                           evaluator_config=evaluator)
-    else:
-        runner = LocalRunner(timeout_sec=run_timeout, evaluator_config=evaluator)
+    runner = _runner(build_only, rpc_tracker, rpc_key, run_timeout)
     if not build_only:
         write_index(db_dir, list(named.values()))
 
@@ -398,6 +354,81 @@ def tune(
         report.elapsed = time.monotonic() - bar.start
         bar.show(final=True)
     return database, report
+
+
+def _named_workloads(workloads: Any) -> dict[str, Workload]:
+    """``tune``'s workloads argument as a dict of task name to Workload."""
+    if isinstance(workloads, Workload):
+        named = {"main": workloads}
+    elif isinstance(workloads, Mapping):
+        named = dict(workloads)
+    else:
+        named = {f"w{i}": w for i, w in enumerate(workloads)}
+    if not named or not all(isinstance(w, Workload) for w in named.values()):
+        raise TypeError(f"{OP}: tune needs one or more Workload objects, got {workloads!r}")
+    return named
+
+
+def _check_tune_arguments(trials: Any, trials_per_iter: Any, build_timeout: Any, run_timeout: Any,
+                          rpc_tracker: Any, rpc_key: Any) -> None:
+    for name, value in (("trials", trials), ("trials_per_iter", trials_per_iter)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{OP}: {name} must be a positive int, got {name}={value!r}")
+    for name, value in (("build_timeout", build_timeout), ("run_timeout", run_timeout)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{OP}: {name} must be a positive number of seconds, got {name}={value!r}")
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise ValueError(f"{OP}: rpc_tracker and rpc_key go together, got rpc_tracker={rpc_tracker!r}, "
+                         f"rpc_key={rpc_key!r}")
+
+
+def _quiet_meta_schedule_console() -> None:
+    """MetaSchedule logs its tables at INFO to a console handler whose level it copies
+    from its logger: silence the console, keep everything in work_dir's files.
+
+    Handlers of an earlier run point at its work dir (and MetaSchedule fails on a
+    second configuration that keeps them), so they are closed first.
+    """
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    ms_logger.setLevel(logging.CRITICAL)
+    for handler in list(ms_logger.handlers):
+        ms_logger.removeHandler(handler)
+        handler.close()
+
+
+def _tune_contexts(mods: dict[str, tvm.IRModule], target, work: Path, seed: int | None,
+                   build_only: bool) -> list[Any]:
+    """One MetaSchedule task per workload module, in ``mods``' order, each with its own
+    log file in ``work`` and a seed forked from ``seed``."""
+    from tvm.s_tir.meta_schedule import TuneContext
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    names = list(mods)
+    return [
+        TuneContext(mod=mods[name], target=target,
+                    space_generator="post-order-apply",
+                    search_strategy=_search_strategy(build_only),
+                    task_name=name, rand_state=rand_state, num_threads="physical",
+                    logger=logger).clone()
+        for name, logger, rand_state in zip(names, get_loggers_from_work_dir(str(work), names),
+                                            fork_seed(seed, n=len(names)))
+    ]
+
+
+def _runner(build_only: bool, rpc_tracker: str | None, rpc_key: str | None, run_timeout: float) -> Any:
+    """Where candidates are measured: nowhere (build only), over RPC, or on this machine."""
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner, RPCConfig, RPCRunner
+
+    if build_only:
+        return _build_only_runner()
+    evaluator = EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+    if rpc_tracker is not None:
+        host, port = parse_tracker(rpc_tracker)
+        return RPCRunner(RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
+                                   session_timeout_sec=int(run_timeout)),
+                         evaluator_config=evaluator)
+    return LocalRunner(timeout_sec=run_timeout, evaluator_config=evaluator)
 
 
 def _copy_best(source, dest, workloads: list[Workload], keep: int) -> None:
