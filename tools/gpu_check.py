@@ -192,20 +192,11 @@ def default_target(device: str) -> Any:
 def compile_module(workload: Workload, tgt: Any, path: Path, *, tuned: bool, fatbin: bool) -> str:
     """Compile ``workload`` into ``path`` and its sidecar; return where the schedule came from.
     CUDA kernels are packed as nvcc fatbins when ``fatbin``, else kept as source (compiled at load)."""
-    import tvm
+    from tvm_convt.bundle import write_module
+    from tvm_convt.target import resolve_target
 
-    from tvm_convt import __version__
-    from tvm_convt.build import ModuleMetadata, schedule, write_library
-    from tvm_convt.bundle import FatbinExport
-    from tvm_convt.target import target_json, target_key
-
-    mod, source = schedule(workload, tgt, tuned=tuned)
-    executable = tvm.compile(mod, target=tgt)
-    if fatbin:
-        executable = FatbinExport(executable, tgt)
-    metadata = ModuleMetadata(workload, target_json(tgt), target_key(tgt), source, tvm.__version__, __version__)
-    write_library(executable, metadata, path)
-    return source
+    kernels = "fatbin" if fatbin else "source"
+    return write_module(workload, resolve_target(tgt), path, kernels=kernels, tuned=tuned).schedule
 
 
 def compile_cases(cases: list[Case], target: Any, folder: Path, *, tuned: bool) -> list[Case]:

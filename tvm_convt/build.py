@@ -301,6 +301,13 @@ def program_key(mod: tvm.IRModule, tjson: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def module_metadata(workload: Workload, tgt: Target, source: str) -> ModuleMetadata:
+    """The sidecar's description of ``workload`` compiled for ``tgt`` with the schedule ``source``."""
+    from . import __version__
+
+    return ModuleMetadata(workload, target_json(tgt), target_key(tgt), source, tvm.__version__, __version__)
+
+
 def build_library(
     workload: Workload, *, target: TargetLike = "llvm", use_cache: bool = True,
     rule: str | None = None, logs: str | Path | None = None, tuned: bool = True,
@@ -314,14 +321,12 @@ def build_library(
     temporary one (:func:`usable_cache_dir`). With ``use_cache=False`` the library
     is built into a fresh temporary folder instead, which the caller then owns.
     """
-    from . import __version__
-
     tgt = resolve_target(target)
     if tgt.kind.name == "llvm":
         check_fits_in_memory(workload)
     mod, source = schedule(workload, tgt, rule=rule, logs=logs, tuned=tuned)
-    tjson = target_json(tgt)
-    metadata = ModuleMetadata(workload, tjson, target_key(tgt), source, tvm.__version__, __version__)
+    metadata = module_metadata(workload, tgt, source)
+    tjson = metadata.target
     name = f"conv_transpose1d-{program_key(mod, tjson)}.so"
     if not use_cache:
         library = Path(tempfile.mkdtemp(prefix="tvm_convt-")) / name

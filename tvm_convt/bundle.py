@@ -34,7 +34,7 @@ from typing import Any
 import tvm
 
 from . import __version__
-from .build import ModuleMetadata, schedule, write_library
+from .build import ModuleMetadata, module_metadata, schedule, write_library
 from .params import OP, Workload
 from .target import TargetLike, resolve_target, target_json, target_key
 
@@ -266,20 +266,26 @@ def _file_stem(index: int, name: str) -> str:
     return f"{index:02d}_{slug}" if slug else f"{index:02d}"
 
 
+def write_fatbin_module(workload: Workload, target: tvm.target.Target, path: Path, *,
+                        logs: Path | None = None, tuned: bool = True) -> ModuleMetadata:
+    """Compile ``workload`` for a CUDA target and write it to ``path`` with its sidecar, its
+    kernels packed as an nvcc fatbin (:class:`FatbinExport`)."""
+    mod, source = schedule(workload, target, logs=logs, tuned=tuned)
+    metadata = module_metadata(workload, target, source)
+    write_library(FatbinExport(tvm.compile(mod, target=target), target), metadata, path)
+    return metadata
+
+
 def write_module(workload: Workload, target: tvm.target.Target, path: Path, *, kernels: str,
-                 logs: Path | None = None) -> ModuleMetadata:
+                 logs: Path | None = None, tuned: bool = True) -> ModuleMetadata:
     """Compile ``workload`` and write it to ``path`` with its sidecar; CUDA kernels as fatbins
     when ``kernels`` is "fatbin", else as the source TVM compiles at load time."""
     from .runtime import compile as compile_module
 
     if target.kind.name == "cuda" and kernels == "fatbin":
-        mod, source = schedule(workload, target, logs=logs)
-        metadata = ModuleMetadata(workload, target_json(target), target_key(target), source, tvm.__version__,
-                                  __version__)
-        write_library(FatbinExport(tvm.compile(mod, target=target), target), metadata, path)
-        return metadata
+        return write_fatbin_module(workload, target, path, logs=logs, tuned=tuned)
     compiled = compile_module(workload.params, batch=workload.batch, length=workload.length,
-                              dtype=workload.dtype, target=target, logs=logs)
+                              dtype=workload.dtype, target=target, logs=logs, tuned=tuned)
     compiled.export(path)
     return compiled.metadata
 

@@ -351,8 +351,7 @@ class CompiledConvTranspose1d:
         """Run on device tensors already checked: ``x`` batched, ``weights`` = [weight(, bias)];
         return the output as ``out`` says (default: a NumPy array)."""
         if out is None or not out.on_device:
-            y = self._run_to_host(x, weights)
-            return y if out is None or out.from_dlpack is None else out.from_dlpack(y)
+            return (out or _NUMPY_OUTPUT).from_host(self._run_to_host(x, weights))
         y_dev = tvm.runtime.empty(self.workload.output_shape, self.workload.dtype, self.device)
         self._invoke(x, *weights, y_dev)
         return out.from_dlpack(y_dev)
@@ -559,8 +558,9 @@ class ConvTranspose1d:
                                             output_padding, groups, bias, dilation, padding_mode)
         self.dtype = check_dtype(dtype)
         # A bad target is rejected now, not at the first call.
-        self._host_weights = resolve_target(target).kind.name == "llvm"
-        check_dtype_for_target(self.dtype, resolve_target(target).kind.name)
+        kind = resolve_target(target).kind.name
+        self._host_weights = kind == "llvm"
+        check_dtype_for_target(self.dtype, kind)
         self.target = target
         self.logs = _logs(logs)
         _check_seed(seed)
