@@ -9,7 +9,7 @@ import pytest
 
 import tvm_convt
 from tvm_convt.params import ConvTranspose1dParams, Workload
-from tvm_convt.schedule import cpu
+from tvm_convt.schedule import cpu, cpu_direct
 from tvm_convt.target import _host_cpu_features, resolve_target
 
 from test_operator import _check
@@ -136,3 +136,63 @@ def test_wide_gather_tiles_are_exact(monkeypatch):
     assert cpu._gather_rows(w, cpu.cpu_arch(resolve_target("llvm"))) == cpu.GATHER_MIN_ROWS
     compiled = _check(p, 2, 90, "float32", use_cache=False)
     assert compiled.metadata.schedule == "default:cpu-gemm"
+
+
+# (target, params, L_in, (rows, vectors, lanes)) of the direct rule's tile.
+DIRECT_PLANS = [
+    (INTEL_AVX512, P(128, 128, 11, padding=15, dilation=3), 1384, (4, 6, 16)),
+    (AVX2, P(128, 128, 11, padding=15, dilation=3), 1384, (4, 3, 8)),
+    # Rows divide a group's output channels: 6 -> 3, depthwise -> 1.
+    (AVX2, P(12, 12, 3, groups=2), 100, (3, 3, 8)),
+    (INTEL_AVX512, P(8, 8, 7, groups=8, dilation=3), 100, (1, 6, 16)),
+    # An output shorter than the tile takes fewer vectors; shorter than one, a single one.
+    (INTEL_AVX512, P(8, 8, 3), 40, (4, 2, 16)),
+    (INTEL_AVX512, P(8, 8, 3, padding=1), 5, (4, 1, 16)),
+]
+
+
+@pytest.mark.parametrize("target, p, length, expected", DIRECT_PLANS)
+def test_direct_plan_per_target(target, p, length, expected):
+    plan = cpu_direct.direct_plan(Workload(p, 1, length), resolve_target(target))
+    assert (plan.rows, plan.vectors, plan.lanes) == expected
+
+
+# Stride-1 layers through each path of the direct rule: whole tiles only, a ragged last tile in
+# its own loop, an output shorter than one tile, rows that divide a group, padding modes.
+DIRECT_CASES = [
+    ("whole-tiles", P(8, 8, 3, padding=1), 2, 192),
+    ("ragged-tail", P(16, 12, 5, padding=2, dilation=2), 1, 211),
+    ("shorter-than-a-tile", P(4, 8, 3), 2, 7),
+    ("groups-rows-3", P(12, 6, 3, groups=2, padding=1), 2, 100),
+    ("depthwise-dilated", P(8, 8, 7, groups=8, dilation=3, padding=9), 1, 150),
+    ("output_padding<dilation", P(4, 4, 3, dilation=3, output_padding=2, padding=1), 1, 60),
+    ("no-bias-k1", P(16, 16, 1, bias=False), 2, 70),
+    ("reflect", P(8, 4, 5, padding=3, padding_mode="reflect"), 1, 120),
+    ("replicate", P(8, 4, 5, padding=6, padding_mode="replicate", dilation=2), 2, 50),
+    ("circular", P(8, 4, 4, padding=2, padding_mode="circular"), 1, 130),
+]
+
+
+@pytest.mark.parametrize("target", ["llvm", AVX2], ids=["host", "avx2"])
+@pytest.mark.parametrize("p, batch, length", [c[1:] for c in DIRECT_CASES], ids=[c[0] for c in DIRECT_CASES])
+def test_direct_rule_code_paths(target, p, batch, length):
+    if target is AVX2 and not _host_has("avx2"):
+        pytest.skip("needs an x86-64 CPU with AVX2 to run AVX2 code")
+    compiled = _check(p, batch, length, "float32", target=target, use_cache=False)
+    assert compiled.metadata.schedule == "default:cpu-direct"
+
+
+@pytest.mark.parametrize("name", ["ragged-tail", "groups-rows-3", "circular"])
+def test_direct_rule_float64(name):
+    _, p, batch, length = next(c for c in DIRECT_CASES if c[0] == name)
+    _check(p, batch, length, "float64", use_cache=False)
+
+
+@pytest.mark.parametrize("name", ["ragged-tail", "depthwise-dilated", "replicate"])
+def test_gemm_form_rules_still_serve_stride_one(name):
+    """The GEMM form is still what a rule of it computes for a stride-1 layer, asked by name."""
+    _, p, batch, length = next(c for c in DIRECT_CASES if c[0] == name)
+    for rule in ("cpu-gemm", "cpu-fallback"):
+        if rule == "cpu-gemm" and cpu.gemm_plan(Workload(p, batch, length), resolve_target("llvm")) is None:
+            continue
+        assert _check(p, batch, length, "float32", rule=rule).metadata.schedule == f"default:{rule}"

@@ -12,7 +12,6 @@ import tvm
 import tvm_convt
 from tvm_convt.build import device_source, schedule
 from tvm_convt.params import ConvTranspose1dParams, Workload
-from tvm_convt.records import prim_func
 from tvm_convt.reference import conv_transpose1d_reference
 from tvm_convt.schedule import default_schedule
 from tvm_convt.suite import default_suite
@@ -151,7 +150,7 @@ def test_cuda_rules_compute_the_reference_on_cpu(case):
     Catches layout and predicate mistakes (gpu-direct's modular col tile among them)."""
     rule, p, batch, length = case
     w = Workload(p, batch, length)
-    sch, name = default_schedule(prim_func(w), w, _cuda("sm_80"), rule=rule)
+    sch, name = default_schedule(w, _cuda("sm_80"), rule=rule)
     executable = tvm.compile(_threads_as_loops(sch.mod), target="llvm")
     x, weight, b = random_inputs(p, batch, length, "float32")
     args = [tvm.runtime.tensor(a) for a in (x, weight, b) if a is not None]

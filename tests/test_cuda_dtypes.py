@@ -12,7 +12,6 @@ import tvm
 import tvm_convt
 from tvm_convt.build import device_source
 from tvm_convt.params import ConvTranspose1dParams, Workload, check_dtype, numpy_dtype
-from tvm_convt.records import prim_func
 from tvm_convt.reference import conv_transpose1d_reference
 from tvm_convt.schedule import default_schedule
 from tvm_convt.schedule.cuda import GemmConfig, _gemm_tiles
@@ -49,7 +48,7 @@ def _half(w: Workload, dtype: str) -> Workload:
 
 def _run_on_cpu(rule: str, w: Workload, x, weight, b) -> np.ndarray:
     """``rule``'s CUDA program for ``w``, threads run as loops, built for and run on the CPU."""
-    sch, _ = default_schedule(prim_func(w), w, _cuda(), rule=rule)
+    sch, _ = default_schedule(w, _cuda(), rule=rule)
     executable = tvm.compile(_threads_as_loops(sch.mod), target="llvm")
     args = [tvm.runtime.tensor(a) for a in (x, weight, b) if a is not None]
     out = tvm.runtime.empty(w.output_shape, w.dtype)
@@ -180,7 +179,7 @@ def test_half_programs_hold_every_sum_in_float32(rule, dtype):
     float32 but the shared copies of the inputs, which keep the dtype."""
     p = P(4, 4, 4, stride=2, padding=1, groups=2, padding_mode="replicate")
     w = Workload(p, 1, 20, dtype)
-    sch, _ = default_schedule(prim_func(w), w, _cuda(), rule=rule)
+    sch, _ = default_schedule(w, _cuda(), rule=rule)
     buffers = {b.name: str(b.dtype) for b in sch.mod["main"].body.block.alloc_buffers}
     assert "col" in buffers or "col_shared" in buffers, buffers
     for name, held in buffers.items():

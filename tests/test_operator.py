@@ -95,14 +95,20 @@ def test_fallback_rule_matches(name):
 
 
 def test_default_rule_choice():
-    assert tvm_convt.compile(P(16, 32, 4), batch=1, length=8).metadata.schedule == "default:cpu-gemm"
+    # Stride 1: every tap is live, and the direct form serves it.
+    assert tvm_convt.compile(P(16, 32, 4), batch=1, length=8).metadata.schedule == "default:cpu-direct"
+    assert tvm_convt.compile(P(16, 32, 4, stride=2), batch=1, length=8).metadata.schedule == "default:cpu-gemm"
     # out_channels/groups * kernel_size = 9 has no vector-lane divisor: the fallback serves it.
-    assert tvm_convt.compile(P(6, 3, 3), batch=1, length=8).metadata.schedule == "default:cpu-fallback"
+    assert tvm_convt.compile(P(6, 3, 3, stride=2), batch=1, length=8).metadata.schedule == "default:cpu-fallback"
     # Fewer than 16 input channels per group: too short a reduction for a register tile.
-    assert tvm_convt.compile(P(8, 32, 4), batch=1, length=8).metadata.schedule == "default:cpu-fallback"
+    assert tvm_convt.compile(P(8, 32, 4, stride=3), batch=1, length=8).metadata.schedule == "default:cpu-fallback"
+    # A rule of the GEMM form can still be asked for on a stride-1 layer; the direct one only there.
+    assert tvm_convt.compile(P(16, 32, 4), batch=1, length=8, rule="cpu-gemm").metadata.schedule == "default:cpu-gemm"
     with pytest.raises(ValueError, match="schedule rule 'cpu-gemm' does not apply"):
-        tvm_convt.compile(P(6, 3, 3), batch=1, length=8, rule="cpu-gemm")
-    with pytest.raises(ValueError, match="must be one of cpu-gemm, cpu-fallback, got rule='gpu'"):
+        tvm_convt.compile(P(6, 3, 3, stride=2), batch=1, length=8, rule="cpu-gemm")
+    with pytest.raises(ValueError, match="schedule rule 'cpu-direct' does not apply"):
+        tvm_convt.compile(P(6, 3, 3, stride=2), batch=1, length=8, rule="cpu-direct")
+    with pytest.raises(ValueError, match="must be one of cpu-direct, cpu-gemm, cpu-fallback, got rule='gpu'"):
         tvm_convt.compile(P(6, 3, 3), batch=1, length=8, rule="gpu")
 
 

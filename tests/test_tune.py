@@ -114,8 +114,8 @@ def test_a_changed_default_schedule_is_measured_again(tuned_logs, tmp_path, monk
     # again (as "dw" just was not; a rerun would add only its trials).
     db, target = open_database(logs / HOST_KEY), resolve_target("llvm")
     for w in SUITE.values():
-        mod = workload_module(w)
-        default, _ = schedule.default_schedule(mod["main"], w, target)
+        mod = workload_module(w, "llvm")
+        default, _ = schedule.default_schedule(w, target, func=mod["main"])
         traces = [str(r.trace) for r in db.get_top_k(db.commit_workload(mod), 1000)]
         assert traces.count(str(default.trace)) == 1
 
@@ -159,7 +159,7 @@ def test_prune_can_keep_several_records_per_workload(tuned_logs, tmp_path):
     db = open_database(out)
     best = open_database(logs / HOST_KEY)
     for name in report.best_seconds:
-        mod = workload_module(SUITE[name])
+        mod = workload_module(SUITE[name], "llvm")
         kept = db.get_top_k(db.commit_workload(mod), 10)
         assert 1 <= len(kept) <= 3
         top = best.get_top_k(best.commit_workload(mod), 1)[0]
@@ -191,10 +191,10 @@ def test_prune_confirms_by_measuring_the_default_against_the_records(tuned_logs,
         if ranked[0].source == "default":
             # The default schedule won: no record, so compiling takes the default rule.
             assert found is None and w not in read_index(out)
-            assert db is None or not db.has_workload(workload_module(w))
+            assert db is None or not db.has_workload(workload_module(w, "llvm"))
         else:
             assert ranked[0].seconds < default.seconds * (1 - DEFAULT_MARGIN)
-            [kept] = db.get_top_k(db.commit_workload(workload_module(w)), 10)
+            [kept] = db.get_top_k(db.commit_workload(workload_module(w, "llvm")), 10)
             assert str(kept.trace) == str(ranked[0].trace)
             assert float(kept.run_secs[0]) == pytest.approx(ranked[0].seconds)
             assert found is not None and w in read_index(out)

@@ -101,7 +101,7 @@ def schedule(
     The source reads ``tuned:<directory>`` or ``default:<rule>``.
     """
     # Imported here: loading and running a module (a runtime-only install) needs neither.
-    from .records import find_tuned_schedule, prim_func
+    from .records import find_tuned_schedule
     from .schedule import default_schedule
 
     check_dtype_for_target(workload.dtype, target.kind.name)
@@ -109,7 +109,7 @@ def schedule(
         found = find_tuned_schedule(workload, target, logs=logs)
         if found is not None:
             return found.mod, found.source
-    sch, name = default_schedule(prim_func(workload), workload, target, rule=rule)
+    sch, name = default_schedule(workload, target, rule=rule)
     return sch.mod, f"default:{name}"
 
 

@@ -23,6 +23,11 @@ The half dtypes (float16, bfloat16) widen ``x``, the weight and the bias to floa
 read: ``col``, ``full`` and the margins are float32, and only ``y`` is cast back, once. float32
 and float64 get no casts at all.
 
+A second formulation of ``full``, ``DIRECT``, serves stride 1 on CPUs (:func:`form_for`): there
+every tap is live, so ``col`` would be ``kernel_size`` times the output. It sums each output over
+(input channel, tap) straight from ``x_pad``, a copy of ``x`` zero-padded by the kernel's reach:
+an implicit GEMM with no intermediate but the output. Step 3 is the same for both.
+
 The TE stages are named so that schedule rules can find them by name.
 """
 
@@ -37,6 +42,7 @@ from .params import ConvTranspose1dParams, Workload
 
 # Stage names, shared with the schedule rules.
 COL = "col"
+X_PAD = "x_pad"
 FULL = "full"
 MARGIN_LEFT = "margin_left"
 MARGIN_RIGHT = "margin_right"
@@ -64,34 +70,72 @@ class TapPlan:
         return cls(step=step, taps=-(-p.kernel_size // step), gcd=g, dilation_inverse=inverse)
 
 
-def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
-    """Build the tensor expression for one workload.
+# The two formulations of ``full``; the stages after it are the same.
+GEMM = "gemm"
+DIRECT = "direct"
+FORMS = (GEMM, DIRECT)
+
+
+def direct_applies(w: Workload) -> bool:
+    """The direct form covers stride 1, where every tap of every output is live."""
+    return w.params.stride == 1
+
+
+def form_for(w: Workload, kind: str) -> str:
+    """The formulation that target kind ``kind`` ("llvm", "cuda") computes ``w`` in.
+
+    On CPUs a stride-1 layer is direct: its ``col`` would be kernel_size times the
+    output, and the gather would read all of it back. The GPU rules schedule the GEMM form.
+    """
+    return DIRECT if kind == "llvm" and direct_applies(w) else GEMM
+
+
+def conv_transpose1d_te(w: Workload, form: str = GEMM) -> tuple[list[te.Tensor], te.Tensor]:
+    """Build the tensor expression for one workload, ``full`` in formulation ``form``.
 
     Returns ``(inputs, output)`` with inputs ``[x, weight]`` or ``[x, weight, bias]``
     of shapes (batch, in_channels, L_in), (in_channels, out_channels/groups,
     kernel_size) and (out_channels,), and the output (batch, out_channels, L_out).
+    ``GEMM`` computes ``col`` and gathers it; ``DIRECT`` (stride 1 only) sums the
+    taps of each output straight from a zero-padded copy of ``x``.
     """
+    assert form in FORMS, form
+    assert form == GEMM or direct_applies(w), (form, w)
     p = w.params
-    # col, the gather and the folds hold the accumulator dtype (float32 for the half
-    # dtypes); only the output is cast back, once.
-    dtype, acc = w.dtype, w.accumulator
-    n_batch, length, l_out = w.batch, w.length, w.out_length
-    cig, cog, kern = p.in_per_group, p.out_per_group, p.kernel_size
-    stride, dil, pad = p.stride, p.dilation, p.padding
-    plan = TapPlan.of(p)
+    x = te.placeholder((w.batch, p.in_channels, w.length), w.dtype, name="x")
+    weight = te.placeholder(p.weight_shape, w.dtype, name="weight")
+    bias = te.placeholder((p.out_channels,), w.dtype, name="bias") if p.bias else None
+    full = (_gemm_full if form == GEMM else _direct_full)(w, x, weight)
+    inputs = [x, weight] + ([bias] if bias is not None else [])
+    return inputs, _output(w, full, bias)
 
-    x = te.placeholder((n_batch, p.in_channels, length), dtype, name="x")
-    weight = te.placeholder(p.weight_shape, dtype, name="weight")
-    bias = te.placeholder((p.out_channels,), dtype, name="bias") if p.bias else None
+
+def prim_func(w: Workload, form: str) -> tirx.PrimFunc:
+    """The unscheduled TensorIR function ``main(x, weight[, bias], y)`` in formulation ``form``:
+    what is scheduled, tuned and looked up."""
+    inputs, out = conv_transpose1d_te(w, form)
+    return te.create_prim_func(inputs + [out]).with_attr("global_symbol", "main")
+
+
+def _widen(w: Workload, v):
+    return v if w.accumulator == w.dtype else v.astype(w.accumulator)
+
+
+def _gemm_full(w: Workload, x: te.Tensor, weight: te.Tensor) -> te.Tensor:
+    """``full`` as the gather of the ``col`` GEMM."""
+    p = w.params
+    cig, cog, kern = p.in_per_group, p.out_per_group, p.kernel_size
 
     def widen(v):
-        return v if acc == dtype else v.astype(acc)
+        # col, the gather and the folds hold the accumulator dtype (float32 for the
+        # half dtypes); only the output is cast back, once.
+        return _widen(w, v)
 
     c = te.reduce_axis((0, cig), name="c")
     # (o, k) is one axis m = o*K + k: the weight is contiguous along it, and a
     # schedule's tiles of m stay contiguous (a tile of (o, k) would be a box).
     col = te.compute(
-        (n_batch, p.groups, length, cog * kern),
+        (w.batch, p.groups, w.length, cog * kern),
         lambda n, g, j, m: te.sum(
             widen(x[n, g * cig + c, j])
             * widen(weight[g * cig + c, tirx.indexdiv(m, kern), tirx.indexmod(m, kern)]),
@@ -101,6 +145,15 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
         # separate packing function first.
         name=COL,
     )
+    return _gather(w, col)
+
+
+def _gather(w: Workload, col: te.Tensor) -> te.Tensor:
+    """``full``: each output position summed over the live taps of ``col``."""
+    p = w.params
+    acc, length = w.accumulator, w.length
+    cog, kern, stride, dil = p.out_per_group, p.kernel_size, p.stride, p.dilation
+    plan = TapPlan.of(p)
 
     # The gather runs over the output in polyphase order, u = q*stride + r with
     # the phase r outermost: which taps are live, and where they read, depend on
@@ -157,23 +210,54 @@ def conv_transpose1d_te(w: Workload) -> tuple[list[te.Tensor], te.Tensor]:
         def gather(n, co, r, q):
             return te.sum(tap_term(n, co, r, q, t_axis), axis=t_axis)
 
-    full = te.compute((n_batch, p.out_channels, stride, n_q), gather, name=FULL)
+    return te.compute((w.batch, p.out_channels, stride, n_q), gather, name=FULL)
+
+
+def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor) -> te.Tensor:
+    """``full`` (stride 1) summed over (input channel, tap) for each output: an implicit GEMM
+    that reads a copy of ``x`` padded by the kernel's reach, so no sum is predicated."""
+    p = w.params
+    cig, cog, kern, dil = p.in_per_group, p.out_per_group, p.kernel_size, p.dilation
+    q_first, n_q = w.phase_range
+    reach = (kern - 1) * dil
+    # x_pad[s] = x[s + q_first - reach]: output q of full reads x_pad[q + reach - k*dilation].
+    x_pad = te.compute(
+        (w.batch, p.in_channels, n_q + reach),
+        lambda n, ci, s: tirx.if_then_else(
+            tirx.all(s + q_first - reach >= 0, s + q_first - reach < w.length),
+            x[n, ci, tirx.max(tirx.min(s + q_first - reach, w.length - 1), 0)],
+            tirx.const(0, w.dtype)),
+        name=X_PAD)
+    c = te.reduce_axis((0, cig), name="c")
+    k = te.reduce_axis((0, kern), name="k")
+    return te.compute(
+        (w.batch, p.out_channels, 1, n_q),
+        lambda n, co, r, q: te.sum(
+            _widen(w, x_pad[n, tirx.indexdiv(co, cog) * cig + c, q + reach - k * dil])
+            * _widen(w, weight[tirx.indexdiv(co, cog) * cig + c, tirx.indexmod(co, cog), k]),
+            axis=[c, k]),
+        name=FULL)
+
+
+def _output(w: Workload, full: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
+    """``y``: ``full`` cropped (zeros mode) or folded through the padding's adjoint, plus the bias."""
+    p = w.params
+    acc, stride, pad, l_out = w.accumulator, p.stride, p.padding, w.out_length
+    q_first, _ = w.phase_range
 
     def full_at(n, co, u):
         return full[n, co, tirx.indexmod(u, stride), tirx.indexdiv(u, stride) - q_first]
 
     def with_bias(v, co):
-        v = v + widen(bias[co]) if bias is not None else v
-        return v if acc == dtype else v.astype(dtype)
+        v = v + _widen(w, bias[co]) if bias is not None else v
+        return v if acc == w.dtype else v.astype(w.dtype)
 
-    inputs = [x, weight] + ([bias] if bias is not None else [])
     if p.padding_mode == "zeros":
         fold = lambda n, co, l: full_at(n, co, l + pad)  # noqa: E731
     else:
-        fold = _fold_margins(full_at, (n_batch, p.out_channels), p.padding_mode, pad, l_out, acc)
-    y = te.compute((n_batch, p.out_channels, l_out),
-                   lambda n, co, l: with_bias(fold(n, co, l), co), name=OUT)
-    return inputs, y
+        fold = _fold_margins(full_at, (w.batch, p.out_channels), p.padding_mode, pad, l_out, acc)
+    return te.compute((w.batch, p.out_channels, l_out),
+                      lambda n, co, l: with_bias(fold(n, co, l), co), name=OUT)
 
 
 def _fold_margins(full, shape: tuple[int, int], mode: str, pad: int, l_out: int, dtype: str):

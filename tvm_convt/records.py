@@ -28,7 +28,7 @@ from tvm.target import Target
 
 from . import _tvmscript_patch
 from ._files import read_json, write_atomic
-from .compute import conv_transpose1d_te
+from .compute import form_for, prim_func
 from .params import OP, Workload
 from .target import target_key
 
@@ -257,8 +257,9 @@ def _indexed_modules(directory: Path) -> dict[str, list[tvm.IRModule]]:
         raise _Unrepairable(f"{INDEX_FILE} must list the tuned workloads to rebuild {WORKLOAD_FILE} from, "
                             f"got {found}")
     by_args: dict[str, list[tvm.IRModule]] = {}
+    kind = directory_kind(directory)
     for workload in index:
-        mod = workload_module(workload)
+        mod = workload_module(workload, kind)
         by_args.setdefault(json.dumps(_args_json(mod)), []).append(mod)
     return by_args
 
@@ -493,7 +494,7 @@ def find_tuned_schedule(workload: Workload, target: Target, *, logs: str | Path 
         if db is None:
             continue
         _tvmscript_patch.install()
-        func = func or prim_func(workload)
+        func = func or prim_func(workload, form_for(workload, target.kind.name))
         with target:
             sch = compile_tir(db, func, target)
         if sch is not None:
@@ -520,17 +521,18 @@ def stale_workloads(directory: Path) -> list[Workload]:
     """Indexed workloads whose current TensorIR has no record in ``directory``'s database:
     records made before a change to the compute, which no compile will ever match."""
     db = open_database(Path(directory))
-    return [w for w in read_index(directory) if db is None or not db.has_workload(workload_module(w))]
+    kind = directory_kind(directory)
+    return [w for w in read_index(directory) if db is None or not db.has_workload(workload_module(w, kind))]
 
 
-def prim_func(workload: Workload) -> tvm.tirx.PrimFunc:
-    """The unscheduled TensorIR function ``main(x, weight[, bias], y)``: what is tuned and looked up."""
-    inputs, out = conv_transpose1d_te(workload)
-    return tvm.te.create_prim_func(inputs + [out]).with_attr("global_symbol", "main")
-
-
-def workload_module(workload: Workload) -> tvm.IRModule:
-    """The module MetaSchedule tunes and keys its records by (``main`` = :func:`prim_func`)."""
+def workload_module(workload: Workload, kind: str) -> tvm.IRModule:
+    """The module MetaSchedule tunes for target kind ``kind`` and keys its records by
+    (``main`` = :func:`prim_func` in the kind's formulation, :func:`~tvm_convt.compute.form_for`)."""
     from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
-    return _normalize_mod(prim_func(workload))
+    return _normalize_mod(prim_func(workload, form_for(workload, kind)))
+
+
+def directory_kind(directory: Path) -> str:
+    """The target kind of a hardware-class directory (``llvm-x86_64-avx2`` -> ``llvm``)."""
+    return Path(directory).name.split("-", 1)[0]

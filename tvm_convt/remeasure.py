@@ -41,8 +41,8 @@ class Candidate:
 def _candidate_traces(database, workload: Workload, target, candidates: int) -> list[tuple[Any, str]]:
     from .schedule import default_schedule
 
-    mod = workload_module(workload)
-    default, _ = default_schedule(mod["main"], workload, target)
+    mod = workload_module(workload, target.kind.name)
+    default, _ = default_schedule(workload, target, func=mod["main"])
     traces = [(default.trace, "default")]
     if database.has_workload(mod):
         for rank, record in enumerate(database.get_top_k(database.commit_workload(mod), candidates)):
@@ -76,7 +76,7 @@ def rank_candidates(database, workload: Workload, target, *, candidates: int = 4
     The default schedule's time is reduced by :data:`DEFAULT_MARGIN` for the ranking
     (its :attr:`Candidate.seconds` is the measured one).
     """
-    mod = workload_module(workload)
+    mod = workload_module(workload, target.kind.name)
     x, weight, bias = layer_inputs(workload)
     arrays = [x, weight] + ([bias] if bias is not None else [])
     traces = _candidate_traces(database, workload, target, candidates)

@@ -28,7 +28,7 @@ import tvm
 
 from . import _tvmscript_patch
 from .params import OP, Workload, check_dtype_for_target
-from .records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, default_logs_dir, open_database,
+from .records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, default_logs_dir, directory_kind, open_database,
                       read_index, workload_module, write_index)
 from .target import TargetLike, resolve_target, target_key
 
@@ -232,7 +232,7 @@ def _seed_default_schedules(named: dict[str, Workload], mods: dict[str, tvm.IRMo
     pending = []
     for name, mod in mods.items():
         # Scheduled from the task's own function, so the trace replays on the task.
-        sch, _ = default_schedule(mod["main"], named[name], target)
+        sch, _ = default_schedule(named[name], target, func=mod["main"])
         if database.has_workload(mod):
             known = {str(r.trace) for r in database.get_top_k(database.commit_workload(mod), 1000)}
             if str(sch.trace) in known:
@@ -321,7 +321,7 @@ def tune(
     _tvmscript_patch.install()
     _quiet_meta_schedule_console()
     names = sorted(named)
-    mods = {name: workload_module(named[name]) for name in names}
+    mods = {name: workload_module(named[name], tgt.kind.name) for name in names}
     tasks = _tune_contexts(mods, tgt, work, seed, build_only)
     builder = LocalBuilder(timeout_sec=build_timeout, initializer=_tvmscript_patch.install)
     runner = _runner(build_only, rpc_tracker, rpc_key, run_timeout)
@@ -431,12 +431,12 @@ def _runner(build_only: bool, rpc_tracker: str | None, rpc_key: str | None, run_
     return LocalRunner(timeout_sec=run_timeout, evaluator_config=evaluator)
 
 
-def _copy_best(source, dest, workloads: list[Workload], keep: int) -> None:
+def _copy_best(source, dest, workloads: list[Workload], keep: int, kind: str) -> None:
     """Commit the ``keep`` fastest records of each workload in ``source`` to ``dest``."""
     from tvm.s_tir.meta_schedule.database import TuningRecord
 
     for workload in workloads:
-        mod = workload_module(workload)
+        mod = workload_module(workload, kind)
         if not source.has_workload(mod):
             continue
         entry = dest.commit_workload(mod)
@@ -455,7 +455,7 @@ def _copy_confirmed(source, dest, workloads: list[Workload], keep: int, target,
     from .remeasure import rank_candidates
 
     for workload in workloads:
-        mod = workload_module(workload)
+        mod = workload_module(workload, target.kind.name)
         if not source.has_workload(mod):
             continue
         ranked = rank_candidates(source, workload, target, candidates=max(4, keep))
@@ -527,8 +527,9 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
         elif keep == 1:
             db.dump_pruned(pruned)
         else:
-            _copy_best(db, pruned, read_index(directory), keep)
-        kept = [w for w in read_index(directory) if pruned.has_workload(workload_module(w))]
+            _copy_best(db, pruned, read_index(directory), keep, directory_kind(directory))
+        kept = [w for w in read_index(directory)
+                if pruned.has_workload(workload_module(w, directory_kind(directory)))]
         if not kept:  # every default schedule won: nothing to ship for this class
             for name in (WORKLOAD_FILE, RECORD_FILE):
                 (dest / name).unlink(missing_ok=True)

@@ -1,10 +1,12 @@
 """Default (untuned) schedules: an ordered list of rules per target kind.
 
-A rule returns a :class:`tvm.s_tir.Schedule` or ``None`` for "not applicable";
-:func:`default_schedule` tries them in order, and the fallback of each target
-kind goes last and always applies. The rules find the compute's stages by the
-names in :mod:`tvm_convt.compute`. CPU rules live in :mod:`.cpu`, GPU rules in
-:mod:`.cuda`, each with its tile sizes as data per architecture.
+A rule schedules one formulation of the compute (its ``form``) and returns a
+:class:`tvm.s_tir.Schedule` or ``None`` for "not applicable"; :func:`default_schedule`
+tries the rules of the workload's formulation in order, and the last of them always
+applies (``cpu-direct`` is the only rule of the direct form). The rules find the compute's stages by the
+names in :mod:`tvm_convt.compute`. CPU rules live in :mod:`.cpu` (the GEMM form) and
+:mod:`.cpu_direct` (the direct form), GPU rules in :mod:`.cuda`, each with its tile sizes
+as data per architecture.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
+from ..compute import DIRECT, direct_applies, form_for, prim_func
 from ..params import OP, Workload
-from . import cpu, cuda
+from . import cpu, cpu_direct, cuda
 from .common import ScheduleRule
 
 RULES: dict[str, tuple[ScheduleRule, ...]] = {
-    "llvm": cpu.RULES,
+    "llvm": (cpu_direct.CpuDirectRule(),) + cpu.RULES,
     "cuda": cuda.RULES,
 }
 
@@ -31,27 +34,49 @@ def _named_rule(kind: str, rule: str) -> ScheduleRule:
     return next(r for r in rules if r.name == rule)
 
 
-def default_schedule(
-    func: tirx.PrimFunc, workload: Workload, target: Target, *, rule: str | None = None
-) -> tuple[s_tir.Schedule, str]:
-    """Apply the first applicable rule for ``target`` (or only the one named ``rule``);
-    return the schedule and the rule's name."""
-    kind = target.kind.name
+def _check_kind(kind: str) -> None:
     if kind not in RULES:
         raise ValueError(
             f"{OP}: target kind must be one of {', '.join(sorted(RULES))}, got kind={kind!r}")
+
+
+def schedule_form(workload: Workload, target: Target, rule: str | None = None) -> str:
+    """The formulation (:data:`tvm_convt.compute.FORMS`) the default schedule of ``workload``
+    on ``target`` is written for: the target kind's (:func:`~tvm_convt.compute.form_for`),
+    or the named rule's."""
+    kind = target.kind.name
+    _check_kind(kind)
+    return _named_rule(kind, rule).form if rule is not None else form_for(workload, kind)
+
+
+def default_schedule(
+    workload: Workload, target: Target, *, rule: str | None = None, func: tirx.PrimFunc | None = None
+) -> tuple[s_tir.Schedule, str]:
+    """Apply the first applicable rule for ``target`` (or only the one named ``rule``);
+    return the schedule and the rule's name.
+
+    ``func`` is the unscheduled function in :func:`schedule_form`'s formulation (a
+    tuning task's own, so that the trace replays on it); by default it is made here.
+    """
+    kind = target.kind.name
+    form = schedule_form(workload, target, rule)
+    applies = form != DIRECT or direct_applies(workload)
+    if func is None and applies:
+        func = prim_func(workload, form)
     if rule is not None:
         chosen = _named_rule(kind, rule)
-        sch = chosen.apply(func, workload, target)
+        sch = chosen.apply(func, workload, target) if applies else None
         if sch is None:
             raise ValueError(f"{OP}: schedule rule {rule!r} does not apply to this workload, got "
                              f"rule={rule!r} for {workload.params}")
         return sch, chosen.name
     for candidate in RULES[kind]:
+        if candidate.form != form:
+            continue
         sch = candidate.apply(func, workload, target)
         if sch is not None:
             return sch, candidate.name
-    raise AssertionError(f"the fallback rule for {kind} did not apply")
+    raise AssertionError(f"the fallback rule for {kind} in form {form} did not apply")
 
 
-__all__ = ["RULES", "ScheduleRule", "default_schedule"]
+__all__ = ["RULES", "ScheduleRule", "default_schedule", "schedule_form"]

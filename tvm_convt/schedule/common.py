@@ -18,6 +18,7 @@ class ScheduleRule(Protocol):
     """
 
     name: str
+    form: str  # the formulation it schedules (tvm_convt.compute.FORMS)
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         ...

@@ -14,7 +14,7 @@ from ..target import cpu_isa
 from .common import has_block
 
 
-def _parallel_outer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_outer: int) -> None:
+def parallel_outer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_outer: int) -> None:
     """Fuse the first ``n_outer`` (spatial) loops of ``block`` and run them in parallel."""
     loops = sch.get_loops(block)[:n_outer]
     sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
@@ -39,15 +39,15 @@ def _schedule_epilogue_cpu(sch: s_tir.Schedule, gather_rows: int | None = None) 
     if gather_rows is not None:
         sch.parallel(_gather_tiles(sch, gather_rows))
     else:
-        _parallel_outer(sch, sch.get_sblock(C.FULL), 2)
-    _schedule_fold_cpu(sch)
+        parallel_outer(sch, sch.get_sblock(C.FULL), 2)
+    schedule_fold_cpu(sch)
 
 
-def _schedule_fold_cpu(sch: s_tir.Schedule) -> None:
+def schedule_fold_cpu(sch: s_tir.Schedule) -> None:
     """The margins (replicate mode) and the output stage: parallel over (batch, channel)."""
     for name in (C.MARGIN_LEFT, C.MARGIN_RIGHT, C.OUT):
         if has_block(sch, name):
-            _parallel_outer(sch, sch.get_sblock(name), 2)
+            parallel_outer(sch, sch.get_sblock(name), 2)
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,15 @@ class CpuArch:
     the outer operand and the weight is larger than ``gemm_resident_weight_bytes``
     (it would not stay in L2 from one sample tile to the next), the samples go in
     blocks of ``gemm_input_block_bytes`` of input, each meeting the weight once.
+    ``direct_blocking`` is the direct rule's accumulator tile, (rows, vectors): rows
+    along the output channels (fewer where they do not divide a group's), vectors
+    along the output samples.
     """
 
     vector_bits: int
     registers: int
     gemm_blockings: tuple[tuple[int, int], ...]
+    direct_blocking: tuple[int, int] = (4, 3)
     gemm_min_channels: int = 16
     gemm_channel_block: int | None = None
     gather_tile_bytes: int | None = 16384
@@ -83,6 +87,9 @@ class CpuArch:
         for vectors, rows in self.gemm_blockings:
             # Accumulators, the weight vectors and one broadcast of x, all live at once.
             assert vectors * rows + vectors + 1 <= self.registers, self
+        rows, vectors = self.direct_blocking
+        # Accumulators, the x vectors and one broadcast of the weight.
+        assert rows * vectors + vectors + 1 <= self.registers, self
 
 
 # Blockings measured with tools/probe_blocking.py; see docs/performance.md. Intel's AVX-512
@@ -92,15 +99,15 @@ class CpuArch:
 _AVX2 = CpuArch(vector_bits=256, registers=16, gemm_blockings=((2, 6), (1, 12)))
 CPU_ARCHS: dict[str, CpuArch] = {
     "avx512": CpuArch(vector_bits=512, registers=32, gemm_blockings=((4, 6), (2, 12), (1, 12)),
-                      gather_tile_bytes=32768),
+                      direct_blocking=(4, 6), gather_tile_bytes=32768),
     "avx2": _AVX2,
     "avx": _AVX2,
     "sse4": CpuArch(vector_bits=128, registers=16, gemm_blockings=((2, 6), (1, 12))),
-    "neon": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12))),
-    "sve": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12))),
+    "neon": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12)), direct_blocking=(4, 6)),
+    "sve": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12)), direct_blocking=(4, 6)),
 }
 # Cores whose best blocking differs from their instruction set's, by LLVM's mcpu name.
-_ZEN4 = CpuArch(vector_bits=512, registers=32, gemm_blockings=((1, 12),))
+_ZEN4 = CpuArch(vector_bits=512, registers=32, gemm_blockings=((1, 12),), direct_blocking=(4, 6))
 CPU_ARCHS_BY_MCPU: dict[tuple[str, str], CpuArch] = {
     ("avx512", "znver4"): _ZEN4,
     ("avx512", "znver5"): _ZEN4,
@@ -257,6 +264,7 @@ class CpuGemmRule:
     """
 
     name: str = "cpu-gemm"
+    form: str = C.GEMM
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         plan = gemm_plan(workload, target) if target.kind.name == "llvm" else None
@@ -388,6 +396,7 @@ class CpuFallbackRule:
     """
 
     name: str = "cpu-fallback"
+    form: str = C.GEMM
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         if target.kind.name != "llvm":

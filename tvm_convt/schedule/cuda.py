@@ -208,6 +208,7 @@ class GpuGemmRule:
     """
 
     name: str = "gpu-gemm"
+    form: str = C.GEMM
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         if not _is_cuda(target):
@@ -269,6 +270,7 @@ class GpuDirectRule:
     """
 
     name: str = "gpu-direct"
+    form: str = C.GEMM
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         if not _is_cuda(target):
@@ -298,6 +300,7 @@ class GpuFallbackRule:
     """Always applies on GPU: dlight's fallback, every spatial loop bound to threads."""
 
     name: str = "gpu-fallback"
+    form: str = C.GEMM
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         if "gpu" not in target.keys:
