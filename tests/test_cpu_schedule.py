@@ -138,27 +138,43 @@ def test_wide_gather_tiles_are_exact(monkeypatch):
     assert compiled.metadata.schedule == "default:cpu-gemm"
 
 
-# (target, params, L_in, (rows, vectors, lanes)) of the direct rule's tile.
+# (target, params, L_in, (rows, vectors, lanes, samples_outer)) of the direct rule's tile.
 DIRECT_PLANS = [
-    (INTEL_AVX512, P(128, 128, 11, padding=15, dilation=3), 1384, (4, 6, 16)),
-    (AVX2, P(128, 128, 11, padding=15, dilation=3), 1384, (4, 3, 8)),
+    (INTEL_AVX512, P(128, 128, 11, padding=15, dilation=3), 1384, (4, 6, 16, False)),
+    (AVX2, P(128, 128, 11, padding=15, dilation=3), 1384, (4, 3, 8, False)),
     # Rows divide a group's output channels: 6 -> 3, depthwise -> 1.
-    (AVX2, P(12, 12, 3, groups=2), 100, (3, 3, 8)),
-    (INTEL_AVX512, P(8, 8, 7, groups=8, dilation=3), 100, (1, 6, 16)),
+    (AVX2, P(12, 12, 3, groups=2), 100, (3, 3, 8, False)),
+    (INTEL_AVX512, P(8, 8, 7, groups=8, dilation=3), 100, (1, 6, 16, False)),
     # An output shorter than the tile takes fewer vectors; shorter than one, a single one.
-    (INTEL_AVX512, P(8, 8, 3), 40, (4, 2, 16)),
-    (INTEL_AVX512, P(8, 8, 3, padding=1), 5, (4, 1, 16)),
+    (INTEL_AVX512, P(8, 8, 3), 40, (4, 3, 16, False)),  # 42 positions, padded to 48
+    (INTEL_AVX512, P(8, 8, 3, padding=1), 5, (4, 1, 16, False)),
+    # 128 channels of 11072 samples (5.7 MB): the samples go outside.
+    (INTEL_AVX512, P(128, 128, 7, padding=9, dilation=3), 11072, (4, 6, 16, True)),
 ]
 
 
 @pytest.mark.parametrize("target, p, length, expected", DIRECT_PLANS)
 def test_direct_plan_per_target(target, p, length, expected):
     plan = cpu_direct.direct_plan(Workload(p, 1, length), resolve_target(target))
-    assert (plan.rows, plan.vectors, plan.lanes) == expected
+    assert (plan.rows, plan.vectors, plan.lanes, plan.samples_outer) == expected
 
 
-# Stride-1 layers through each path of the direct rule: whole tiles only, a ragged last tile in
-# its own loop, an output shorter than one tile, rows that divide a group, padding modes.
+@pytest.mark.parametrize("p, form", [
+    (P(16, 16, 3), "direct"),
+    (P(256, 256, 8, stride=4, padding=2, groups=8), "direct"),  # 32 input channels a group
+    (P(512, 256, 16, stride=8, padding=4), "gemm"),  # dense and strided
+    (P(64, 64, 4, stride=2, groups=8), "gemm"),  # 8 input channels a group
+    (P(64, 64, 6, stride=4, groups=2), "gemm"),  # phases meet 1 or 2 taps: not direct
+    (P(64, 64, 4, stride=2, groups=2, dilation=2), "gemm"),  # odd phases meet no tap
+])
+def test_form_per_layer(p, form):
+    w = Workload(p, 1, 50)
+    assert tvm_convt.compute.form_for(w, "llvm") == form
+    assert tvm_convt.compute.form_for(w, "cuda") == "gemm"
+
+
+# Layers through each path of the direct rule: whole tiles only, a ragged last tile in its own
+# loop, an output shorter than one tile, rows that divide a group, padding modes, strides.
 DIRECT_CASES = [
     ("whole-tiles", P(8, 8, 3, padding=1), 2, 192),
     ("ragged-tail", P(16, 12, 5, padding=2, dilation=2), 1, 211),
@@ -170,7 +186,15 @@ DIRECT_CASES = [
     ("reflect", P(8, 4, 5, padding=3, padding_mode="reflect"), 1, 120),
     ("replicate", P(8, 4, 5, padding=6, padding_mode="replicate", dilation=2), 2, 50),
     ("circular", P(8, 4, 4, padding=2, padding_mode="circular"), 1, 130),
+    ("grouped-strided", P(32, 32, 8, stride=4, padding=2, groups=2), 2, 70),
+    ("grouped-strided-dilated", P(32, 16, 6, stride=3, padding=4, groups=2, dilation=2, output_padding=1), 1, 45),
+    ("grouped-strided-reflect", P(32, 32, 4, stride=2, padding=3, groups=2, padding_mode="reflect"), 1, 40),
 ]
+
+
+def _direct_check(p, batch, length, target, **kwargs):
+    compiled = _check(p, batch, length, "float32", target=target, use_cache=False, **kwargs)
+    assert compiled.metadata.schedule == "default:cpu-direct"
 
 
 @pytest.mark.parametrize("target", ["llvm", AVX2], ids=["host", "avx2"])
@@ -178,11 +202,34 @@ DIRECT_CASES = [
 def test_direct_rule_code_paths(target, p, batch, length):
     if target is AVX2 and not _host_has("avx2"):
         pytest.skip("needs an x86-64 CPU with AVX2 to run AVX2 code")
-    compiled = _check(p, batch, length, "float32", target=target, use_cache=False)
-    assert compiled.metadata.schedule == "default:cpu-direct"
+    _direct_check(p, batch, length, target)
 
 
-@pytest.mark.parametrize("name", ["ragged-tail", "groups-rows-3", "circular"])
+@pytest.mark.parametrize("name", ["whole-tiles", "ragged-tail", "shorter-than-a-tile", "grouped-strided",
+                                  "grouped-strided-reflect"])
+def test_direct_rule_samples_outer(monkeypatch, name):
+    """Inputs too large for the cache walk the samples in the parallel loop; forced on small layers."""
+    _, p, batch, length = next(c for c in DIRECT_CASES if c[0] == name)
+    target = resolve_target("llvm")
+    small = dataclasses.replace(cpu.cpu_arch(target), direct_resident_input_bytes=0)
+    monkeypatch.setattr(cpu_direct, "cpu_arch", lambda _target: small)
+    assert cpu_direct.direct_plan(Workload(p, batch, length), target).samples_outer
+    _direct_check(p, batch, length, "llvm")
+
+
+@pytest.mark.parametrize("p, batch, length", [
+    (P(16, 8, 4, stride=2, padding=1), 2, 37),  # dense: the GEMM form's by default
+    (P(16, 8, 16, stride=8, padding=4, output_padding=3), 1, 11),
+    (P(8, 8, 4, stride=2, padding=1, groups=8), 2, 20),  # depthwise
+    (P(8, 4, 4, stride=2, padding=2, padding_mode="reflect"), 1, 37),
+    (P(8, 4, 6, stride=3, padding=3, padding_mode="circular", dilation=2), 2, 20),
+])
+def test_direct_rule_by_name_on_strided_layers(p, batch, length):
+    """Where the direct form applies but is not the default, asking for it by name computes it."""
+    _direct_check(p, batch, length, "llvm", rule="cpu-direct")
+
+
+@pytest.mark.parametrize("name", ["ragged-tail", "groups-rows-3", "circular", "grouped-strided"])
 def test_direct_rule_float64(name):
     _, p, batch, length = next(c for c in DIRECT_CASES if c[0] == name)
     _check(p, batch, length, "float64", use_cache=False)

@@ -23,10 +23,11 @@ The half dtypes (float16, bfloat16) widen ``x``, the weight and the bias to floa
 read: ``col``, ``full`` and the margins are float32, and only ``y`` is cast back, once. float32
 and float64 get no casts at all.
 
-A second formulation of ``full``, ``DIRECT``, serves stride 1 on CPUs (:func:`form_for`): there
-every tap is live, so ``col`` would be ``kernel_size`` times the output. It sums each output over
-(input channel, tap) straight from ``x_pad``, a copy of ``x`` zero-padded by the kernel's reach:
-an implicit GEMM with no intermediate but the output. Step 3 is the same for both.
+A second formulation of ``full``, ``DIRECT``, serves stride 1 and wide grouped layers on CPUs
+(:func:`form_for`). It sums each output phase and position over (input channel, live tap)
+straight from ``x_pad``, a copy of ``x`` zero-padded by the kernel's reach: an implicit GEMM per
+phase with no intermediate but ``full``. It needs every phase to meet the same taps, all live
+(:func:`direct_applies`). Step 3 is the same for both.
 
 The TE stages are named so that schedule rules can find them by name.
 """
@@ -70,6 +71,15 @@ class TapPlan:
         return cls(step=step, taps=-(-p.kernel_size // step), gcd=g, dilation_inverse=inverse)
 
 
+# The direct form's ``full`` runs to a multiple of this many positions per phase (the output
+# reads only the real ones): every SIMD width up to 16 lanes then divides it, and a tile
+# at the end is whole vectors, with no bounds check inside one.
+DIRECT_Q_ALIGN = 16
+
+# Grouped strided layers go direct from this many input channels a group; narrower groups
+# have too short a reduction for a register tile (the GEMM form's fallback serves them).
+DIRECT_MIN_GROUP_CHANNELS = 16
+
 # The two formulations of ``full``; the stages after it are the same.
 GEMM = "gemm"
 DIRECT = "direct"
@@ -77,17 +87,39 @@ FORMS = (GEMM, DIRECT)
 
 
 def direct_applies(w: Workload) -> bool:
-    """The direct form covers stride 1, where every tap of every output is live."""
-    return w.params.stride == 1
+    """The direct form covers the layers where every phase of the output meets the same number
+    of taps, all live: stride 1, or kernel_size a multiple of the stride with the dilation
+    prime to it."""
+    p = w.params
+    return p.stride == 1 or (p.kernel_size % p.stride == 0 and math.gcd(p.stride, p.dilation) == 1)
+
+
+def direct_positions(w: Workload) -> int:
+    """Positions per phase of the direct form's ``full``: the gather's, to a multiple of
+    :data:`DIRECT_Q_ALIGN`."""
+    return -(-w.phase_range[1] // DIRECT_Q_ALIGN) * DIRECT_Q_ALIGN
+
+
+def direct_reach(p: ConvTranspose1dParams) -> int:
+    """How many input samples before its own position an output of a phase reads."""
+    return (p.kernel_size - 1) * p.dilation // p.stride
 
 
 def form_for(w: Workload, kind: str) -> str:
     """The formulation that target kind ``kind`` ("llvm", "cuda") computes ``w`` in.
 
-    On CPUs a stride-1 layer is direct: its ``col`` would be kernel_size times the
-    output, and the gather would read all of it back. The GPU rules schedule the GEMM form.
+    On CPUs the direct form serves stride 1, where ``col`` would be kernel_size times
+    the output and the gather would read all of it back, and grouped layers with at
+    least :data:`DIRECT_MIN_GROUP_CHANNELS` input channels a group, whose ``col`` is as
+    large for a fraction of the work. Dense strided layers stay in the GEMM form, whose
+    register tile reuses a packed weight better (docs/performance.md has the A/B).
+    The GPU rules schedule the GEMM form.
     """
-    return DIRECT if kind == "llvm" and direct_applies(w) else GEMM
+    if kind != "llvm" or not direct_applies(w):
+        return GEMM
+    p = w.params
+    grouped = p.groups > 1 and p.in_per_group >= DIRECT_MIN_GROUP_CHANNELS
+    return DIRECT if p.stride == 1 or grouped else GEMM
 
 
 def conv_transpose1d_te(w: Workload, form: str = GEMM) -> tuple[list[te.Tensor], te.Tensor]:
@@ -214,13 +246,21 @@ def _gather(w: Workload, col: te.Tensor) -> te.Tensor:
 
 
 def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor) -> te.Tensor:
-    """``full`` (stride 1) summed over (input channel, tap) for each output: an implicit GEMM
-    that reads a copy of ``x`` padded by the kernel's reach, so no sum is predicated."""
+    """``full`` summed over (input channel, live tap) for each output phase and position: an
+    implicit GEMM per phase that reads a copy of ``x`` padded by the kernel's reach, so no
+    sum is predicated.
+
+    Phase ``r`` meets taps ``k = k0(r) + t*stride``, ``t < kernel_size/stride``, each
+    reading input ``q + q_first + (r - k*dilation)/stride`` (an exact division). The
+    positions run to a multiple of :data:`DIRECT_Q_ALIGN`.
+    """
     p = w.params
-    cig, cog, kern, dil = p.in_per_group, p.out_per_group, p.kernel_size, p.dilation
-    q_first, n_q = w.phase_range
-    reach = (kern - 1) * dil
-    # x_pad[s] = x[s + q_first - reach]: output q of full reads x_pad[q + reach - k*dilation].
+    cig, cog, dil, stride = p.in_per_group, p.out_per_group, p.dilation, p.stride
+    plan = TapPlan.of(p)
+    q_first, _ = w.phase_range
+    n_q = direct_positions(w)
+    reach = direct_reach(p)
+    # x_pad[s] = x[s + q_first - reach]: full[r, q] reads x_pad[q + reach + (r - k*dilation)/stride].
     x_pad = te.compute(
         (w.batch, p.in_channels, n_q + reach),
         lambda n, ci, s: tirx.if_then_else(
@@ -229,13 +269,18 @@ def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor) -> te.Tensor:
             tirx.const(0, w.dtype)),
         name=X_PAD)
     c = te.reduce_axis((0, cig), name="c")
-    k = te.reduce_axis((0, kern), name="k")
+    t = te.reduce_axis((0, plan.taps), name="t")
+
+    def tap(r):
+        return tirx.indexmod(r * plan.dilation_inverse, stride) + t * stride if stride > 1 else t
+
     return te.compute(
-        (w.batch, p.out_channels, 1, n_q),
+        (w.batch, p.out_channels, stride, n_q),
         lambda n, co, r, q: te.sum(
-            _widen(w, x_pad[n, tirx.indexdiv(co, cog) * cig + c, q + reach - k * dil])
-            * _widen(w, weight[tirx.indexdiv(co, cog) * cig + c, tirx.indexmod(co, cog), k]),
-            axis=[c, k]),
+            _widen(w, x_pad[n, tirx.indexdiv(co, cog) * cig + c,
+                            q + reach + tirx.indexdiv(r - tap(r) * dil, stride)])
+            * _widen(w, weight[tirx.indexdiv(co, cog) * cig + c, tirx.indexmod(co, cog), tap(r)]),
+            axis=[c, t]),
         name=FULL)
 
 

@@ -1,11 +1,10 @@
-"""The CPU rule of the direct (stride 1) formulation: an implicit GEMM with register tiles.
+"""The CPU rule of the direct formulation: an implicit GEMM per output phase, register-tiled.
 
 Each output tile is ``rows`` output channels by ``vectors`` SIMD vectors of output
-samples, accumulated in registers over (input channel, tap): per step it loads
-``vectors`` windows of ``x_pad`` (shifted by the tap) and broadcasts ``rows``
-weights from a copy packed as (channel block, input channel, tap, row). Nothing
-but the output is written, where the GEMM form writes ``col``, kernel_size times
-the output, and reads it back in the gather.
+positions of one phase, accumulated in registers over (input channel, tap): per step
+it loads ``vectors`` windows of ``x_pad`` (shifted by the tap) and broadcasts ``rows``
+weights from a copy packed as (channel block, input channel, tap, row). Nothing but
+the output is written, where the GEMM form writes ``col`` and reads it back in the gather.
 """
 
 from __future__ import annotations
@@ -16,18 +15,21 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .. import compute as C
-from ..params import Workload
+from ..params import Workload, itemsize
 from .cpu import cpu_arch, cpu_vector_lanes, parallel_outer, schedule_fold_cpu
 
 
 @dataclass(frozen=True)
 class DirectPlan:
-    """One workload's tile: ``rows`` output channels (a divisor of a group's), ``vectors``
-    x ``lanes`` output samples."""
+    """One workload's tile: ``rows`` output channels (a divisor of a group's), ``vectors`` x
+    ``lanes`` output positions; and whether the parallel loop walks the positions
+    (``samples_outer``: the input is too large to stay in cache while every channel block
+    passes over it) or the channel blocks."""
 
     rows: int
     vectors: int
     lanes: int
+    samples_outer: bool
 
     @property
     def width(self) -> int:
@@ -36,14 +38,17 @@ class DirectPlan:
 
 def direct_plan(workload: Workload, target: Target) -> DirectPlan:
     """The target's direct blocking, fitted to the layer: rows divide the channels of a
-    group, and a short output takes fewer vectors."""
-    rows, vectors = cpu_arch(target).direct_blocking
+    group, and a short output takes fewer vectors. The positions go outside when a
+    group's input is larger than ``CpuArch.direct_resident_input_bytes``."""
+    arch = cpu_arch(target)
+    rows, vectors = arch.direct_blocking
     lanes = cpu_vector_lanes(target, workload.dtype)
-    cog = workload.params.out_per_group
-    rows = max(r for r in range(1, rows + 1) if cog % r == 0)
-    _, n_q = workload.phase_range
-    vectors = max(1, min(vectors, n_q // lanes))
-    return DirectPlan(rows, vectors, lanes)
+    p = workload.params
+    rows = max(r for r in range(1, rows + 1) if p.out_per_group % r == 0)
+    positions = C.direct_positions(workload)
+    vectors = max(1, min(vectors, positions // lanes))
+    input_bytes = p.in_per_group * (positions + C.direct_reach(p)) * itemsize(workload.dtype)
+    return DirectPlan(rows, vectors, lanes, input_bytes > arch.direct_resident_input_bytes)
 
 
 def _blocks_writing(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, buffer: str) -> list[str]:
@@ -71,7 +76,7 @@ def _pack_weight(sch: s_tir.Schedule, full: s_tir.schedule.SBlockRV, rows: int) 
 
 def _register_tiles(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> None:
     """Accumulate each tile under ``outer`` in registers over the whole reduction; its loops
-    end in (tile, c, k, row, vector, lane)."""
+    end in (tile or channel block, c, t, row, vector, lane)."""
     for name in _blocks_writing(sch, outer, C.FULL):
         block = sch.get_sblock(name)
         *_, tile, c, _, row, vector, lane = sch.get_loops(block)
@@ -84,14 +89,55 @@ def _register_tiles(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> None:
         sch.decompose_reduction(block, c)
 
 
+def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan, positions: int) -> s_tir.schedule.LoopRV:
+    """Parallel over (batch, channel block, phase); each walks the positions in tiles, the
+    last one (fewer vectors) in a loop of its own. Returns the parallel loop."""
+    n, cob, r, tile, c, t, row, vector, lane = loops
+    sch.reorder(n, cob, r, tile, c, t, row, vector, lane)
+    outer = sch.fuse(n, cob, r)
+    sch.parallel(outer)
+    if positions % plan.width and positions > plan.width:
+        sch.loop_partition(tile, [positions // plan.width, None])
+    return outer
+
+
+def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan, positions: int) -> s_tir.schedule.LoopRV:
+    """Parallel over the tiles of positions of each (batch, phase); every channel block
+    passes over a tile while its window of the input is in cache. The last tile is a
+    loop of its own, parallel over its channel blocks. Returns the (batch, phase) loop."""
+    n, cob, r, tile, c, t, row, vector, lane = loops
+    sch.reorder(n, r, tile, cob, c, t, row, vector, lane)
+    outer = sch.fuse(n, r)
+    whole = positions // plan.width
+    if positions % plan.width and whole:
+        main, tail = sch.loop_partition(tile, [whole, None])
+        sch.parallel(main)
+        *_, tail_cob, _, _, _, _, _ = sch.get_loops(sch.get_sblock(_blocks_writing(sch, tail, C.FULL)[0]))
+        sch.parallel(tail_cob)
+    else:
+        sch.parallel(tile)
+    return outer
+
+
+def _full_in_output_order(sch: s_tir.Schedule, stride: int, padding_mode: str) -> None:
+    """Store ``full`` as (batch, channel, position * stride + phase): each tile's write-back
+    scatters once, after its whole reduction, and the output stages read along the samples
+    instead of interleaving the phases one sample at a time. After the tiles' register
+    caches are made, so that those stay compact.
+
+    Zeros mode only: with the folds of the other modes, TVM 0.27 rewrites one of their
+    clamped margin indices wrongly (reflect, stride 2: ``15 - l`` for ``16 - l``).
+    """
+    if stride == 1 or padding_mode != "zeros":
+        return
+    out = sch.get_sblock(C.OUT)
+    reads = [r.source.name for r in sch.get(out).reads]
+    sch.transform_layout(out, ("read", reads.index(C.FULL)), lambda n, co, r, q: (n, co, q * stride + r))
+
+
 @dataclass(frozen=True)
 class CpuDirectRule:
-    """Register-tiled implicit GEMM for the direct form; always applies to it.
-
-    Parallel over (batch, channel block); each task walks the output in tiles, the
-    ragged last tile in a loop of its own (a bounds check inside the unrolled tile
-    makes LLVM spill the accumulators).
-    """
+    """Register-tiled implicit GEMM for the direct form; always applies to it."""
 
     name: str = "cpu-direct"
     form: str = C.DIRECT
@@ -103,16 +149,14 @@ class CpuDirectRule:
         sch = s_tir.Schedule(func)
         full = sch.get_sblock(C.FULL)
         _pack_weight(sch, full, plan.rows)
-        n, co, r, q, c, k = sch.get_loops(full)
+        n, co, r, q, c, t = sch.get_loops(full)
         cob, row = sch.split(co, [None, plan.rows])
         tile, vector, lane = sch.split(q, [None, plan.vectors, plan.lanes])
-        sch.reorder(n, cob, r, tile, c, k, row, vector, lane)
-        outer = sch.fuse(n, cob, r)
-        sch.parallel(outer)
-        _, n_q = workload.phase_range
-        if n_q % plan.width and n_q > plan.width:
-            sch.loop_partition(tile, [n_q // plan.width, None])
+        loops = (n, cob, r, tile, c, t, row, vector, lane)
+        walk = _samples_outer if plan.samples_outer else _channel_blocks_outer
+        outer = walk(sch, loops, plan, C.direct_positions(workload))
         _register_tiles(sch, outer)
+        _full_in_output_order(sch, workload.params.stride, workload.params.padding_mode)
         parallel_outer(sch, sch.get_sblock(C.X_PAD), 2)
         schedule_fold_cpu(sch)
         return sch
