@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--axis", choices=("length", "batch"), default="length")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--default-schedule", action="store_true", help="ignore tuning records")
+    parser.add_argument("--rule", help="a default rule by name, e.g. cpu-direct (implies --default-schedule)")
     args = parser.parse_args()
     set_cpu_threads(host_cores())
     base = default_suite()[args.layer]
@@ -32,7 +33,7 @@ def main() -> None:
     calls, schedules = {}, {}
     for label, w in (("1x", base), (f"{args.factor}x", big)):
         compiled = compile_module(w.params, batch=w.batch, length=w.length, dtype=w.dtype,
-                                  tuned=not args.default_schedule)
+                                  tuned=not args.default_schedule, rule=args.rule)
         calls[label] = module_call(compiled, *layer_inputs(w))
         schedules[label] = (w, compiled.metadata.schedule)
     times = interleaved_medians(calls, rounds=args.rounds)
