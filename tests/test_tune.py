@@ -35,7 +35,8 @@ from conftest import assert_close, random_inputs
 P = ConvTranspose1dParams
 SUITE = {
     "up": Workload(P(16, 16, 4, stride=2, padding=1), 1, 16),
-    "dw": Workload(P(8, 8, 3, stride=2, groups=8, padding_mode="reflect", padding=1), 2, 12),
+    # Depthwise at stride 1: the direct form, so tuning covers both formulations.
+    "dw": Workload(P(8, 8, 3, groups=8, padding_mode="reflect", padding=1), 2, 12),
 }
 HOST_KEY = target_key(resolve_target("llvm"))
 # TVM's default population (512, evolved 4 times) takes a minute a round on two cores;
@@ -102,13 +103,14 @@ def test_a_changed_default_schedule_is_measured_again(tuned_logs, tmp_path, monk
     """A better default in a later version joins the records; an unchanged one is not re-measured."""
     from tvm_convt import schedule
     from tvm_convt.schedule.cpu import CpuFallbackRule
+    from tvm_convt.schedule.cpu_direct import CpuDirectRule
 
     logs = tmp_path / "logs"
     shutil.copytree(tuned_logs[0], logs)
     before = _records(logs / HOST_KEY)
-    monkeypatch.setitem(schedule.RULES, "llvm", (CpuFallbackRule(),))
+    monkeypatch.setitem(schedule.RULES, "llvm", (CpuDirectRule(), CpuFallbackRule()))
     tune(SUITE, trials=2, trials_per_iter=2, logs=logs, seed=0, progress=False)
-    # "up" had the GEMM rule's schedule and gets the fallback's; "dw" had the fallback's already.
+    # "up" had the GEMM rule's schedule and gets the fallback's; "dw" keeps the direct rule's.
     assert _records(logs / HOST_KEY) == before + 2 + 1
     # Each default is now recorded once, which is what keeps a later run from measuring it
     # again (as "dw" just was not; a rerun would add only its trials).
