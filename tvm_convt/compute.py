@@ -272,7 +272,10 @@ def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor) -> te.Tensor:
     t = te.reduce_axis((0, plan.taps), name="t")
 
     def tap(r):
-        return tirx.indexmod(r * plan.dilation_inverse, stride) + t * stride if stride > 1 else t
+        # The last tap first: the input index then grows with t, which lets LLVM address a
+        # tile's vectors from one base (with t counting down it computed each one apart).
+        last = plan.taps - 1 - t
+        return tirx.indexmod(r * plan.dilation_inverse, stride) + last * stride if stride > 1 else last
 
     return te.compute(
         (w.batch, p.out_channels, stride, n_q),
