@@ -50,15 +50,19 @@ def vm_runner(mod: tvm.IRModule, target: tvm.target.Target, x, pipeline="default
     return (lambda: main(x_tvm)[0]), seconds
 
 
-def direct_runner(up: torch.nn.ConvTranspose1d, x: torch.Tensor, target: tvm.target.Target):
-    """The layer compiled by ``tvm_convt.compile``, called on device tensors made once."""
+def direct_runner(up: torch.nn.ConvTranspose1d, x: torch.Tensor, target: tvm.target.Target,
+                  fresh_output: bool = False):
+    """The layer compiled by ``tvm_convt.compile``, called on device tensors made once (with
+    ``fresh_output``, a new output tensor each call, as any call that returns one makes)."""
     params = tvm_convt.ConvTranspose1dParams(up.in_channels, up.out_channels, up.kernel_size[0],
                                              up.stride[0], up.padding[0], up.output_padding[0],
                                              up.groups, up.bias is not None, up.dilation[0])
     compiled = tvm_convt.compile(params, batch=x.shape[0], length=x.shape[-1], target=target)
     tensors = [tvm.runtime.tensor(t.detach().numpy()) for t in (x, up.weight, up.bias) if t is not None]
-    y = tvm.runtime.empty(compiled.workload.output_shape, "float32")
-    func = compiled.func
+    shape, func = compiled.workload.output_shape, compiled.func
+    if fresh_output:
+        return lambda: func(*tensors, tvm.runtime.empty(shape, "float32"))
+    y = tvm.runtime.empty(shape, "float32")
     return lambda: func(*tensors, y)
 
 
