@@ -30,3 +30,18 @@ def has_block(sch: s_tir.Schedule, name: str) -> bool:
     except Exception:  # noqa: BLE001 - TVM raises its own ScheduleError subclasses
         return False
     return True
+
+
+def blocks_writing(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, buffer: str) -> list[str]:
+    """Names of the blocks under ``loop`` that write ``buffer``: more than one once a loop is
+    partitioned, nested in wrapper blocks that declare no writes."""
+    found: list[str] = []
+    pending = list(sch.get_child_blocks(loop))
+    while pending:
+        block = pending.pop(0)
+        stmt = sch.get(block)
+        if any(region.source.name == buffer for region in stmt.writes):
+            found.append(stmt.name_hint)
+        else:
+            pending.extend(sch.get_child_blocks(block))
+    return found

@@ -11,7 +11,7 @@ from tvm.target import Target
 from .. import compute as C
 from ..params import Workload
 from ..target import cpu_isa
-from .common import has_block
+from .common import blocks_writing, has_block
 
 
 def parallel_outer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_outer: int) -> None:
@@ -187,21 +187,6 @@ def _gather_rows(workload: Workload, arch: CpuArch) -> int | None:
     return rows if rows >= GATHER_MIN_ROWS else None
 
 
-def _col_blocks(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV) -> list[str]:
-    """Names of the blocks under ``loop`` that compute ``col``: more than one once a loop
-    is partitioned, nested in wrapper blocks that declare no reads or writes."""
-    found: list[str] = []
-    pending = list(sch.get_child_blocks(loop))
-    while pending:
-        block = pending.pop(0)
-        stmt = sch.get(block)
-        if any(region.source.name == C.COL for region in stmt.writes):
-            found.append(stmt.name_hint)
-        else:
-            pending.extend(sch.get_child_blocks(block))
-    return found
-
-
 def _register_tile(sch: s_tir.Schedule, block_name: str, lanes: int) -> None:
     """Accumulate one (rows x vectors) tile of ``col`` in registers over the whole reduction.
 
@@ -307,7 +292,7 @@ def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
         jo, _ = sch.loop_partition(jo, [workload.length // plan.rows, None])
     block_tiles = _sample_block_tiles(workload, plan, arch)
     if block_tiles is not None:
-        [main] = _col_blocks(sch, jo)
+        [main] = blocks_writing(sch, jo, C.COL)
         *_, tiles, mo, _, _, _ = sch.get_loops(sch.get_sblock(main))
         jo, jt = sch.split(tiles, [None, block_tiles])
         sch.reorder(jo, mo, jt)
@@ -320,7 +305,7 @@ def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
     else:
         outer = sch.fuse(n, g) if ragged else sch.fuse(n, g, jo)
         sch.parallel(outer)
-    for name in _col_blocks(sch, outer):
+    for name in blocks_writing(sch, outer, C.COL):
         _register_tile(sch, name, plan.lanes)
 
 
@@ -373,7 +358,7 @@ def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
     if workload.length % plan.rows:
         sch.loop_partition(jo, [workload.length // plan.rows, None])
     if blocks == 1:
-        for name in _col_blocks(sch, outer):
+        for name in blocks_writing(sch, outer, C.COL):
             _register_tile(sch, name, plan.lanes)
 
 

@@ -16,6 +16,7 @@ from tvm.target import Target
 
 from .. import compute as C
 from ..params import Workload, itemsize
+from .common import blocks_writing
 from .cpu import cpu_arch, cpu_vector_lanes, parallel_outer, schedule_fold_cpu
 
 
@@ -51,21 +52,6 @@ def direct_plan(workload: Workload, target: Target) -> DirectPlan:
     return DirectPlan(rows, vectors, lanes, input_bytes > arch.direct_resident_input_bytes)
 
 
-def _blocks_writing(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, buffer: str) -> list[str]:
-    """Names of the blocks under ``loop`` that write ``buffer``: more than one once a loop is
-    partitioned, nested in wrapper blocks that declare no writes."""
-    found: list[str] = []
-    pending = list(sch.get_child_blocks(loop))
-    while pending:
-        block = pending.pop(0)
-        stmt = sch.get(block)
-        if any(region.source.name == buffer for region in stmt.writes):
-            found.append(stmt.name_hint)
-        else:
-            pending.extend(sch.get_child_blocks(block))
-    return found
-
-
 def _pack_weight(sch: s_tir.Schedule, full: s_tir.schedule.SBlockRV, rows: int) -> None:
     """Copy the weight as (channel block, input channel, tap, row): the rows one step
     broadcasts are adjacent, and a tile's whole reduction reads one contiguous block."""
@@ -77,7 +63,7 @@ def _pack_weight(sch: s_tir.Schedule, full: s_tir.schedule.SBlockRV, rows: int) 
 def _register_tiles(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> None:
     """Accumulate each tile under ``outer`` in registers over the whole reduction; its loops
     end in (tile or channel block, c, t, row, vector, lane)."""
-    for name in _blocks_writing(sch, outer, C.FULL):
+    for name in blocks_writing(sch, outer, C.FULL):
         block = sch.get_sblock(name)
         *_, tile, c, _, row, vector, lane = sch.get_loops(block)
         acc = sch.cache_write(block, 0, "local")
@@ -112,7 +98,7 @@ def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan, positions: int)
     if positions % plan.width and whole:
         main, tail = sch.loop_partition(tile, [whole, None])
         sch.parallel(main)
-        *_, tail_cob, _, _, _, _, _ = sch.get_loops(sch.get_sblock(_blocks_writing(sch, tail, C.FULL)[0]))
+        *_, tail_cob, _, _, _, _, _ = sch.get_loops(sch.get_sblock(blocks_writing(sch, tail, C.FULL)[0]))
         sch.parallel(tail_cob)
     else:
         sch.parallel(tile)
