@@ -151,6 +151,8 @@ DIRECT_PLANS = [
     (INTEL_AVX512, P(8, 8, 3, padding=1), 5, (4, 1, 16, False)),
     # 128 channels of 11072 samples (5.7 MB): the samples go outside.
     (INTEL_AVX512, P(128, 128, 7, padding=9, dilation=3), 11072, (4, 6, 16, True)),
+    # As large an input (1.1 MB) in one tile of positions: the channel blocks stay outside.
+    (INTEL_AVX512, P(4096, 16, 3), 62, (4, 4, 16, False)),
 ]
 
 
@@ -206,15 +208,20 @@ def test_direct_rule_code_paths(target, p, batch, length):
     _direct_check(p, batch, length, target)
 
 
-@pytest.mark.parametrize("name", ["whole-tiles", "ragged-tail", "shorter-than-a-tile", "grouped-strided",
-                                  "grouped-strided-reflect"])
-def test_direct_rule_samples_outer(monkeypatch, name):
+@pytest.mark.parametrize("p, batch, length", [
+    (P(8, 8, 3, padding=1), 2, 192),  # two whole tiles
+    (P(16, 12, 5, padding=2, dilation=2), 1, 211),  # two and a ragged one
+    (P(32, 32, 8, stride=4, padding=2, groups=2), 2, 300),  # per phase
+    (P(32, 32, 4, stride=2, padding=3, groups=2, padding_mode="reflect"), 1, 250),
+])
+def test_direct_rule_samples_outer(monkeypatch, p, batch, length):
     """Inputs too large for the cache walk the samples in the parallel loop; forced on small layers."""
-    _, p, batch, length = next(c for c in DIRECT_CASES if c[0] == name)
     target = resolve_target("llvm")
     small = dataclasses.replace(cpu.cpu_arch(target), direct_resident_input_bytes=0)
     monkeypatch.setattr(cpu_direct, "cpu_arch", lambda _target: small)
     assert cpu_direct.direct_plan(Workload(p, batch, length), target).samples_outer
+    # Under two tiles of positions the channel blocks stay outside whatever the input's size.
+    assert not cpu_direct.direct_plan(Workload(p, batch, 20), target).samples_outer
     _direct_check(p, batch, length, "llvm")
 
 

@@ -40,7 +40,8 @@ class DirectPlan:
 def direct_plan(workload: Workload, target: Target) -> DirectPlan:
     """The target's direct blocking, fitted to the layer: rows divide the channels of a
     group, and a short output takes fewer vectors. The positions go outside when a
-    group's input is larger than ``CpuArch.direct_resident_input_bytes``."""
+    group's input is larger than ``CpuArch.direct_resident_input_bytes`` and they make
+    two tiles or more."""
     arch = cpu_arch(target)
     rows, vectors = arch.direct_blocking
     lanes = cpu_vector_lanes(target, workload.dtype)
@@ -49,7 +50,9 @@ def direct_plan(workload: Workload, target: Target) -> DirectPlan:
     positions = C.direct_positions(workload)
     vectors = max(1, min(vectors, positions // lanes))
     input_bytes = p.in_per_group * (positions + C.direct_reach(p)) * itemsize(workload.dtype)
-    return DirectPlan(rows, vectors, lanes, input_bytes > arch.direct_resident_input_bytes)
+    # With fewer than two tiles of positions, a parallel loop over them would leave cores idle.
+    samples_outer = input_bytes > arch.direct_resident_input_bytes and positions >= 2 * vectors * lanes
+    return DirectPlan(rows, vectors, lanes, samples_outer)
 
 
 def _pack_weight(sch: s_tir.Schedule, full: s_tir.schedule.SBlockRV, rows: int) -> None:
