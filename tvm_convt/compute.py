@@ -128,8 +128,8 @@ def conv_transpose1d_te(w: Workload, form: str = GEMM) -> tuple[list[te.Tensor],
     Returns ``(inputs, output)`` with inputs ``[x, weight]`` or ``[x, weight, bias]``
     of shapes (batch, in_channels, L_in), (in_channels, out_channels/groups,
     kernel_size) and (out_channels,), and the output (batch, out_channels, L_out).
-    ``GEMM`` computes ``col`` and gathers it; ``DIRECT`` (stride 1 only) sums the
-    taps of each output straight from a zero-padded copy of ``x``.
+    ``GEMM`` computes ``col`` and gathers it; ``DIRECT`` (where :func:`direct_applies`)
+    sums the live taps of each output straight from a zero-padded copy of ``x``.
     """
     assert form in FORMS, form
     assert form == GEMM or direct_applies(w), (form, w)

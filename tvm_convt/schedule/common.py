@@ -45,3 +45,10 @@ def blocks_writing(sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, buffer: str
         else:
             pending.extend(sch.get_child_blocks(block))
     return found
+
+
+def read_index(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buffer: str) -> int:
+    """Which of ``block``'s reads is ``buffer`` (for ``cache_read`` and ``transform_layout``)."""
+    reads = [r.source.name for r in sch.get(block).reads]
+    assert buffer in reads, (buffer, reads)
+    return reads.index(buffer)

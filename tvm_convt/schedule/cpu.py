@@ -11,7 +11,7 @@ from tvm.target import Target
 from .. import compute as C
 from ..params import Workload
 from ..target import cpu_isa
-from .common import blocks_writing, has_block
+from .common import blocks_writing, has_block, read_index
 
 
 def parallel_outer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_outer: int) -> None:
@@ -211,12 +211,6 @@ def _pad_col_rows(sch: s_tir.Schedule, writer: s_tir.schedule.SBlockRV, lanes: i
     sch.storage_align(writer, 0, axis=2, factor=256, offset=lanes)
 
 
-def _read_index(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buffer: str) -> int:
-    reads = [r.source.name for r in sch.get(block).reads]
-    assert buffer in reads, (buffer, reads)
-    return reads.index(buffer)
-
-
 def _pack_weight(sch: s_tir.Schedule, col: s_tir.schedule.SBlockRV, at: s_tir.schedule.LoopRV | None,
                  kernel_size: int, width: int) -> None:
     """Copy the weight, as (m block, input channel, ``width``), into a buffer made at loop ``at``
@@ -226,7 +220,7 @@ def _pack_weight(sch: s_tir.Schedule, col: s_tir.schedule.SBlockRV, at: s_tir.sc
     channel, rows ``m`` floats apart: a power-of-two ``m`` puts every row in one
     L1 set. The packed block is contiguous and read from L1 for each tile of samples.
     """
-    packed = sch.cache_read(col, _read_index(sch, col, "weight"), "global")
+    packed = sch.cache_read(col, read_index(sch, col, "weight"), "global")
     sch.transform_layout(packed, ("write", 0),
                          lambda c, o, k: ((o * kernel_size + k) // width, c, (o * kernel_size + k) % width))
     if at is not None:

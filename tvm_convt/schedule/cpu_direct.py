@@ -16,20 +16,21 @@ from tvm.target import Target
 
 from .. import compute as C
 from ..params import Workload, itemsize
-from .common import blocks_writing
+from .common import blocks_writing, read_index
 from .cpu import cpu_arch, cpu_vector_lanes, parallel_outer, schedule_fold_cpu
 
 
 @dataclass(frozen=True)
 class DirectPlan:
     """One workload's tile: ``rows`` output channels (a divisor of a group's), ``vectors`` x
-    ``lanes`` output positions; and whether the parallel loop walks the positions
+    ``lanes`` of the ``positions`` of a phase; and whether the parallel loop walks the positions
     (``samples_outer``: the input is too large to stay in cache while every channel block
     passes over it) or the channel blocks."""
 
     rows: int
     vectors: int
     lanes: int
+    positions: int  # per phase, C.direct_positions
     samples_outer: bool
 
     @property
@@ -52,13 +53,13 @@ def direct_plan(workload: Workload, target: Target) -> DirectPlan:
     input_bytes = p.in_per_group * (positions + C.direct_reach(p)) * itemsize(workload.dtype)
     # With fewer than two tiles of positions, a parallel loop over them would leave cores idle.
     samples_outer = input_bytes > arch.direct_resident_input_bytes and positions >= 2 * vectors * lanes
-    return DirectPlan(rows, vectors, lanes, samples_outer)
+    return DirectPlan(rows, vectors, lanes, positions, samples_outer)
 
 
 def _pack_weight(sch: s_tir.Schedule, full: s_tir.schedule.SBlockRV, rows: int) -> None:
     """Copy the weight as (channel block, input channel, tap, row): the rows one step
     broadcasts are adjacent, and a tile's whole reduction reads one contiguous block."""
-    packed = sch.cache_read(full, 1, "global")
+    packed = sch.cache_read(full, read_index(sch, full, "weight"), "global")
     sch.transform_layout(packed, ("write", 0), lambda ci, o, k: (o // rows, ci, k, o % rows))
     parallel_outer(sch, packed, 1)
 
@@ -78,27 +79,27 @@ def _register_tiles(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> None:
         sch.decompose_reduction(block, c)
 
 
-def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan, positions: int) -> s_tir.schedule.LoopRV:
+def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan) -> s_tir.schedule.LoopRV:
     """Parallel over (batch, channel block, phase); each walks the positions in tiles, the
     last one (fewer vectors) in a loop of its own. Returns the parallel loop."""
     n, cob, r, tile, c, t, row, vector, lane = loops
     sch.reorder(n, cob, r, tile, c, t, row, vector, lane)
     outer = sch.fuse(n, cob, r)
     sch.parallel(outer)
-    if positions % plan.width and positions > plan.width:
-        sch.loop_partition(tile, [positions // plan.width, None])
+    if plan.positions % plan.width and plan.positions > plan.width:
+        sch.loop_partition(tile, [plan.positions // plan.width, None])
     return outer
 
 
-def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan, positions: int) -> s_tir.schedule.LoopRV:
+def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan) -> s_tir.schedule.LoopRV:
     """Parallel over the tiles of positions of each (batch, phase); every channel block
     passes over a tile while its window of the input is in cache. The last tile is a
     loop of its own, parallel over its channel blocks. Returns the (batch, phase) loop."""
     n, cob, r, tile, c, t, row, vector, lane = loops
     sch.reorder(n, r, tile, cob, c, t, row, vector, lane)
     outer = sch.fuse(n, r)
-    whole = positions // plan.width
-    if positions % plan.width and whole:
+    whole = plan.positions // plan.width
+    if plan.positions % plan.width and whole:
         main, tail = sch.loop_partition(tile, [whole, None])
         sch.parallel(main)
         *_, tail_cob, _, _, _, _, _ = sch.get_loops(sch.get_sblock(blocks_writing(sch, tail, C.FULL)[0]))
@@ -120,8 +121,7 @@ def _full_in_output_order(sch: s_tir.Schedule, stride: int, padding_mode: str) -
     if stride == 1 or padding_mode != "zeros":
         return
     out = sch.get_sblock(C.OUT)
-    reads = [r.source.name for r in sch.get(out).reads]
-    sch.transform_layout(out, ("read", reads.index(C.FULL)), lambda n, co, r, q: (n, co, q * stride + r))
+    sch.transform_layout(out, ("read", read_index(sch, out, C.FULL)), lambda n, co, r, q: (n, co, q * stride + r))
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class CpuDirectRule:
         tile, vector, lane = sch.split(q, [None, plan.vectors, plan.lanes])
         loops = (n, cob, r, tile, c, t, row, vector, lane)
         walk = _samples_outer if plan.samples_outer else _channel_blocks_outer
-        outer = walk(sch, loops, plan, C.direct_positions(workload))
+        outer = walk(sch, loops, plan)
         _register_tiles(sch, outer)
         _full_in_output_order(sch, workload.params.stride, workload.params.padding_mode)
         parallel_outer(sch, sch.get_sblock(C.X_PAD), 2)

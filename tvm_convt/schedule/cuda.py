@@ -18,7 +18,7 @@ from tvm.target import Target
 
 from .. import compute as C
 from ..params import Workload
-from .common import has_block
+from .common import has_block, read_index
 
 
 def _arch(target: Target) -> str:
@@ -121,12 +121,6 @@ def _schedule_epilogue(sch: s_tir.Schedule, threads: int) -> None:
                 sch.decompose_reduction(block, sch.get_loops(block)[-1])
 
 
-def _read_index(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buffer: str) -> int:
-    reads = [r.source.name for r in sch.get(block).reads]
-    assert buffer in reads, (buffer, reads)
-    return reads.index(buffer)
-
-
 def _gemm_tiles(cfg: GemmConfig, workload: Workload, target: Target) -> GemmConfig:
     """Fit the configured tile to the layer: a side more than twice its extent gives
     half its threads to the other side (where that has room), and the K chunk halves
@@ -154,7 +148,7 @@ def _cooperative_load(sch: s_tir.Schedule, col: s_tir.schedule.SBlockRV, buffer:
     """Stage ``buffer``'s tile of this K chunk in shared memory, loaded by every thread of
     the block with the contiguous axis innermost, so a warp reads consecutive addresses.
     ``depth`` is the number of loops down to ``k_loop``."""
-    shared = sch.cache_read(col, _read_index(sch, col, buffer), "shared")
+    shared = sch.cache_read(col, read_index(sch, col, buffer), "shared")
     sch.compute_at(shared, k_loop)
     inner = sch.get_loops(shared)[depth:]
     if not inner:  # a one-element tile (one channel, one sample): nothing to share out
