@@ -80,6 +80,12 @@ AVX512_CASES = [
     ("gather-tiles-groups", P(32, 16, 4, stride=2, padding=3, groups=2, dilation=2), 2, 150),
     ("gather-tiles-reflect", P(16, 8, 4, stride=2, padding=2, padding_mode="reflect"), 1, 120),
     ("weight-outer-ragged", P(32, 64, 8, stride=4, padding=2, output_padding=1), 2, 23),
+    # Whole tiles: the input is packed without padding.
+    ("weight-outer-whole", P(32, 64, 8, stride=4, padding=2), 2, 24),
+    # 20 live taps a phase: the gather is a reduction loop, in output order but not vectorised.
+    ("many-taps", P(16, 8, 40, stride=2, padding=3), 1, 30),
+    # Odd stride: vectors of 3 phases.
+    ("stride-3-whole", P(16, 16, 6, stride=3, padding=1), 2, 36),
 ]
 
 

@@ -19,7 +19,7 @@ from tvm_convt.build import build_library
 from tvm_convt.schedule import cpu
 
 
-FIELDS = {"cb": "gemm_channel_block", "gt": "gather_tile_bytes"}
+FIELDS = {"cb": "gemm_channel_block", "gt": "gather_tile_bytes", "ib": "gemm_input_block_bytes"}
 
 
 def variant_arch(base: cpu.CpuArch, variant: str) -> cpu.CpuArch:

@@ -20,26 +20,58 @@ def parallel_outer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_outer:
     sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
 
 
-def _gather_tiles(sch: s_tir.Schedule, rows: int) -> s_tir.schedule.LoopRV:
+def _gather_tiles(sch: s_tir.Schedule, rows: int, by_phase: bool) -> s_tir.schedule.LoopRV:
     """Split the gather into tiles of ``rows`` phase positions over all channels; return the
-    (batch, tile) loop."""
+    (batch, tile) loop. The phases go inside the positions unless ``by_phase``."""
     n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))[:4]
     qo, qi = sch.split(q, [None, rows])
-    sch.reorder(n, qo, co, r, qi)
+    sch.reorder(n, qo, co, r, qi) if by_phase else sch.reorder(n, qo, co, qi, r)
     return sch.fuse(n, qo)
 
 
-def _schedule_epilogue_cpu(sch: s_tir.Schedule, gather_rows: int | None = None) -> None:
+def full_in_output_order(sch: s_tir.Schedule, workload: Workload) -> bool:
+    """Store ``full`` in output order, (batch, channel, position * stride + phase), when the
+    layer is strided and in zeros mode; return whether it was.
+
+    The phases of one position then sit side by side in ``full``, and (for each tap)
+    in ``col``'s row: the gather's loop over the phases is a vector load, add and store,
+    and the output stage a contiguous copy. In the phase order it was a scalar load
+    from ``col`` for every output. (The direct rule writes each tile's positions of one
+    phase at once, after its reduction.)
+
+    Zeros mode only: with the folds of the other modes, TVM 0.27 rewrites one of their
+    clamped margin indices wrongly (reflect, stride 2: ``15 - l`` for ``16 - l``).
+    """
+    p = workload.params
+    if p.stride == 1 or p.padding_mode != "zeros":
+        return False
+    out = sch.get_sblock(C.OUT)
+    sch.transform_layout(out, ("read", read_index(sch, out, C.FULL)),
+                         lambda n, co, r, q: (n, co, q * p.stride + r))
+    return True
+
+
+def _schedule_epilogue_cpu(sch: s_tir.Schedule, workload: Workload, gather_rows: int | None = None) -> None:
     """Gather, fold and bias stages: cheap next to the GEMM; parallel over (batch, channel).
 
     With ``gather_rows``, the gather walks the output ``gather_rows`` phase positions at a
     time for every channel, so that the rows of a sample-major ``col`` it reads stay in
-    L1 across channels instead of being fetched once per channel.
+    L1 across channels instead of being fetched once per channel. In output order
+    (:func:`full_in_output_order`) the loop over the phases is vectorised.
     """
+    by_phase = not full_in_output_order(sch, workload)
+    full = sch.get_sblock(C.FULL)
+    # Four loops: an unrolled sum over the taps, no reduction loop inside the phases.
+    unrolled = len(sch.get_loops(full)) == 4
     if gather_rows is not None:
-        sch.parallel(_gather_tiles(sch, gather_rows))
+        sch.parallel(_gather_tiles(sch, gather_rows, by_phase))
     else:
-        parallel_outer(sch, sch.get_sblock(C.FULL), 2)
+        n, co, r, q = sch.get_loops(full)[:4]
+        if not by_phase:
+            sch.reorder(q, r)
+        sch.parallel(sch.fuse(n, co))
+    if not by_phase and unrolled:
+        sch.vectorize(sch.get_loops(full)[-1])
     schedule_fold_cpu(sch)
 
 
@@ -258,12 +290,38 @@ class CpuGemmRule:
             _gemm_samples_outer(sch, workload, plan, arch)
         else:
             _gemm_weight_outer(sch, workload, plan, arch.gemm_channel_block)
-        _schedule_epilogue_cpu(sch, _gather_rows(workload, arch))
+        _schedule_epilogue_cpu(sch, workload, _gather_rows(workload, arch))
         return sch
 
 
-def _gemm_loops(sch: s_tir.Schedule, plan: GemmPlan) -> tuple[s_tir.schedule.LoopRV, ...]:
-    """Split col's loops into tiles: (n, g, jo, ji, mo, mi, c)."""
+def _pack_input(sch: s_tir.Schedule, rows: int, length: int) -> None:
+    """Copy ``x`` as (batch, tile of ``rows`` samples, input channel, row), zero-padded to whole
+    tiles, before the GEMM.
+
+    A tile broadcasts ``rows`` samples of every input channel; in ``x`` those are one
+    short piece of each channel's row, rows ``length`` floats apart (at lengths such as
+    11008 all of them fall into four L1 sets). Packed, a tile's operand is one
+    contiguous block that the prefetcher streams.
+    """
+    col = sch.get_sblock(C.COL)
+    packed = sch.cache_read(col, read_index(sch, col, "x"), "global")
+    sch.transform_layout(packed, ("write", 0), lambda n, ci, j: (n, j // rows, ci, j % rows),
+                         pad_value=0.0 if length % rows else None)
+    loops = sch.get_loops(packed)
+    if len(loops) == 3:
+        # Whole tiles: the copy still walks x's (batch, channel, sample) order.
+        n, ci, j = loops
+        tile, row = sch.split(j, [None, rows])
+        sch.reorder(n, tile, ci, row)
+    else:
+        # Padded: the copy walks the packed layout, (batch, tile, channel, row).
+        n, tile = loops[:2]
+    sch.parallel(sch.fuse(n, tile))
+
+
+def _gemm_loops(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan) -> tuple[s_tir.schedule.LoopRV, ...]:
+    """Pack the input by tiles, and split col's loops into tiles: (n, g, jo, ji, mo, mi, c)."""
+    _pack_input(sch, plan.rows, workload.length)
     n, g, j, m, c = sch.get_loops(sch.get_sblock(C.COL))
     mo, mi = sch.split(m, [None, plan.lanes * plan.vectors])
     jo, ji = sch.split(j, [None, plan.rows])
@@ -276,7 +334,7 @@ def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
     one column block at a time (see :func:`_sample_block_tiles`)."""
     width = plan.lanes * plan.vectors
     col = sch.get_sblock(C.COL)
-    n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
+    n, g, jo, ji, mo, mi, c = _gemm_loops(sch, workload, plan)
     sch.reorder(n, g, jo, mo, c, ji, mi)
     # The weight is the smaller operand: pack all of it once, before the loops.
     _pack_weight(sch, col, None, workload.params.kernel_size, width)
@@ -331,7 +389,7 @@ def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
     width = plan.lanes * plan.vectors
     kernel = workload.params.kernel_size
     col = sch.get_sblock(C.COL)
-    n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
+    n, g, jo, ji, mo, mi, c = _gemm_loops(sch, workload, plan)
     blocks = 1 if channel_block is None else -(-workload.params.in_per_group // channel_block)
     if blocks > 1:
         co, ci = sch.split(c, [blocks, None])
@@ -393,7 +451,7 @@ class CpuFallbackRule:
         if workload.length >= lanes:
             _, ji = sch.split(j, [None, lanes])
             sch.vectorize(ji)
-        _schedule_epilogue_cpu(sch)
+        _schedule_epilogue_cpu(sch, workload)
         return sch
 
 

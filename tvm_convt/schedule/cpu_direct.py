@@ -17,7 +17,7 @@ from tvm.target import Target
 from .. import compute as C
 from ..params import Workload, itemsize
 from .common import blocks_writing, read_index
-from .cpu import cpu_arch, cpu_vector_lanes, parallel_outer, schedule_fold_cpu
+from .cpu import cpu_arch, cpu_vector_lanes, full_in_output_order, parallel_outer, schedule_fold_cpu
 
 
 @dataclass(frozen=True)
@@ -109,21 +109,6 @@ def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan) -> s_tir.schedu
     return outer
 
 
-def _full_in_output_order(sch: s_tir.Schedule, stride: int, padding_mode: str) -> None:
-    """Store ``full`` as (batch, channel, position * stride + phase): each tile's write-back
-    scatters once, after its whole reduction, and the output stages read along the samples
-    instead of interleaving the phases one sample at a time. After the tiles' register
-    caches are made, so that those stay compact.
-
-    Zeros mode only: with the folds of the other modes, TVM 0.27 rewrites one of their
-    clamped margin indices wrongly (reflect, stride 2: ``15 - l`` for ``16 - l``).
-    """
-    if stride == 1 or padding_mode != "zeros":
-        return
-    out = sch.get_sblock(C.OUT)
-    sch.transform_layout(out, ("read", read_index(sch, out, C.FULL)), lambda n, co, r, q: (n, co, q * stride + r))
-
-
 @dataclass(frozen=True)
 class CpuDirectRule:
     """Register-tiled implicit GEMM for the direct form; always applies to it."""
@@ -145,7 +130,8 @@ class CpuDirectRule:
         walk = _samples_outer if plan.samples_outer else _channel_blocks_outer
         outer = walk(sch, loops, plan)
         _register_tiles(sch, outer)
-        _full_in_output_order(sch, workload.params.stride, workload.params.padding_mode)
+        # After the tiles' register caches are made, so that those stay compact.
+        full_in_output_order(sch, workload)
         parallel_outer(sch, sch.get_sblock(C.X_PAD), 2)
         schedule_fold_cpu(sch)
         return sch
