@@ -51,15 +51,18 @@ def full_in_output_order(sch: s_tir.Schedule, workload: Workload) -> bool:
     return True
 
 
-def _schedule_epilogue_cpu(sch: s_tir.Schedule, workload: Workload, gather_rows: int | None = None) -> None:
+def _schedule_epilogue_cpu(sch: s_tir.Schedule, workload: Workload, gather_rows: int | None = None,
+                           output_order: bool = True) -> None:
     """Gather, fold and bias stages: cheap next to the GEMM; parallel over (batch, channel).
 
     With ``gather_rows``, the gather walks the output ``gather_rows`` phase positions at a
     time for every channel, so that the rows of a sample-major ``col`` it reads stay in
-    L1 across channels instead of being fetched once per channel. In output order
-    (:func:`full_in_output_order`) the loop over the phases is vectorised.
+    L1 across channels instead of being fetched once per channel. With ``output_order``
+    (for a sample-major ``col``, whose rows hold the phases side by side) ``full`` is
+    stored in output order where it can be (:func:`full_in_output_order`) and the loop
+    over the phases is vectorised.
     """
-    by_phase = not full_in_output_order(sch, workload)
+    by_phase = not (output_order and full_in_output_order(sch, workload))
     full = sch.get_sblock(C.FULL)
     # Four loops: an unrolled sum over the taps, no reduction loop inside the phases.
     unrolled = len(sch.get_loops(full)) == 4
@@ -451,7 +454,8 @@ class CpuFallbackRule:
         if workload.length >= lanes:
             _, ji = sch.split(j, [None, lanes])
             sch.vectorize(ji)
-        _schedule_epilogue_cpu(sch, workload)
+        # col is channel-major here: the gather reads along the positions, phase by phase.
+        _schedule_epilogue_cpu(sch, workload, output_order=False)
         return sch
 
 
