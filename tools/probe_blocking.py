@@ -3,6 +3,7 @@
     python tools/probe_blocking.py 1x12 2x12 2x8 --layers hifigan_v1_up0 hifigan_v1_up1
     python tools/probe_blocking.py 2x6 1x12 --target '{"kind": "llvm", "mcpu": "znver3"}'
     python tools/probe_blocking.py 4x6 4x6,cb=128 4x6,gt=16384     # channel block, gather tile
+    python tools/probe_blocking.py 4x6 4x6,ib=1048576 --suite long.json   # input block (samples outer)
 
 Each variant is ``VECTORSxROWS``, replacing the target's ``CpuArch.gemm_blockings``; the first
 one is the baseline of the ratios. Prints median ms per layer and variant (``--suite`` for
@@ -23,7 +24,8 @@ FIELDS = {"cb": "gemm_channel_block", "gt": "gather_tile_bytes", "ib": "gemm_inp
 
 
 def variant_arch(base: cpu.CpuArch, variant: str) -> cpu.CpuArch:
-    """``VxR[,cb=N][,gt=N]``: the blocking, a channel block, a gather tile (0: none)."""
+    """``VxR[,cb=N][,gt=N][,ib=N]``: the blocking, a channel block, a gather tile (0: none), the
+    input block of the samples-outer order."""
     blocking, *options = variant.split(",")
     changes = {}
     if blocking:
@@ -46,7 +48,7 @@ def _build(w, target, variant: str):
 
 
 def main() -> None:
-    probe(__doc__.splitlines()[0], "VECTORSxROWS[,cb=N][,gt=N], e.g. 2x12,cb=128", _build)
+    probe(__doc__.splitlines()[0], "VECTORSxROWS[,cb=N][,gt=N][,ib=N], e.g. 2x12,cb=128", _build)
 
 
 if __name__ == "__main__":
