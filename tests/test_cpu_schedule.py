@@ -86,6 +86,9 @@ AVX512_CASES = [
     ("many-taps", P(16, 8, 40, stride=2, padding=3), 1, 30),
     # Odd stride: vectors of 3 phases.
     ("stride-3-whole", P(16, 16, 6, stride=3, padding=1), 2, 36),
+    # The gather writing the output: no bias, two groups, output padding, a batch.
+    ("gather-writes-output", P(32, 128, 8, stride=4, padding=3, output_padding=1, groups=2, dilation=2,
+                                bias=False), 2, 20),
 ]
 
 
