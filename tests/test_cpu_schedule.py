@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 import tvm_convt
+from tvm_convt import compute as C
 from tvm_convt.params import ConvTranspose1dParams, Workload
 from tvm_convt.schedule import cpu, cpu_direct
 from tvm_convt.target import _host_cpu_features, resolve_target
@@ -260,3 +261,22 @@ def test_gemm_form_rules_still_serve_stride_one(name):
         if rule == "cpu-gemm" and cpu.gemm_plan(Workload(p, batch, length), resolve_target("llvm")) is None:
             continue
         assert _check(p, batch, length, "float32", rule=rule).metadata.schedule == f"default:{rule}"
+
+
+def test_padded_copies_beyond_32_bit_indices_are_not_made():
+    """Layers whose input fits 32-bit indices but whose copy padded to whole tiles would not:
+    the GEMM rule reads x as it is, and a stride-1 layer takes the GEMM form."""
+    long = 2**25 - 1  # 64 channels of it: 2**31 - 64 elements
+    gemm = Workload(P(64, 4, 4, stride=2), 1, long)
+    assert not cpu.input_pack_fits(gemm, 6) and cpu.input_pack_fits(gemm, 1)
+    stride_one = Workload(P(64, 16, 1), 1, long)
+    assert not C.direct_applies(stride_one)
+    assert C.form_for(stride_one, "llvm") == C.GEMM
+    assert C.form_for(Workload(P(64, 16, 1), 1, 1000), "llvm") == C.DIRECT
+
+
+def test_gemm_rule_without_the_input_pack_is_exact(monkeypatch):
+    monkeypatch.setattr(cpu, "input_pack_fits", lambda _w, _rows: False)
+    for p, batch, length in [(P(32, 64, 8, stride=4, padding=2), 2, 23), (P(32, 8, 4, stride=2, padding=1), 1, 200)]:
+        compiled = _check(p, batch, length, "float32", use_cache=False)
+        assert compiled.metadata.schedule == "default:cpu-gemm"

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-from .params import ConvTranspose1dParams, Workload
+from .params import INDEX_LIMIT, ConvTranspose1dParams, Workload
 
 # Stage names, shared with the schedule rules.
 COL = "col"
@@ -89,9 +89,19 @@ FORMS = (GEMM, DIRECT)
 def direct_applies(w: Workload) -> bool:
     """The direct form covers the layers where every phase of the output meets the same number
     of taps, all live: stride 1, or kernel_size a multiple of the stride with the dilation
-    prime to it."""
+    prime to it; and where its padded copy of the input and its padded ``full`` stay within
+    32-bit indices (the workload's own checks cover the unpadded sizes only)."""
     p = w.params
-    return p.stride == 1 or (p.kernel_size % p.stride == 0 and math.gcd(p.stride, p.dilation) == 1)
+    taps_alike = p.stride == 1 or (p.kernel_size % p.stride == 0 and math.gcd(p.stride, p.dilation) == 1)
+    return taps_alike and _direct_fits(w)
+
+
+def _direct_fits(w: Workload) -> bool:
+    p = w.params
+    positions = direct_positions(w)
+    x_pad = w.batch * p.in_channels * (positions + direct_reach(p))
+    full = w.batch * p.out_channels * p.stride * positions
+    return max(x_pad, full) < INDEX_LIMIT
 
 
 def direct_positions(w: Workload) -> int:

@@ -9,7 +9,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .. import compute as C
-from ..params import Workload
+from ..params import INDEX_LIMIT, Workload
 from ..target import cpu_isa
 from .common import blocks_writing, has_block, read_index
 
@@ -290,7 +290,8 @@ class CpuGemmRule:
     vector blocks; ``rows`` input samples are unrolled beside them, so
     ``rows * vectors`` accumulators stay in registers across the reduction over
     input channels. The larger operand is walked by the parallel loop (see
-    :class:`GemmPlan`), and the weight is read from a packed copy. When ``rows``
+    :class:`GemmPlan`); the weight is read from a copy packed by column blocks and the
+    input from one packed by tiles of samples, so both operands stream. When ``rows``
     does not divide the length, the last tile is a loop of its own: a bounds check
     inside the unrolled loop makes LLVM spill the accumulators. Not applicable
     when ``m`` has no vector-lane multiple as a divisor, or the groups are narrow.
@@ -338,9 +339,19 @@ def _pack_input(sch: s_tir.Schedule, rows: int, length: int) -> None:
     sch.parallel(sch.fuse(n, tile))
 
 
+def input_pack_fits(workload: Workload, rows: int) -> bool:
+    """Whether the input, padded to whole tiles of ``rows`` samples, stays within 32-bit
+    indices (the workload's checks cover the unpadded input only)."""
+    p = workload.params
+    padded = -(-workload.length // rows) * rows
+    return workload.batch * p.in_channels * padded < INDEX_LIMIT
+
+
 def _gemm_loops(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan) -> tuple[s_tir.schedule.LoopRV, ...]:
-    """Pack the input by tiles, and split col's loops into tiles: (n, g, jo, ji, mo, mi, c)."""
-    _pack_input(sch, plan.rows, workload.length)
+    """Pack the input by tiles (where the padded copy fits 32-bit indices), and split col's
+    loops into tiles: (n, g, jo, ji, mo, mi, c)."""
+    if input_pack_fits(workload, plan.rows):
+        _pack_input(sch, plan.rows, workload.length)
     n, g, j, m, c = sch.get_loops(sch.get_sblock(C.COL))
     mo, mi = sch.split(m, [None, plan.lanes * plan.vectors])
     jo, ji = sch.split(j, [None, plan.rows])
