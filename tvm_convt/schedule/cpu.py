@@ -33,11 +33,11 @@ def full_in_output_order(sch: s_tir.Schedule, workload: Workload) -> bool:
     """Store ``full`` in output order, (batch, channel, position * stride + phase), when the
     layer is strided and in zeros mode; return whether it was.
 
-    The phases of one position then sit side by side in ``full``, and (for each tap)
-    in ``col``'s row: the gather's loop over the phases is a vector load, add and store,
-    and the output stage a contiguous copy. In the phase order it was a scalar load
-    from ``col`` for every output. (The direct rule writes each tile's positions of one
-    phase at once, after its reduction.)
+    The phases of one position then sit side by side in ``full``; with dilation 1 they
+    also do (for each tap) in ``col``'s row, so the GEMM rule's loop over the phases is a
+    vector load and add, where the phase order read ``col`` one scalar per output. The
+    output stage then reads along the samples. (The direct rule writes each tile's
+    positions of one phase at once, after its reduction.)
 
     Zeros mode only: with the folds of the other modes, TVM 0.27 rewrites one of their
     clamped margin indices wrongly (reflect, stride 2: ``15 - l`` for ``16 - l``).
@@ -58,11 +58,14 @@ def _schedule_epilogue_cpu(sch: s_tir.Schedule, workload: Workload, gather_rows:
     With ``gather_rows``, the gather walks the output ``gather_rows`` phase positions at a
     time for every channel, so that the rows of a sample-major ``col`` it reads stay in
     L1 across channels instead of being fetched once per channel. With ``output_order``
-    (for a sample-major ``col``, whose rows hold the phases side by side) ``full`` is
-    stored in output order where it can be (:func:`full_in_output_order`) and the loop
-    over the phases is vectorised; without gather tiles the gather then writes the
-    output itself (:func:`_gather_writes_output`).
+    (for a sample-major ``col``, whose rows hold the phases side by side when the
+    dilation is 1: with another dilation phase r reads a permuted tap from another row)
+    ``full`` is stored in output order where it can be (:func:`full_in_output_order`) and,
+    when the taps are an unrolled sum (16 or fewer), the loop over the phases goes
+    innermost and is vectorised; without gather tiles the gather then writes the output
+    itself (:func:`_gather_writes_output`).
     """
+    output_order = output_order and workload.params.dilation == 1
     by_phase = not (output_order and full_in_output_order(sch, workload))
     full = sch.get_sblock(C.FULL)
     # Four loops: an unrolled sum over the taps, no reduction loop inside the phases.
