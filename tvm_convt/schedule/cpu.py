@@ -25,7 +25,10 @@ def _gather_tiles(sch: s_tir.Schedule, rows: int, by_phase: bool) -> s_tir.sched
     (batch, tile) loop. The phases go inside the positions unless ``by_phase``."""
     n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))[:4]
     qo, qi = sch.split(q, [None, rows])
-    sch.reorder(n, qo, co, r, qi) if by_phase else sch.reorder(n, qo, co, qi, r)
+    if by_phase:
+        sch.reorder(n, qo, co, r, qi)
+    else:
+        sch.reorder(n, qo, co, qi, r)
     return sch.fuse(n, qo)
 
 
