@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-from .params import INDEX_LIMIT, ConvTranspose1dParams, Workload
+from .params import ConvTranspose1dParams, Workload, within_index_range
 
 # Stage names, shared with the schedule rules.
 COL = "col"
@@ -101,7 +101,7 @@ def _direct_fits(w: Workload) -> bool:
     positions = direct_positions(w)
     x_pad = w.batch * p.in_channels * (positions + direct_reach(p))
     full = w.batch * p.out_channels * p.stride * positions
-    return max(x_pad, full) < INDEX_LIMIT
+    return within_index_range(max(x_pad, full))
 
 
 def direct_positions(w: Workload) -> int:

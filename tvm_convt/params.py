@@ -51,9 +51,14 @@ def _size(name: str, value: Any) -> int:
 SPLIT_HINT = "; split the batch or the input's length into smaller calls"
 
 
+def within_index_range(count: int) -> bool:
+    """Whether a tensor or index span of ``count`` elements is reachable by 32-bit indices."""
+    return count < INDEX_LIMIT
+
+
 def check_index_range(what: str, count: int, sizes: str, hint: str = "") -> None:
     """Refuse a tensor or index span of ``count`` elements that 32-bit indices cannot reach."""
-    if count >= INDEX_LIMIT:
+    if not within_index_range(count):
         raise ValueError(
             f"{OP}: {what} must have fewer than 2**31 elements for TVM's 32-bit indices, "
             f"got {count} elements ({sizes}){hint}")

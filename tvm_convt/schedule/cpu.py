@@ -9,7 +9,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .. import compute as C
-from ..params import INDEX_LIMIT, Workload
+from ..params import Workload, itemsize, within_index_range
 from ..target import cpu_isa
 from .common import blocks_writing, has_block, read_index
 
@@ -235,7 +235,7 @@ def _gather_rows(workload: Workload, arch: CpuArch) -> int | None:
     if arch.gather_tile_bytes is None:
         return None
     p = workload.params
-    row_bytes = p.groups * p.out_per_group * p.kernel_size * tvm.DataType(workload.dtype).bits // 8
+    row_bytes = p.groups * p.out_per_group * p.kernel_size * itemsize(workload.dtype)
     if workload.batch * workload.length * row_bytes >= GATHER_WIDE_COL_BYTES:
         # Each channel's walk down a column would fetch every row again from memory.
         return max(GATHER_MIN_ROWS, GATHER_WIDE_TILE_BYTES // row_bytes)
@@ -312,6 +312,8 @@ class CpuGemmRule:
             return None
         sch = s_tir.Schedule(func)
         arch = cpu_arch(target)
+        if input_pack_fits(workload, plan.rows):
+            _pack_input(sch, plan.rows, workload.length)
         if plan.samples_outer:
             _gemm_samples_outer(sch, workload, plan, arch)
         else:
@@ -350,14 +352,11 @@ def input_pack_fits(workload: Workload, rows: int) -> bool:
     indices (the workload's checks cover the unpadded input only)."""
     p = workload.params
     padded = -(-workload.length // rows) * rows
-    return workload.batch * p.in_channels * padded < INDEX_LIMIT
+    return within_index_range(workload.batch * p.in_channels * padded)
 
 
-def _gemm_loops(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan) -> tuple[s_tir.schedule.LoopRV, ...]:
-    """Pack the input by tiles (where the padded copy fits 32-bit indices), and split col's
-    loops into tiles: (n, g, jo, ji, mo, mi, c)."""
-    if input_pack_fits(workload, plan.rows):
-        _pack_input(sch, plan.rows, workload.length)
+def _gemm_loops(sch: s_tir.Schedule, plan: GemmPlan) -> tuple[s_tir.schedule.LoopRV, ...]:
+    """Split col's loops into tiles: (n, g, jo, ji, mo, mi, c)."""
     n, g, j, m, c = sch.get_loops(sch.get_sblock(C.COL))
     mo, mi = sch.split(m, [None, plan.lanes * plan.vectors])
     jo, ji = sch.split(j, [None, plan.rows])
@@ -370,7 +369,7 @@ def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
     one column block at a time (see :func:`_sample_block_tiles`)."""
     width = plan.lanes * plan.vectors
     col = sch.get_sblock(C.COL)
-    n, g, jo, ji, mo, mi, c = _gemm_loops(sch, workload, plan)
+    n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
     sch.reorder(n, g, jo, mo, c, ji, mi)
     # The weight is the smaller operand: pack all of it once, before the loops.
     _pack_weight(sch, col, None, workload.params.kernel_size, width)
@@ -402,10 +401,10 @@ def _sample_block_tiles(workload: Workload, plan: GemmPlan, arch: CpuArch) -> in
     input (``arch.gemm_input_block_bytes``) is read again for each weight column block,
     and the weight once per block instead of once per tile. None when not needed."""
     p = workload.params
-    itemsize = tvm.DataType(workload.dtype).bits // 8
-    if p.in_per_group * p.out_per_group * p.kernel_size * itemsize <= arch.gemm_resident_weight_bytes:
+    size = itemsize(workload.dtype)
+    if p.in_per_group * p.out_per_group * p.kernel_size * size <= arch.gemm_resident_weight_bytes:
         return None
-    wanted = max(1, arch.gemm_input_block_bytes // (p.in_per_group * plan.rows * itemsize))
+    wanted = max(1, arch.gemm_input_block_bytes // (p.in_per_group * plan.rows * size))
     whole = workload.length // plan.rows
     # A divisor of the tile count: a split with a remainder puts its bounds check inside
     # the unrolled micro-kernel.
@@ -425,7 +424,7 @@ def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
     width = plan.lanes * plan.vectors
     kernel = workload.params.kernel_size
     col = sch.get_sblock(C.COL)
-    n, g, jo, ji, mo, mi, c = _gemm_loops(sch, workload, plan)
+    n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
     blocks = 1 if channel_block is None else -(-workload.params.in_per_group // channel_block)
     if blocks > 1:
         co, ci = sch.split(c, [blocks, None])
