@@ -23,7 +23,7 @@ TINY = {
     "reflect": Workload(P(4, 4, 4, stride=2, padding=1, padding_mode="reflect"), 1, 10),
 }
 RECORD_KEYS = {"name", "workload", "schedule", "tvm_convt_ms", "torch_ms", "speedup", "gflops",
-               "torch_gflops", "max_error", "checked_against"}
+               "torch_gflops", "max_error", "checked_against", "weight_packed"}
 
 
 @pytest.fixture

@@ -167,12 +167,14 @@ def test_inputs_in_any_memory_layout(layout):
     assert y.flags.c_contiguous and y.flags.writeable
 
 
-def test_in_place_weight_changes_take_effect():
+def test_assigned_weights_take_effect_and_in_place_edits_are_refused():
     layer = ConvTranspose1d(4, 6, 3, stride=2, padding=1, seed=3)
     x = random_inputs(layer.params, 2, 9, "float32", seed=5)[0]
-    layer(x)  # the weights are on the device now
-    layer.weight[:] = 0
-    layer.bias *= 2
+    layer(x)  # the weights are prepared for the module now
+    with pytest.raises(ValueError, match="read-only"):
+        layer.weight[:] = 0
+    layer.weight = np.zeros_like(layer.weight)
+    layer.bias = layer.bias * 2
     assert_close(layer(x), np.broadcast_to(layer.bias[None, :, None], (2, 6, 17)), "float32")
 
 
@@ -189,8 +191,8 @@ def test_output_size_matches_torch():
     ours = ConvTranspose1d(4, 4, 3, stride=3, padding=1, seed=0)
     theirs = torch.nn.ConvTranspose1d(4, 4, 3, stride=3, padding=1)
     with torch.no_grad():
-        theirs.weight.copy_(torch.from_numpy(ours.weight))
-        theirs.bias.copy_(torch.from_numpy(ours.bias))
+        theirs.weight.copy_(torch.from_numpy(ours.weight.copy()))  # the layer's arrays are read-only
+        theirs.bias.copy_(torch.from_numpy(ours.bias.copy()))
     x = np.random.default_rng(0).standard_normal((2, 4, 5)).astype(np.float32)
     for size in (13, 14, 15, [15], [2, 4, 14]):  # an int is our shorthand for [int]
         torch_size = size if isinstance(size, list) else [size]

@@ -27,7 +27,7 @@ from tvm.target import Target
 
 from ._files import read_json, write_atomic
 from .errors import CacheWarning, ModuleFileError
-from .params import OP, Workload, check_dtype_for_target
+from .params import OP, PACK_WEIGHT, Workload, check_dtype_for_target
 from .target import TargetLike, resolve_target, target_json, target_key
 
 # 2: the sidecar records the library's size and SHA-256 and a checksum of itself.
@@ -44,9 +44,19 @@ class ModuleMetadata:
     schedule: str  # "default:<rule>" or "tuned:<source>"
     tvm_version: str
     package_version: str
+    # The column block of the packed weight that ``main`` reads (its ``pack_weight``
+    # function makes it); None: ``main`` reads the weight as it is.
+    weight_block: int | None = None
+
+    @property
+    def main_weight_shape(self) -> tuple[int, ...]:
+        """The shape of the weight ``main`` takes: the layer's, or the packed one."""
+        p = self.workload.params
+        return p.weight_shape if self.weight_block is None else p.packed_weight_shape(self.weight_block)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": METADATA_FORMAT, "workload": self.workload.to_dict(),
+        packed = {} if self.weight_block is None else {"weight_block": self.weight_block}
+        return {"format": METADATA_FORMAT, **packed, "workload": self.workload.to_dict(),
                 # Derived, for readers of the file; from_dict recomputes them.
                 "input_shape": list(self.workload.input_shape),
                 "weight_shape": list(self.workload.params.weight_shape),
@@ -59,8 +69,16 @@ class ModuleMetadata:
     def from_dict(cls, d: dict[str, Any]) -> ModuleMetadata:
         if d.get("format") != METADATA_FORMAT:
             raise ValueError(f"{OP}: metadata format must be {METADATA_FORMAT}, got format={d.get('format')!r}")
-        return cls(Workload.from_dict(d["workload"]), json.dumps(d["target"], sort_keys=True),
-                   d["target_key"], d["schedule"], d["tvm_version"], d["package_version"])
+        block = d.get("weight_block")
+        if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block <= 0):
+            raise ValueError(f"{OP}: weight_block must be a positive int, got weight_block={block!r}")
+        metadata = cls(Workload.from_dict(d["workload"]), json.dumps(d["target"], sort_keys=True),
+                       d["target_key"], d["schedule"], d["tvm_version"], d["package_version"], block)
+        p = metadata.workload.params
+        if block is not None and (p.out_per_group * p.kernel_size) % block:
+            raise ValueError(f"{OP}: weight_block must divide out_channels/groups * kernel_size, "
+                             f"got weight_block={block} for {p}")
+        return metadata
 
 
 @dataclass(frozen=True)
@@ -90,7 +108,7 @@ def cache_dir() -> Path:
 
 def schedule(
     workload: Workload, target: Target, *, rule: str | None = None, logs: str | Path | None = None,
-    tuned: bool = True,
+    tuned: bool = True, prepack_weight: bool = False,
 ) -> tuple[tvm.IRModule, str]:
     """Return the scheduled module and where its schedule came from.
 
@@ -99,10 +117,15 @@ def schedule(
     ``schedules/``), then the default rules. ``rule`` forces one default rule by
     name and ``tuned=False`` skips the records (for tests and benchmarks).
     The source reads ``tuned:<directory>`` or ``default:<rule>``.
+
+    With ``prepack_weight``, a default schedule that packs the weight inside each call
+    (``cpu-gemm``) reads it packed instead, and the module gains the function
+    ``pack_weight`` that packs it (:func:`weight_block_of` tells the block); a tuned
+    record, or any other rule, leaves the module as it is.
     """
     # Imported here: loading and running a module (a runtime-only install) needs neither.
     from .records import find_tuned_schedule
-    from .schedule import default_schedule
+    from .schedule import default_schedule, prepacked_schedule
 
     check_dtype_for_target(workload.dtype, target.kind.name)
     if tuned and rule is None:
@@ -110,7 +133,19 @@ def schedule(
         if found is not None:
             return found.mod, found.source
     sch, name = default_schedule(workload, target, rule=rule)
-    return sch.mod, f"default:{name}"
+    prepacked = prepacked_schedule(workload, target) if prepack_weight and name == "cpu-gemm" else None
+    if prepacked is None:
+        return sch.mod, f"default:{name}"
+    main, pack = prepacked
+    return tvm.IRModule({"main": main.mod["main"], PACK_WEIGHT: pack.mod["main"]}), f"default:{name}"
+
+
+def weight_block_of(mod: tvm.IRModule) -> int | None:
+    """The column block of the packed weight ``mod``'s ``main`` reads; None when it reads the
+    weight as it is (``mod`` has no ``pack_weight``)."""
+    if PACK_WEIGHT not in [gv.name_hint for gv in mod.get_global_vars()]:
+        return None
+    return int(mod[PACK_WEIGHT].params[1].shape[-1])
 
 
 def device_source(workload: Workload, *, target: TargetLike, rule: str | None = None) -> str:
@@ -301,16 +336,19 @@ def program_key(mod: tvm.IRModule, tjson: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def module_metadata(workload: Workload, tgt: Target, source: str) -> ModuleMetadata:
-    """The sidecar's description of ``workload`` compiled for ``tgt`` with the schedule ``source``."""
+def module_metadata(workload: Workload, tgt: Target, source: str, weight_block: int | None = None) -> ModuleMetadata:
+    """The sidecar's description of ``workload`` compiled for ``tgt`` with the schedule ``source``
+    (``main`` reading the weight packed by ``weight_block`` when given)."""
     from . import __version__
 
-    return ModuleMetadata(workload, target_json(tgt), target_key(tgt), source, tvm.__version__, __version__)
+    return ModuleMetadata(workload, target_json(tgt), target_key(tgt), source, tvm.__version__, __version__,
+                          weight_block)
 
 
 def build_library(
     workload: Workload, *, target: TargetLike = "llvm", use_cache: bool = True,
     rule: str | None = None, logs: str | Path | None = None, tuned: bool = True,
+    prepack_weight: bool = False,
 ) -> tuple[Path, ModuleMetadata]:
     """Compile ``workload`` for ``target`` and return the library's path and metadata.
 
@@ -320,12 +358,13 @@ def build_library(
     sidecar is removed and rebuilt; an unusable cache folder is replaced by a
     temporary one (:func:`usable_cache_dir`). With ``use_cache=False`` the library
     is built into a fresh temporary folder instead, which the caller then owns.
+    ``prepack_weight`` is :func:`schedule`'s.
     """
     tgt = resolve_target(target)
     if tgt.kind.name == "llvm":
         check_fits_in_memory(workload)
-    mod, source = schedule(workload, tgt, rule=rule, logs=logs, tuned=tuned)
-    metadata = module_metadata(workload, tgt, source)
+    mod, source = schedule(workload, tgt, rule=rule, logs=logs, tuned=tuned, prepack_weight=prepack_weight)
+    metadata = module_metadata(workload, tgt, source, weight_block_of(mod))
     tjson = metadata.target
     name = f"conv_transpose1d-{program_key(mod, tjson)}.so"
     if not use_cache:

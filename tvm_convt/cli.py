@@ -156,10 +156,13 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
     w = _workload(args)
     compiled = compile_module(w.params, batch=w.batch, length=w.length, dtype=w.dtype, target=args.target,
-                              logs=args.logs)
+                              logs=args.logs, prepack_weight=args.prepack_weight)
     path = compiled.export(args.output)
     print(f"compiled {w.input_shape} -> {w.output_shape} {w.dtype} for {compiled.metadata.target_key}")
     print(f"schedule: {compiled.metadata.schedule}")
+    if compiled.weight_packed:
+        print(f"main reads the weight packed as {list(compiled.metadata.main_weight_shape)}: "
+              "CompiledConvTranspose1d.prepare_weights packs it (once per weight)")
     print(f"wrote {path} and {path.with_suffix('.json')}")
     return 0
 
@@ -235,7 +238,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
            "tvm_convt (layer call)": lambda: layer(x)}
     if compiled.metadata.schedule.startswith("tuned:"):
         default = compile_module(p, batch=w.batch, length=w.length, dtype=w.dtype, target=args.target,
-                                 tuned=False)
+                                 tuned=False, prepack_weight=True)
         print(f"also timing the default schedule ({default.metadata.schedule}) for comparison")
         fns["tvm_convt (default sched.)"] = module_call(default, x, layer.weight, layer.bias)
     fns["numpy reference (float64)"] = lambda: conv_transpose1d_reference(x, layer.weight, layer.bias, p)
@@ -438,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "writes FILE.so and its FILE.json metadata.")
     _add_layer_args(comp)
     comp.add_argument("-o", "--output", type=so_path, required=True, help="output library FILE.so")
+    comp.add_argument("--prepack-weight", action="store_true",
+                      help="where the default schedule packs the weight in every call (cpu-gemm), "
+                           "compile a main that reads it packed and a pack_weight function to run "
+                           "once per weight (CompiledConvTranspose1d.prepare_weights)")
     comp.set_defaults(func=_cmd_compile)
 
     tune = sub.add_parser(

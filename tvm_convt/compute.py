@@ -29,6 +29,11 @@ straight from ``x_pad``, a copy of ``x`` zero-padded by the kernel's reach: an i
 phase with no intermediate but ``full``. It needs every phase to meet the same taps, all live
 (:func:`direct_applies`). Step 3 is the same for both.
 
+The GEMM form can also read the weight packed by column blocks of ``m``
+(:meth:`ConvTranspose1dParams.packed_weight_shape`), as a second function, ``pack_weight``,
+writes it once per weight (:func:`weight_pack_func`): the CPU GEMM rule otherwise packs it
+inside every call.
+
 The TE stages are named so that schedule rules can find them by name.
 """
 
@@ -39,7 +44,7 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-from .params import ConvTranspose1dParams, Workload, within_index_range
+from .params import PACK_WEIGHT, ConvTranspose1dParams, Workload, within_index_range
 
 # Stage names, shared with the schedule rules.
 COL = "col"
@@ -132,7 +137,8 @@ def form_for(w: Workload, kind: str) -> str:
     return DIRECT if p.stride == 1 or grouped else GEMM
 
 
-def conv_transpose1d_te(w: Workload, form: str = GEMM) -> tuple[list[te.Tensor], te.Tensor]:
+def conv_transpose1d_te(w: Workload, form: str = GEMM,
+                        weight_block: int | None = None) -> tuple[list[te.Tensor], te.Tensor]:
     """Build the tensor expression for one workload, ``full`` in formulation ``form``.
 
     Returns ``(inputs, output)`` with inputs ``[x, weight]`` or ``[x, weight, bias]``
@@ -140,31 +146,60 @@ def conv_transpose1d_te(w: Workload, form: str = GEMM) -> tuple[list[te.Tensor],
     kernel_size) and (out_channels,), and the output (batch, out_channels, L_out).
     ``GEMM`` computes ``col`` and gathers it; ``DIRECT`` (where :func:`direct_applies`)
     sums the live taps of each output straight from a zero-padded copy of ``x``.
+    With ``weight_block`` (GEMM only), the weight comes packed by column blocks of that
+    width, shaped as :meth:`ConvTranspose1dParams.packed_weight_shape` says.
     """
     assert form in FORMS, form
     assert form == GEMM or direct_applies(w), (form, w)
+    assert weight_block is None or form == GEMM, (form, weight_block)
     p = w.params
     x = te.placeholder((w.batch, p.in_channels, w.length), w.dtype, name="x")
-    weight = te.placeholder(p.weight_shape, w.dtype, name="weight")
+    shape = p.weight_shape if weight_block is None else p.packed_weight_shape(weight_block)
+    weight = te.placeholder(shape, w.dtype, name="weight")
     bias = te.placeholder((p.out_channels,), w.dtype, name="bias") if p.bias else None
-    full = (_gemm_full if form == GEMM else _direct_full)(w, x, weight)
+    if form == GEMM:
+        full = _gemm_full(w, x, _weight_reader(p, weight, weight_block))
+    else:
+        full = _direct_full(w, x, weight)
     inputs = [x, weight] + ([bias] if bias is not None else [])
     return inputs, _output(w, full, bias)
 
 
-def prim_func(w: Workload, form: str) -> tirx.PrimFunc:
+def prim_func(w: Workload, form: str, weight_block: int | None = None) -> tirx.PrimFunc:
     """The unscheduled TensorIR function ``main(x, weight[, bias], y)`` in formulation ``form``:
-    what is scheduled, tuned and looked up."""
-    inputs, out = conv_transpose1d_te(w, form)
+    what is scheduled, tuned and looked up (the weight packed when ``weight_block`` is given)."""
+    inputs, out = conv_transpose1d_te(w, form, weight_block)
     return te.create_prim_func(inputs + [out]).with_attr("global_symbol", "main")
+
+
+def weight_pack_func(p: ConvTranspose1dParams, dtype: str, block: int) -> tirx.PrimFunc:
+    """The unscheduled ``pack_weight(weight, packed)``: the weight, (in_channels,
+    out_channels/groups, kernel_size), copied into :meth:`ConvTranspose1dParams.packed_weight_shape`'s layout."""
+    weight = te.placeholder(p.weight_shape, dtype, name="weight")
+    cig, kern = p.in_per_group, p.kernel_size
+
+    def element(g, b, c, i):
+        m = b * block + i
+        return weight[g * cig + c, tirx.indexdiv(m, kern), tirx.indexmod(m, kern)]
+
+    packed = te.compute(p.packed_weight_shape(block), element, name="packed")
+    return te.create_prim_func([weight, packed]).with_attr("global_symbol", PACK_WEIGHT)
+
+
+def _weight_reader(p: ConvTranspose1dParams, weight: te.Tensor, block: int | None):
+    """``weight_at(g, c, m)``: input channel ``c`` of group ``g`` at column ``m = o*K + k``."""
+    cig, kern = p.in_per_group, p.kernel_size
+    if block is None:
+        return lambda g, c, m: weight[g * cig + c, tirx.indexdiv(m, kern), tirx.indexmod(m, kern)]
+    return lambda g, c, m: weight[g, tirx.indexdiv(m, block), c, tirx.indexmod(m, block)]
 
 
 def _widen(w: Workload, v):
     return v if w.accumulator == w.dtype else v.astype(w.accumulator)
 
 
-def _gemm_full(w: Workload, x: te.Tensor, weight: te.Tensor) -> te.Tensor:
-    """``full`` as the gather of the ``col`` GEMM."""
+def _gemm_full(w: Workload, x: te.Tensor, weight_at) -> te.Tensor:
+    """``full`` as the gather of the ``col`` GEMM; ``weight_at(g, c, m)`` reads the weight."""
     p = w.params
     cig, cog, kern = p.in_per_group, p.out_per_group, p.kernel_size
 
@@ -179,12 +214,10 @@ def _gemm_full(w: Workload, x: te.Tensor, weight: te.Tensor) -> te.Tensor:
     col = te.compute(
         (w.batch, p.groups, w.length, cog * kern),
         lambda n, g, j, m: te.sum(
-            widen(x[n, g * cig + c, j])
-            * widen(weight[g * cig + c, tirx.indexdiv(m, kern), tirx.indexmod(m, kern)]),
+            widen(x[n, g * cig + c, j]) * widen(weight_at(g, c, m)),
             axis=c),
         # Not marked layout-free: MetaSchedule would then repack the weight inside
-        # the function, on every call; packing once per weight assignment needs a
-        # separate packing function first.
+        # the function, on every call (packing once per weight is weight_pack_func).
         name=COL,
     )
     return _gather(w, col)

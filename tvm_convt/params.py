@@ -15,6 +15,9 @@ from typing import Any, Literal
 import numpy as np
 
 OP = "conv_transpose1d"
+# The function of a compiled module that packs the weight for its ``main``, when it has one
+# (:meth:`ConvTranspose1dParams.packed_weight_shape`).
+PACK_WEIGHT = "pack_weight"
 
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 PADDING_MODES: tuple[str, ...] = ("zeros", "reflect", "replicate", "circular")
@@ -216,6 +219,15 @@ class ConvTranspose1dParams:
     @property
     def weight_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.out_per_group, self.kernel_size)
+
+    def packed_weight_shape(self, block: int) -> tuple[int, int, int, int]:
+        """The weight packed by column blocks of ``block``: (groups, out_channels/groups *
+        kernel_size / ``block``, in_channels/groups, ``block``). Element ``[g, b, c, i]`` is
+        ``weight[g*Cig + c, o, k]`` with ``o*K + k = b*block + i``, so that a column block of
+        every input channel is one contiguous run (``block`` divides out_channels/groups * K)."""
+        m_total = self.out_per_group * self.kernel_size
+        assert block > 0 and m_total % block == 0, (m_total, block)
+        return (self.groups, m_total // block, self.in_per_group, block)
 
     @property
     def bias_shape(self) -> tuple[int, ...] | None:

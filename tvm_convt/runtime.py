@@ -31,7 +31,7 @@ from .build import (ModuleMetadata, build_library, copy_library, discard, load_l
                     read_sidecar, sidecar_path)
 from ._runtime_only import compiler_available, load_cuda_runtime, missing_isa
 from .errors import ModuleFileError
-from .params import OP, ConvTranspose1dParams, Workload, check_dtype, check_dtype_for_target, numpy_dtype
+from .params import OP, PACK_WEIGHT, ConvTranspose1dParams, Workload, check_dtype, check_dtype_for_target, numpy_dtype
 from .target import TargetLike, check_linkable, missing_cpu_support, resolve_target
 
 
@@ -260,7 +260,7 @@ class CompiledConvTranspose1d:
         if cuda:
             load_cuda_runtime()
         self.device = tvm.cuda(0) if cuda else tvm.cpu(0)
-        self._func: Any = None  # loaded on first use: a CUDA module exports without a GPU
+        self._module: Any = None  # loaded on first use: a CUDA module exports without a GPU
         self._cpu_missing: Any = _UNCHECKED
 
     @property
@@ -270,14 +270,28 @@ class CompiledConvTranspose1d:
             self._target = resolve_target(self.metadata.target)
         return self._target
 
+    def _function(self, name: str) -> Any:
+        """The module's function ``name``; the library is loaded on first use from the bytes its
+        sidecar vouches for (:class:`ModuleFileError` when they do not match or do not load)."""
+        if self._module is None:
+            self._require_device()
+            self._module = load_library(self.library, self.digest)
+        try:
+            return self._module[name]
+        except AttributeError:  # TVM's answer for a function the library lacks
+            raise ModuleFileError(f"{OP}: library {self.library} has no function {name!r}, which its sidecar "
+                                  "describes: compile and export the module again") from None
+
     @property
     def func(self) -> Any:
-        """The module's ``main`` function, loaded on first use from the bytes its sidecar
-        vouches for (:class:`ModuleFileError` when they do not match or do not load)."""
-        if self._func is None:
-            self._require_device()
-            self._func = load_library(self.library, self.digest)["main"]
-        return self._func
+        """The module's ``main`` function: (input, weight as :attr:`ModuleMetadata.main_weight_shape`
+        says[, bias], output)."""
+        return self._function("main")
+
+    @property
+    def weight_packed(self) -> bool:
+        """Whether ``main`` reads the weight packed (by :meth:`prepare_weights`) rather than as it is."""
+        return self.metadata.weight_block is not None
 
     def _missing(self) -> str | None:
         """What this machine lacks to run the module: a device, or CPU features (None: nothing)."""
@@ -347,13 +361,26 @@ class CompiledConvTranspose1d:
             raise ValueError(f"{OP}: this module was compiled with bias=False, got a bias")
         return weight, bias
 
+    def prepare_weights(self, weight: Any, bias: Any = None) -> list[tvm.runtime.Tensor]:
+        """``[weight(, bias)]`` checked and on the module's device, as :meth:`run` takes them: the
+        weight packed when :attr:`weight_packed`. Preparing once and running many times is what
+        the layer does; the tensors share nothing with the arrays given when the weight is
+        packed (on the CPU an unpacked aligned array is shared, see :meth:`to_device`)."""
+        weight, bias = self.check_weights(weight, bias)
+        weight_dev = self.to_device(weight, "weight")
+        if self.weight_packed:
+            packed = tvm.runtime.empty(self.metadata.main_weight_shape, self.workload.dtype, self.device)
+            self._invoke(PACK_WEIGHT, weight_dev, packed)
+            weight_dev = packed
+        return [weight_dev] + ([self.to_device(bias, "bias")] if bias is not None else [])
+
     def run(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor], out: Output | None = None) -> Any:
-        """Run on device tensors already checked: ``x`` batched, ``weights`` = [weight(, bias)];
-        return the output as ``out`` says (default: a NumPy array)."""
+        """Run on device tensors already checked: ``x`` batched, ``weights`` from
+        :meth:`prepare_weights`; return the output as ``out`` says (default: a NumPy array)."""
         if out is None or not out.on_device:
             return (out or _NUMPY_OUTPUT).from_host(self._run_to_host(x, weights))
         y_dev = tvm.runtime.empty(self.workload.output_shape, self.workload.dtype, self.device)
-        self._invoke(x, *weights, y_dev)
+        self._invoke("main", x, *weights, y_dev)
         return out.from_dlpack(y_dev)
 
     def _run_to_host(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor]) -> np.ndarray:
@@ -361,15 +388,16 @@ class CompiledConvTranspose1d:
         w = self.workload
         if self.device.dlpack_device_type() == tvm.cpu(0).dlpack_device_type():
             y = aligned_empty(w.output_shape, w.dtype)
-            self._invoke(x, *weights, tvm.runtime.from_dlpack(y))
+            self._invoke("main", x, *weights, tvm.runtime.from_dlpack(y))
             return y
         y_dev = tvm.runtime.empty(w.output_shape, w.dtype, self.device)
-        self._invoke(x, *weights, y_dev)
+        self._invoke("main", x, *weights, y_dev)
         return y_dev.numpy()
 
-    def _invoke(self, *tensors: tvm.runtime.Tensor) -> None:
-        """Call the module on tensors already checked against the sidecar's workload."""
-        func = self.func  # its own errors (ModuleFileError, RuntimeError) pass as they are
+    def _invoke(self, name: str, *tensors: tvm.runtime.Tensor) -> None:
+        """Call the module's function ``name`` on tensors already checked against the sidecar's
+        workload."""
+        func = self._function(name)  # its own errors (ModuleFileError, RuntimeError) pass as they are
         try:
             func(*tensors)
         except (TypeError, ValueError) as err:
@@ -400,9 +428,7 @@ class CompiledConvTranspose1d:
     def call(self, x: Any, weight: Any, bias: Any, out: Output) -> Any:
         """The call, handing the output back as ``out`` says."""
         xb, unbatched = self.check_input(x)
-        weight, bias = self.check_weights(weight, bias)
-        weights = [self.to_device(weight, "weight")] + ([self.to_device(bias, "bias")] if bias is not None else [])
-        y = self.run(self.to_device(xb, "input"), weights, out)
+        y = self.run(self.to_device(xb, "input"), self.prepare_weights(weight, bias), out)
         return y[0] if unbatched else y
 
     # -- files ----------------------------------------------------------------------------
@@ -452,6 +478,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     use_cache: bool = True,
     rule: str | None = None,
     tuned: bool = True,
+    prepack_weight: bool = False,
 ) -> CompiledConvTranspose1d:
     """Compile the operator for one input shape (or take it from the cache).
 
@@ -459,7 +486,10 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     is the best tuned record for the target's hardware class in ``logs`` (default
     ``$TVM_CONVT_TUNING_LOGS``) or the shipped ``schedules/``, else the default
     schedule; ``metadata.schedule`` says which. ``rule`` forces a named default
-    rule and ``tuned=False`` ignores tuning records.
+    rule and ``tuned=False`` ignores tuning records. With ``prepack_weight``, a default
+    schedule that would pack the weight inside every call (``cpu-gemm``) takes it packed
+    instead, from :meth:`CompiledConvTranspose1d.prepare_weights`, which is then worth
+    calling once per weight (``weight_packed`` says whether this module does).
     """
     workload = Workload(params, batch, length, dtype)
     check_linkable(resolve_target(target))
@@ -467,7 +497,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile
 
     def build() -> CompiledConvTranspose1d:
         library, metadata = build_library(workload, target=target, use_cache=use_cache, rule=rule,
-                                          logs=logs, tuned=tuned)
+                                          logs=logs, tuned=tuned, prepack_weight=prepack_weight)
         return CompiledConvTranspose1d(library, metadata)
 
     compiled = build()
@@ -483,20 +513,20 @@ def compile(  # noqa: A001 - mirrors tvm.compile
 
 
 class _ModuleCache:
-    """Compiled modules of this process, by workload and target."""
+    """Compiled modules of this process, by workload, target and whether the weight is prepacked."""
 
     def __init__(self) -> None:
-        self._modules: dict[tuple[Workload, str, str], CompiledConvTranspose1d] = {}
+        self._modules: dict[tuple[Workload, str, str, bool], CompiledConvTranspose1d] = {}
         self._lock = threading.Lock()
 
-    def get(self, workload: Workload, target: TargetLike,
-            logs: str | Path | None = None) -> CompiledConvTranspose1d:
-        key = (workload, repr(target), str(logs))
+    def get(self, workload: Workload, target: TargetLike, logs: str | Path | None = None,
+            prepack_weight: bool = False) -> CompiledConvTranspose1d:
+        key = (workload, repr(target), str(logs), prepack_weight)
         with self._lock:
             found = self._modules.get(key)
         if found is None:
             found = compile(workload.params, batch=workload.batch, length=workload.length,
-                            dtype=workload.dtype, target=target, logs=logs)
+                            dtype=workload.dtype, target=target, logs=logs, prepack_weight=prepack_weight)
             with self._lock:
                 found = self._modules.setdefault(key, found)
         return found
@@ -529,8 +559,9 @@ class ConvTranspose1d:
     U(-sqrt(k), sqrt(k)) with k = groups / (out_channels * kernel_size), the
     bound PyTorch's default initialisation gives; ``seed`` makes them
     reproducible. Assign new arrays to ``.weight`` and ``.bias`` to load trained
-    values; on a CPU target in-place edits take effect too, on a GPU target the
-    arrays are read-only. ``logs`` is where to look for tuning records first (default
+    values; the arrays the layer hands out are read-only, since its modules read copies
+    made once per assignment (packed for the CPU GEMM schedule, on the GPU's memory for a
+    GPU target), which an in-place edit would miss. ``logs`` is where to look for tuning records first (default
     ``$TVM_CONVT_TUNING_LOGS``). Calling the layer on (batch, in_channels, L_in) or (in_channels,
     L_in) returns (batch, out_channels, L_out) or (out_channels, L_out); see
     :class:`ConvTranspose1dParams` for L_out and the padding modes.
@@ -559,7 +590,6 @@ class ConvTranspose1d:
         self.dtype = check_dtype(dtype)
         # A bad target is rejected now, not at the first call.
         kind = resolve_target(target).kind.name
-        self._host_weights = kind == "llvm"
         check_dtype_for_target(self.dtype, kind)
         self.target = target
         self.logs = _logs(logs)
@@ -569,8 +599,8 @@ class ConvTranspose1d:
         rng = np.random.default_rng(seed)
         weight = aligned_copy(rng.uniform(-bound, bound, p.weight_shape).astype(self.dtype))
         bias = aligned_copy(rng.uniform(-bound, bound, (p.out_channels,)).astype(self.dtype)) if p.bias else None
-        # (weight, bias, device copies by device): replaced as one on assignment, so a
-        # call running meanwhile can only fill the copies of the values it read.
+        # (weight, bias, prepared copies by device and weight layout): replaced as one on
+        # assignment, so a call running meanwhile can only fill the copies of the values it read.
         self._state: tuple[np.ndarray, np.ndarray | None, dict[str, list[tvm.runtime.Tensor]]] = (
             weight, bias, {})
 
@@ -585,10 +615,9 @@ class ConvTranspose1d:
 
     @property
     def weight(self) -> np.ndarray:
-        """The weight. On a CPU target the module reads this very array, so in-place edits
-        take effect; on a GPU target it is read-only (the module holds a device copy, which
-        an in-place edit would silently miss): assign a new array instead."""
-        return self._state[0] if self._host_weights else _read_only(self._state[0])
+        """The weight, read-only: the modules hold copies prepared from it (packed, or on the
+        GPU), which an in-place edit would silently miss; assign a new array instead."""
+        return _read_only(self._state[0])
 
     @weight.setter
     def weight(self, value: Any) -> None:
@@ -598,9 +627,9 @@ class ConvTranspose1d:
 
     @property
     def bias(self) -> np.ndarray | None:
-        """The bias (None without one); in-place edits as for :attr:`weight`."""
+        """The bias (None without one), read-only as :attr:`weight` is."""
         bias = self._state[1]
-        return bias if bias is None or self._host_weights else _read_only(bias)
+        return bias if bias is None else _read_only(bias)
 
     @bias.setter
     def bias(self, value: Any) -> None:
@@ -621,7 +650,8 @@ class ConvTranspose1d:
         if output_size is not None:
             params = params.with_output_padding(
                 params.output_padding_for(x_shape[-1], _output_length(output_size, len(x_shape))))
-        return _MODULES.get(Workload(params, batch, x_shape[-1], self.dtype), self.target, self.logs)
+        return _MODULES.get(Workload(params, batch, x_shape[-1], self.dtype), self.target, self.logs,
+                            prepack_weight=True)
 
     def __call__(self, x: Any, output_size: Any = None) -> Any:
         """The output as the caller's kind of array, on the input's device (see :class:`Output`)."""
@@ -638,11 +668,10 @@ class ConvTranspose1d:
         compiled = self.compiled_for(tuple(arr.shape), output_size)
         xb, unbatched = compiled.check_input(arr)
         weight, bias, copies = self._state
-        key = str(compiled.device)
+        key = (str(compiled.device), compiled.metadata.weight_block)
         weights = copies.get(key)
-        if weights is None:  # moved to the device once per assignment, not per call
-            w, b = compiled.check_weights(weight, bias)
-            weights = [compiled.to_device(w)] + ([compiled.to_device(b)] if b is not None else [])
+        if weights is None:  # prepared once per assignment (and layout), not per call
+            weights = compiled.prepare_weights(weight, bias)
             copies[key] = weights
         y = compiled.run(compiled.to_device(xb, "input"), weights, out)
         return y[0] if unbatched else y

@@ -14,7 +14,7 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ..compute import DIRECT, direct_applies, form_for, prim_func
+from ..compute import DIRECT, GEMM, direct_applies, form_for, prim_func, weight_pack_func
 from ..params import OP, Workload
 from . import cpu, cpu_direct, cuda
 from .common import ScheduleRule
@@ -79,4 +79,23 @@ def default_schedule(
     raise AssertionError(f"the fallback rule for {kind} in form {form} did not apply")
 
 
-__all__ = ["RULES", "ScheduleRule", "default_schedule", "schedule_form"]
+def prepacked_schedule(workload: Workload, target: Target) -> tuple[s_tir.Schedule, s_tir.Schedule] | None:
+    """The default schedule of ``main`` reading the weight packed already, and the schedule of
+    ``pack_weight`` that packs it, once per weight; None where the default rule does not
+    pack the weight (every rule but ``cpu-gemm``).
+
+    ``main`` is the same ``cpu-gemm`` schedule as :func:`default_schedule`'s, without its
+    pack stage.
+    """
+    block = cpu.packed_weight_block(workload, target)
+    if block is None:
+        return None
+    func = prim_func(workload, GEMM, weight_block=block)
+    rule = cpu.CpuGemmRule()
+    sch = rule.apply(func, workload, target)
+    assert sch is not None, (workload, target)
+    pack = cpu.schedule_weight_pack(weight_pack_func(workload.params, workload.dtype, block))
+    return sch, pack
+
+
+__all__ = ["RULES", "ScheduleRule", "default_schedule", "prepacked_schedule", "schedule_form"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import tvm
 from tvm import s_tir, tirx
@@ -198,6 +199,11 @@ class GemmPlan:
     rows: int
     samples_outer: bool
 
+    @property
+    def width(self) -> int:
+        """The tile's width along m, and the packed weight's column block."""
+        return self.lanes * self.vectors
+
 
 def gemm_plan(workload: Workload, target: Target) -> GemmPlan | None:
     """The accumulator tile for ``workload``, or None when m has no vector-lane divisor
@@ -312,14 +318,42 @@ class CpuGemmRule:
             return None
         sch = s_tir.Schedule(func)
         arch = cpu_arch(target)
+        # A function given the weight packed already (compute.weight_pack_func) has no pack stage.
+        weight = _read_buffer(sch, C.COL, "weight")
+        prepacked = len(weight.shape) == 4
+        assert not prepacked or int(weight.shape[-1]) == plan.width, (weight.shape, plan)
         if input_pack_fits(workload, plan.rows):
             _pack_input(sch, plan.rows, workload.length)
         if plan.samples_outer:
-            _gemm_samples_outer(sch, workload, plan, arch)
+            _gemm_samples_outer(sch, workload, plan, arch, pack=not prepacked)
         else:
-            _gemm_weight_outer(sch, workload, plan, arch.gemm_channel_block)
+            _gemm_weight_outer(sch, workload, plan, arch.gemm_channel_block, pack=not prepacked)
         _schedule_epilogue_cpu(sch, workload, _gather_rows(workload, arch))
         return sch
+
+
+def _read_buffer(sch: s_tir.Schedule, block_name: str, buffer: str) -> Any:
+    block = sch.get_sblock(block_name)
+    return sch.get(block).reads[read_index(sch, block, buffer)].source
+
+
+def packed_weight_block(workload: Workload, target: Target) -> int | None:
+    """The width of the column blocks ``cpu-gemm`` reads the weight in, when its default
+    schedule serves ``workload`` on ``target`` (None: another rule or form serves it)."""
+    if target.kind.name != "llvm" or C.form_for(workload, "llvm") != C.GEMM:
+        return None
+    plan = gemm_plan(workload, target)
+    return None if plan is None else plan.width
+
+
+def schedule_weight_pack(func: tirx.PrimFunc) -> s_tir.Schedule:
+    """``pack_weight``, run once per weight: parallel over the packed column blocks, each
+    a contiguous run of the output."""
+    sch = s_tir.Schedule(func)
+    packed = sch.get_sblock("packed")
+    g, b, _, _ = sch.get_loops(packed)
+    sch.parallel(sch.fuse(g, b))
+    return sch
 
 
 def _pack_input(sch: s_tir.Schedule, rows: int, length: int) -> None:
@@ -358,21 +392,23 @@ def input_pack_fits(workload: Workload, rows: int) -> bool:
 def _gemm_loops(sch: s_tir.Schedule, plan: GemmPlan) -> tuple[s_tir.schedule.LoopRV, ...]:
     """Split col's loops into tiles: (n, g, jo, ji, mo, mi, c)."""
     n, g, j, m, c = sch.get_loops(sch.get_sblock(C.COL))
-    mo, mi = sch.split(m, [None, plan.lanes * plan.vectors])
+    mo, mi = sch.split(m, [None, plan.width])
     jo, ji = sch.split(j, [None, plan.rows])
     return n, g, jo, ji, mo, mi, c
 
 
-def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan, arch: CpuArch) -> None:
+def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan, arch: CpuArch,
+                        pack: bool = True) -> None:
     """Parallel over tiles of samples; each walks all of the (packed) weight, or, when the
     weight is larger than ``arch.gemm_resident_weight_bytes``, blocks of tiles walk it
-    one column block at a time (see :func:`_sample_block_tiles`)."""
-    width = plan.lanes * plan.vectors
+    one column block at a time (see :func:`_sample_block_tiles`). With ``pack``, the
+    function packs the weight itself, before the loops."""
     col = sch.get_sblock(C.COL)
     n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
     sch.reorder(n, g, jo, mo, c, ji, mi)
-    # The weight is the smaller operand: pack all of it once, before the loops.
-    _pack_weight(sch, col, None, workload.params.kernel_size, width)
+    if pack:
+        # The weight is the smaller operand: pack all of it once, before the loops.
+        _pack_weight(sch, col, None, workload.params.kernel_size, plan.width)
     ragged = workload.length % plan.rows != 0
     if ragged:
         # The ragged last tile in a loop of its own, so the main loop is the bare micro-kernel.
@@ -413,15 +449,16 @@ def _sample_block_tiles(workload: Workload, plan: GemmPlan, arch: CpuArch) -> in
 
 
 def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
-                       channel_block: int | None) -> None:
-    """Parallel over the weight's column blocks; each is packed, then met by every sample.
+                       channel_block: int | None, pack: bool = True) -> None:
+    """Parallel over the weight's column blocks; each is packed (with ``pack``; else it
+    comes packed), then met by every sample.
 
     With ``channel_block``, the input channels go in blocks of that many outside
     the sample tiles, so that one block of the packed weight stays in L1 while all
     samples pass over it; the accumulators are then loaded and stored once per
     channel block.
     """
-    width = plan.lanes * plan.vectors
+    width = plan.width
     kernel = workload.params.kernel_size
     col = sch.get_sblock(C.COL)
     n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
@@ -438,7 +475,8 @@ def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
     # kernel rows or part of one; otherwise the copy of a block's region would write
     # beyond it, and all the weight is packed first.
     aligned = kernel % width == 0 or width % kernel == 0
-    _pack_weight(sch, col, outer if aligned else None, kernel, width)
+    if pack:
+        _pack_weight(sch, col, outer if aligned else None, kernel, width)
     if blocks > 1:
         # Before the partition, which would split col's block in two.
         _channel_blocked_tile(sch, col, plan.lanes, co)
