@@ -354,12 +354,13 @@ def _plain(value: Any) -> Any:
 # Features LLVM uses only through intrinsics, never in generated arithmetic: a module built
 # for a CPU that has them runs on one that does not. sse4a (AMD) is emitted only for a few
 # integer shuffles this operator has none of; exempting it lets Zen code (mcpu=znver3, the
-# README's AVX2 path) run on Intel hosts.
+# README's AVX2 path) run on Intel hosts. pku, shstk and wbnoinvd are system instructions
+# (protection keys, shadow stacks, cache write-back) that VMs hide from their guests.
 _INTRINSIC_ONLY = frozenset({
     "avx512vp2intersect", "avxifma", "avxneconvert", "avxvnniint8", "avxvnniint16", "clzero",
-    "cmpccxadd", "enqcmd", "hreset", "kl", "widekl", "lwp", "movrs", "mwaitx", "pconfig", "prefetchi",
-    "ptwrite", "raoint", "rdpru", "rtm", "sgx", "sha512", "sm3", "sm4", "sse4a", "uintr", "usermsr",
-    "waitpkg"})
+    "cmpccxadd", "enqcmd", "hreset", "kl", "widekl", "lwp", "movrs", "mwaitx", "pconfig", "pku",
+    "prefetchi", "ptwrite", "raoint", "rdpru", "rtm", "sgx", "sha512", "shstk", "sm3", "sm4", "sse4a",
+    "uintr", "usermsr", "waitpkg", "wbnoinvd"})
 # Object formats the host's linker cannot put into a Linux shared library.
 _FOREIGN_SYSTEMS = ("windows", "win32", "mingw", "cygwin", "msvc", "coff", "darwin", "macos", "ios",
                     "tvos", "watchos", "xros", "uefi", "macho")
