@@ -44,6 +44,18 @@ def test_compile_writes_a_loadable_module(tmp_path):
     assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, p), "float64")
 
 
+def test_compile_prepack_weight_writes_a_module_that_reads_it_packed(tmp_path):
+    out = tmp_path / "packed.so"
+    result = cli("compile", "--in-channels", "32", "--out-channels", "64", "--kernel-size", "8",
+                 "--stride", "4", "--padding", "2", "--length", "24", "--prepack-weight", "-o", str(out))
+    assert "schedule: default:cpu-gemm" in result.stdout and "reads the weight packed as" in result.stdout
+    compiled = CompiledConvTranspose1d.load(out)
+    assert compiled.weight_packed
+    x, w, b = random_inputs(compiled.params, 1, 24, "float32")
+    y = compiled.run(compiled.to_device(x), compiled.prepare_weights(w, b))
+    assert_close(y, conv_transpose1d_reference(x, w, b, compiled.params), "float32")
+
+
 def test_info_json():
     info = json.loads(cli("info", "--json").stdout)
     assert info["tvm"] == "0.27.0.post1"

@@ -4,6 +4,7 @@
     python tools/probe_blocking.py 2x6 1x12 --target '{"kind": "llvm", "mcpu": "znver3"}'
     python tools/probe_blocking.py 4x6 4x6,cb=128 4x6,gt=16384     # channel block, gather tile
     python tools/probe_blocking.py 4x6 4x6,ib=1048576 --suite long.json   # input block (samples outer)
+    python tools/probe_blocking.py 4x6 4x6,pw=1 4x6,pw=1,cb=128     # the weight packed once (prepack_weight)
 
 Each variant is ``VECTORSxROWS``, replacing the target's ``CpuArch.gemm_blockings``; the first
 one is the baseline of the ratios. Prints median ms per layer and variant (``--suite`` for
@@ -24,9 +25,10 @@ FIELDS = {"cb": "gemm_channel_block", "gt": "gather_tile_bytes", "ib": "gemm_inp
 
 
 def variant_arch(base: cpu.CpuArch, variant: str) -> cpu.CpuArch:
-    """``VxR[,cb=N][,gt=N][,ib=N]``: the blocking, a channel block, a gather tile (0: none), the
-    input block of the samples-outer order."""
+    """``VxR[,cb=N][,gt=N][,ib=N][,pw=1]``: the blocking, a channel block, a gather tile (0: none),
+    the input block of the samples-outer order (``pw`` is the build's, see :func:`_build`)."""
     blocking, *options = variant.split(",")
+    options = [o for o in options if o and not o.startswith("pw=")]
     changes = {}
     if blocking:
         vectors, rows = map(int, blocking.split("x"))
@@ -44,11 +46,12 @@ _TARGET_ARCH = cpu.cpu_arch
 def _build(w, target, variant: str):
     arch = variant_arch(_TARGET_ARCH(target), variant)
     cpu.cpu_arch = lambda _target: arch
-    return build_library(w, target=target, use_cache=False, tuned=False)[0]
+    prepack = "pw=1" in variant.split(",")
+    return build_library(w, target=target, use_cache=False, tuned=False, prepack_weight=prepack)[0]
 
 
 def main() -> None:
-    probe(__doc__.splitlines()[0], "VECTORSxROWS[,cb=N][,gt=N][,ib=N], e.g. 2x12,cb=128", _build)
+    probe(__doc__.splitlines()[0], "VECTORSxROWS[,cb=N][,gt=N][,ib=N][,pw=1], e.g. 2x12,cb=128", _build)
 
 
 if __name__ == "__main__":

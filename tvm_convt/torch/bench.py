@@ -27,15 +27,16 @@ def functional_call(workload: Workload, x: np.ndarray, weight: np.ndarray,
                     bias: np.ndarray | None) -> Callable[[], np.ndarray]:
     """A no-argument call of ``torch.nn.functional.conv_transpose1d`` on these arrays.
 
-    The tensors share memory with the NumPy arrays (no copies per call); the call
-    returns the output as NumPy. PyTorch's transposed convolution has only
+    The tensors share memory with the NumPy arrays (no copies per call; a read-only array,
+    such as a layer's weight, is copied once, since torch tensors are always writable); the
+    call returns the output as NumPy. PyTorch's transposed convolution has only
     zero padding, so other padding modes raise ValueError.
     """
     p = workload.params
     if p.padding_mode != "zeros":
         raise ValueError(f"PyTorch's conv_transpose1d has no padding_mode={p.padding_mode!r}")
-    xt, wt = torch.from_numpy(x), torch.from_numpy(weight)
-    bt = torch.from_numpy(bias) if bias is not None else None
+    xt, wt = _tensor(x), _tensor(weight)
+    bt = _tensor(bias) if bias is not None else None
 
     @torch.no_grad()
     def call() -> np.ndarray:
@@ -43,3 +44,7 @@ def functional_call(workload: Workload, x: np.ndarray, weight: np.ndarray,
                                   p.dilation).numpy()
 
     return call
+
+
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
