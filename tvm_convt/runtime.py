@@ -247,7 +247,9 @@ class CompiledConvTranspose1d:
     caller's kind of array on the input's device: a NumPy array for NumPy input, a torch
     tensor for a torch tensor, a CuPy array for a CuPy array (see :class:`Output`). Device
     arrays are shared, not copied; host arrays given to a CUDA module are copied to the GPU.
-    Every argument is checked against the module's metadata first.
+    Every argument is checked against the module's metadata first. To call it many times with
+    one weight, :meth:`prepare_weights` once and :meth:`run` per call: a module compiled with
+    ``prepack_weight`` (:attr:`weight_packed`) then packs the weight once, not in every call.
     """
 
     def __init__(self, library: str | Path, metadata: ModuleMetadata | None = None) -> None:
