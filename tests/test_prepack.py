@@ -19,7 +19,7 @@ from tvm_convt.errors import ModuleFileError
 from tvm_convt.build import _checksum, read_sidecar, sidecar_path, write_sidecar
 from tvm_convt.params import ConvTranspose1dParams, Workload
 from tvm_convt.schedule import cpu
-from tvm_convt.target import resolve_target
+from tvm_convt.target import missing_cpu_support, resolve_target, target_key
 
 from tvm_convt.reference import conv_transpose1d_reference
 
@@ -49,10 +49,6 @@ def _numpy_packed(weight: np.ndarray, p: ConvTranspose1dParams, block: int) -> n
     return np.ascontiguousarray(by_group.transpose(0, 2, 1, 3))
 
 
-def _host_arrays(tensors):
-    return [t.numpy() for t in tensors]
-
-
 # Every case on the host; the float32 ones with AVX2 code too.
 TARGETED = ([("host-" + c[0], "llvm", *c[1:]) for c in PACKED]
             + [("avx2-" + c[0], AVX2, *c[1:]) for c in PACKED if c[4] == "float32"])
@@ -60,6 +56,8 @@ TARGETED = ([("host-" + c[0], "llvm", *c[1:]) for c in PACKED]
 
 @pytest.mark.parametrize("target, p, batch, length, dtype", [c[1:] for c in TARGETED], ids=[c[0] for c in TARGETED])
 def test_prepacked_module_is_exact_and_identical_to_the_packing_one(target, p, batch, length, dtype):
+    if missing_cpu_support(resolve_target(target)) is not None:
+        pytest.skip("this CPU does not run AVX2 code")
     x, w, b = random_inputs(p, batch, length, dtype)
     packed = tvm_convt.compile(p, batch=batch, length=length, dtype=dtype, target=target,
                                prepack_weight=True, tuned=False)
@@ -102,6 +100,59 @@ def test_a_forced_fallback_rule_is_not_packed():
     assert not compiled.weight_packed
 
 
+def test_cpu_gemm_forced_on_a_direct_form_layer_is_packed():
+    p = P(32, 64, 3, padding=1)  # stride 1: the direct form by default
+    compiled = tvm_convt.compile(p, batch=1, length=20, rule="cpu-gemm", prepack_weight=True)
+    assert compiled.metadata.schedule == "default:cpu-gemm" and compiled.weight_packed
+    x, w, b = random_inputs(p, 1, 20, "float32")
+    assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, p), "float32")
+
+
+def _logs_with_record(tmp_path, workload, rule):
+    """A tuning-logs folder whose one record, for ``workload``, is the default rule ``rule``'s
+    schedule, as ``tune`` records the default schedule before its search."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.database import JSONDatabase, TuningRecord
+
+    from tvm_convt.records import RECORD_FILE, WORKLOAD_FILE, workload_module
+    from tvm_convt.schedule import default_schedule
+
+    target = resolve_target("llvm")
+    folder = tmp_path / "logs" / target_key(target)
+    folder.mkdir(parents=True)
+    db = JSONDatabase(str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE), allow_missing=True)
+    mod = workload_module(workload, "llvm")
+    sch, _ = default_schedule(workload, target, func=mod["main"], rule=rule)
+    db.commit_tuning_record(TuningRecord(sch.trace, db.commit_workload(mod), [tvm.tirx.FloatImm("float32", 1e-3)],
+                                         target, ArgInfo.from_prim_func(mod["main"])))
+    return tmp_path / "logs"
+
+
+def test_a_record_that_is_the_default_schedule_gives_way_to_the_prepacked_one(tmp_path):
+    w = Workload(LAYER, 1, 24)
+    logs = _logs_with_record(tmp_path, w, "cpu-gemm")
+    plain = tvm_convt.compile(LAYER, batch=1, length=24, logs=logs)
+    assert plain.metadata.schedule.startswith("tuned:") and not plain.weight_packed
+    packed = tvm_convt.compile(LAYER, batch=1, length=24, logs=logs, prepack_weight=True)
+    assert packed.metadata.schedule == "default:cpu-gemm" and packed.weight_packed
+    x, wt, b = random_inputs(LAYER, 1, 24, "float32")
+    np.testing.assert_array_equal(packed(x, wt, b), plain(x, wt, b))
+
+
+def test_another_record_is_kept_with_prepack_weight(tmp_path):
+    w = Workload(LAYER, 1, 24)
+    logs = _logs_with_record(tmp_path, w, "cpu-fallback")
+    compiled = tvm_convt.compile(LAYER, batch=1, length=24, logs=logs, prepack_weight=True)
+    assert compiled.metadata.schedule.startswith("tuned:") and not compiled.weight_packed
+    # The layer holds both kinds of module side by side, each with its own prepared copy.
+    layer = ConvTranspose1d(32, 64, 8, stride=4, padding=2, seed=0, logs=logs)
+    x = random_inputs(LAYER, 1, 24, "float32")[0]
+    x_long = random_inputs(LAYER, 1, 25, "float32")[0]
+    for arr in (x, x_long, x):
+        assert_close(layer(arr), conv_transpose1d_reference(arr, layer.weight, layer.bias, LAYER), "float32")
+    assert not layer.compiled_for(x.shape).weight_packed and layer.compiled_for(x_long.shape).weight_packed
+
+
 LAYER = P(32, 64, 8, stride=4, padding=2)
 
 
@@ -112,7 +163,9 @@ def packed_module():
 
 def test_weight_block_survives_export_and_load(packed_module, tmp_path):
     path = packed_module.export(tmp_path / "packed.so")
-    assert json.loads(sidecar_path(path).read_text())["weight_block"] == packed_module.metadata.weight_block
+    sidecar = json.loads(sidecar_path(path).read_text())
+    # Format 3, which a version that cannot run a packed module refuses by its format.
+    assert sidecar["weight_block"] == packed_module.metadata.weight_block and sidecar["format"] == 3
     loaded = CompiledConvTranspose1d.load(path)
     assert loaded.weight_packed
     x, w, b = random_inputs(LAYER, 1, 24, "float32")
@@ -138,6 +191,21 @@ def test_a_sidecar_that_misdescribes_the_weight_layout_is_refused(packed_module,
     _resign(plain, packed_module.metadata.weight_block)
     with pytest.raises(ModuleFileError, match="has no function 'pack_weight'"):
         CompiledConvTranspose1d.load(plain)(x, w, b)
+    # Another block that divides m: main refuses the packed weight's shape.
+    other = packed_module.export(tmp_path / "other.so")
+    _resign(other, packed_module.metadata.weight_block // 2)
+    with pytest.raises(ModuleFileError, match="does not take the tensors its sidecar describes"):
+        CompiledConvTranspose1d.load(other)(x, w, b)
+
+
+def test_a_sidecar_whose_block_and_format_disagree_is_refused(packed_module, tmp_path):
+    path = packed_module.export(tmp_path / "packed.so")
+    side = sidecar_path(path)
+    fields = {k: v for k, v in json.loads(side.read_text()).items() if k != "checksum"}
+    fields["format"] = 2
+    side.write_text(json.dumps({**fields, "checksum": _checksum(fields)}))
+    with pytest.raises(ModuleFileError, match="weight_block must be given with format 3 only"):
+        CompiledConvTranspose1d.load(path)
 
 
 @pytest.mark.parametrize("block", [0, 3, True, "64"], ids=["zero", "not-a-divisor", "bool", "text"])
@@ -161,6 +229,8 @@ def test_the_layer_packs_once_per_assignment_and_hands_out_read_only_arrays():
         layer.weight[:] = 0
     with pytest.raises(ValueError, match="read-only"):
         layer.bias[:] = 0
+    with pytest.raises(ValueError, match="WRITEABLE"):  # nor can a view be made writable again
+        layer.weight.view().flags.writeable = True
     _, w2, b2 = random_inputs(layer.params, 2, 24, "float32", seed=9)
     layer.weight = w2
     assert_close(layer(x), conv_transpose1d_reference(x, w2, layer.bias, layer.params), "float32")

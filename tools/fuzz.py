@@ -714,11 +714,13 @@ def layer_assign(g: Gen, ctx: Context, layer, name: str) -> str:
 
 
 def layer_inplace(g: Gen, ctx: Context, layer) -> str:
-    if not layer.weight.flags.writeable:  # a GPU target's weights are read-only by design
-        return "ok"
+    """An in-place edit must be refused: the layer's modules read copies prepared on assignment."""
     flat = layer.weight.reshape(-1)
-    flat[g.int(0, flat.size - 1)] = g.pick([0.0, 1e3, -2.5, np.nan])
-    return layer_call(g, ctx, layer)
+    try:
+        flat[g.int(0, flat.size - 1)] = g.pick([0.0, 1e3, -2.5, np.nan])
+    except ValueError:  # read-only, on every target
+        return layer_call(g, ctx, layer)
+    raise Bad("wrong-result", "layer.weight took an in-place edit its prepared copies would miss")
 
 
 LAYER_STEPS = {"call": layer_call, "weight": lambda g, c, l: layer_assign(g, c, l, "weight"),

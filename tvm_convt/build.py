@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import tvm
+import tvm_ffi
 from tvm.target import Target
 
 from ._files import read_json, write_atomic
@@ -31,7 +32,11 @@ from .params import OP, PACK_WEIGHT, Workload, check_dtype_for_target
 from .target import TargetLike, resolve_target, target_json, target_key
 
 # 2: the sidecar records the library's size and SHA-256 and a checksum of itself.
+# 3: the same, with ``weight_block``: written only for a module whose main reads a packed weight,
+# so that a version that cannot run one refuses it by its format.
 METADATA_FORMAT = 2
+PACKED_METADATA_FORMAT = 3
+READABLE_FORMATS = (METADATA_FORMAT, PACKED_METADATA_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,9 @@ class ModuleMetadata:
         return p.weight_shape if self.weight_block is None else p.packed_weight_shape(self.weight_block)
 
     def to_dict(self) -> dict[str, Any]:
-        packed = {} if self.weight_block is None else {"weight_block": self.weight_block}
-        return {"format": METADATA_FORMAT, **packed, "workload": self.workload.to_dict(),
+        packed = ({"format": METADATA_FORMAT} if self.weight_block is None
+                  else {"format": PACKED_METADATA_FORMAT, "weight_block": self.weight_block})
+        return {**packed, "workload": self.workload.to_dict(),
                 # Derived, for readers of the file; from_dict recomputes them.
                 "input_shape": list(self.workload.input_shape),
                 "weight_shape": list(self.workload.params.weight_shape),
@@ -67,9 +73,12 @@ class ModuleMetadata:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModuleMetadata:
-        if d.get("format") != METADATA_FORMAT:
-            raise ValueError(f"{OP}: metadata format must be {METADATA_FORMAT}, got format={d.get('format')!r}")
+        if d.get("format") not in READABLE_FORMATS:
+            raise ValueError(f"{OP}: metadata format must be one of {READABLE_FORMATS}, got format={d.get('format')!r}")
         block = d.get("weight_block")
+        if (block is not None) != (d["format"] == PACKED_METADATA_FORMAT):
+            raise ValueError(f"{OP}: weight_block must be given with format {PACKED_METADATA_FORMAT} only, "
+                             f"got format={d['format']!r}, weight_block={block!r}")
         if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block <= 0):
             raise ValueError(f"{OP}: weight_block must be a positive int, got weight_block={block!r}")
         metadata = cls(Workload.from_dict(d["workload"]), json.dumps(d["target"], sort_keys=True),
@@ -120,20 +129,21 @@ def schedule(
 
     With ``prepack_weight``, a default schedule that packs the weight inside each call
     (``cpu-gemm``) reads it packed instead, and the module gains the function
-    ``pack_weight`` that packs it (:func:`weight_block_of` tells the block); a tuned
-    record, or any other rule, leaves the module as it is.
+    ``pack_weight`` that packs it (:func:`weight_block_of` tells the block). A tuned record
+    other than that default schedule, or any other rule, leaves the module as it is.
     """
     # Imported here: loading and running a module (a runtime-only install) needs neither.
     from .records import find_tuned_schedule
     from .schedule import default_schedule, prepacked_schedule
 
     check_dtype_for_target(workload.dtype, target.kind.name)
-    if tuned and rule is None:
-        found = find_tuned_schedule(workload, target, logs=logs)
-        if found is not None:
-            return found.mod, found.source
+    found = find_tuned_schedule(workload, target, logs=logs) if tuned and rule is None else None
     sch, name = default_schedule(workload, target, rule=rule)
     prepacked = prepacked_schedule(workload, target) if prepack_weight and name == "cpu-gemm" else None
+    if found is not None and (prepacked is None or not tvm_ffi.structural_equal(found.mod, sch.mod)):
+        return found.mod, found.source
+    # No record, or the best record is the default schedule itself (tuning records it first,
+    # and keeps it when nothing measured faster): the prepacked form of that schedule.
     if prepacked is None:
         return sch.mod, f"default:{name}"
     main, pack = prepacked
@@ -206,8 +216,8 @@ def read_sidecar(library: Path) -> tuple[ModuleMetadata, LibraryDigest]:
     if not isinstance(data, dict):
         raise ModuleFileError(f"{OP}: metadata sidecar {side} must hold a JSON object, "
                               f"got {type(data).__name__}")
-    if data.get("format") != METADATA_FORMAT:
-        raise ModuleFileError(f"{OP}: metadata sidecar {side} must have format {METADATA_FORMAT} "
+    if data.get("format") not in READABLE_FORMATS:
+        raise ModuleFileError(f"{OP}: metadata sidecar {side} must have format {METADATA_FORMAT} or {PACKED_METADATA_FORMAT} "
                               f"(written by another version of tvm_convt?), got format={data.get('format')!r}; "
                               "compile and export the module again")
     fields = {k: v for k, v in data.items() if k != "checksum"}

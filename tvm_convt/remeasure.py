@@ -7,6 +7,8 @@ machine a candidate that is no faster than the default schedule can win by noise
 default schedule, times them interleaved in one process (medians), and ranks them;
 the default schedule keeps its place unless a record beats it by
 :data:`DEFAULT_MARGIN`. :func:`tvm_convt.tuning.prune` uses it with ``confirm_on=target``.
+Where the default rule is ``cpu-gemm``, the default is timed as the layer runs it, reading the
+weight packed once (``prepack_weight``): a record must beat that, not the per-call pack.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import tvm
 from tvm import s_tir
 
-from .params import Workload
+from .params import PACK_WEIGHT, Workload
 from .records import workload_module
 from .target import device_of
 from .timing import interleaved_medians, layer_inputs
@@ -38,17 +40,35 @@ class Candidate:
     seconds: float
 
 
-def _candidate_traces(database, workload: Workload, target, candidates: int) -> list[tuple[Any, str]]:
+def _candidate_traces(database, workload: Workload, target, candidates: int) -> tuple[list[tuple[Any, str]], str]:
+    """The default schedule's trace and the best records' (as (trace, source)), and the name of
+    the default rule."""
     from .schedule import default_schedule
 
     mod = workload_module(workload, target.kind.name)
-    default, _ = default_schedule(workload, target, func=mod["main"])
+    default, rule = default_schedule(workload, target, func=mod["main"])
     traces = [(default.trace, "default")]
     if database.has_workload(mod):
         for rank, record in enumerate(database.get_top_k(database.commit_workload(mod), candidates)):
             if str(record.trace) != str(default.trace):
                 traces.append((record.trace, f"record {rank + 1}"))
-    return traces
+    return traces, rule
+
+
+def _prepacked_default_call(workload: Workload, target, arrays: list[np.ndarray]):
+    """The ``cpu-gemm`` default with its weight packed once, before the timed calls."""
+    from .schedule import prepacked_schedule
+
+    main, pack = prepacked_schedule(workload, target)
+    lib = tvm.compile(tvm.IRModule({"main": main.mod["main"], PACK_WEIGHT: pack.mod["main"]}), target=target)
+    dev = device_of(target)
+    x, weight, *bias = [tvm.runtime.tensor(a, dev) for a in arrays]
+    block = int(pack.mod["main"].params[1].shape[-1])
+    packed = tvm.runtime.empty(workload.params.packed_weight_shape(block), workload.dtype, dev)
+    lib[PACK_WEIGHT](weight, packed)
+    out = tvm.runtime.empty(workload.output_shape, workload.dtype, dev)
+    func = lib["main"]
+    return lambda: func(x, packed, *bias, out)
 
 
 def _timed_call(mod: tvm.IRModule, trace, workload: Workload, target, arrays: list[np.ndarray]):
@@ -79,8 +99,10 @@ def rank_candidates(database, workload: Workload, target, *, candidates: int = 4
     mod = workload_module(workload, target.kind.name)
     x, weight, bias = layer_inputs(workload)
     arrays = [x, weight] + ([bias] if bias is not None else [])
-    traces = _candidate_traces(database, workload, target, candidates)
+    traces, rule = _candidate_traces(database, workload, target, candidates)
     calls = {source: _timed_call(mod, trace, workload, target, arrays) for trace, source in traces}
+    if rule == "cpu-gemm":
+        calls["default"] = _prepacked_default_call(workload, target, arrays)
     times = interleaved_medians(calls, rounds=rounds)
     ranked = [Candidate(trace, source, times[source]) for trace, source in traces]
 

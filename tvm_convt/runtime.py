@@ -263,6 +263,7 @@ class CompiledConvTranspose1d:
             load_cuda_runtime()
         self.device = tvm.cuda(0) if cuda else tvm.cpu(0)
         self._module: Any = None  # loaded on first use: a CUDA module exports without a GPU
+        self._functions: dict[str, Any] = {}
         self._cpu_missing: Any = _UNCHECKED
 
     @property
@@ -275,14 +276,18 @@ class CompiledConvTranspose1d:
     def _function(self, name: str) -> Any:
         """The module's function ``name``; the library is loaded on first use from the bytes its
         sidecar vouches for (:class:`ModuleFileError` when they do not match or do not load)."""
+        found = self._functions.get(name)
+        if found is not None:
+            return found
         if self._module is None:
             self._require_device()
             self._module = load_library(self.library, self.digest)
         try:
-            return self._module[name]
+            found = self._functions[name] = self._module[name]
         except AttributeError:  # TVM's answer for a function the library lacks
             raise ModuleFileError(f"{OP}: library {self.library} has no function {name!r}, which its sidecar "
                                   "describes: compile and export the module again") from None
+        return found
 
     @property
     def func(self) -> Any:
@@ -366,8 +371,9 @@ class CompiledConvTranspose1d:
     def prepare_weights(self, weight: Any, bias: Any = None) -> list[tvm.runtime.Tensor]:
         """``[weight(, bias)]`` checked and on the module's device, as :meth:`run` takes them: the
         weight packed when :attr:`weight_packed`. Preparing once and running many times is what
-        the layer does; the tensors share nothing with the arrays given when the weight is
-        packed (on the CPU an unpacked aligned array is shared, see :meth:`to_device`)."""
+        the layer does. A packed weight is a copy, which later edits of ``weight`` do not
+        reach; an unpacked weight and the bias are shared on the CPU when they are C-contiguous
+        and aligned (see :meth:`to_device`), so edits of those do reach the module."""
         weight, bias = self.check_weights(weight, bias)
         weight_dev = self.to_device(weight, "weight")
         if self.weight_packed:
@@ -599,12 +605,12 @@ class ConvTranspose1d:
         p = self.params
         bound = math.sqrt(p.groups / (p.out_channels * p.kernel_size))
         rng = np.random.default_rng(seed)
-        weight = aligned_copy(rng.uniform(-bound, bound, p.weight_shape).astype(self.dtype))
-        bias = aligned_copy(rng.uniform(-bound, bound, (p.out_channels,)).astype(self.dtype)) if p.bias else None
+        weight = _frozen_copy(rng.uniform(-bound, bound, p.weight_shape).astype(self.dtype))
+        bias = _frozen_copy(rng.uniform(-bound, bound, (p.out_channels,)).astype(self.dtype)) if p.bias else None
         # (weight, bias, prepared copies by device and weight layout): replaced as one on
         # assignment, so a call running meanwhile can only fill the copies of the values it read.
-        self._state: tuple[np.ndarray, np.ndarray | None, dict[str, list[tvm.runtime.Tensor]]] = (
-            weight, bias, {})
+        self._state: tuple[np.ndarray, np.ndarray | None,
+                           dict[tuple[str, int | None], list[tvm.runtime.Tensor]]] = (weight, bias, {})
 
     def __repr__(self) -> str:
         p = self.params
@@ -619,19 +625,18 @@ class ConvTranspose1d:
     def weight(self) -> np.ndarray:
         """The weight, read-only: the modules hold copies prepared from it (packed, or on the
         GPU), which an in-place edit would silently miss; assign a new array instead."""
-        return _read_only(self._state[0])
+        return self._state[0]
 
     @weight.setter
     def weight(self, value: Any) -> None:
         arr = host_array(as_array(value, "weight"))  # kept on the host, uploaded once per device
         _check_array(arr, "weight", self.params.weight_shape, self.dtype)
-        self._state = (aligned_copy(arr), self._state[1], {})
+        self._state = (_frozen_copy(arr), self._state[1], {})
 
     @property
     def bias(self) -> np.ndarray | None:
         """The bias (None without one), read-only as :attr:`weight` is."""
-        bias = self._state[1]
-        return bias if bias is None else _read_only(bias)
+        return self._state[1]
 
     @bias.setter
     def bias(self, value: Any) -> None:
@@ -643,7 +648,7 @@ class ConvTranspose1d:
             raise ValueError(f"{OP}: this layer was built with bias=True; assign an array, not None")
         arr = host_array(as_array(value, "bias"))
         _check_array(arr, "bias", (self.params.out_channels,), self.dtype)
-        self._state = (self._state[0], aligned_copy(arr), {})
+        self._state = (self._state[0], _frozen_copy(arr), {})
 
     def compiled_for(self, x_shape: tuple[int, ...], output_size: Any = None) -> CompiledConvTranspose1d:
         """The compiled module that serves an input of ``x_shape`` (compiling it if needed)."""
@@ -702,10 +707,15 @@ def _empty_output(out: Output, x: np.ndarray | DeviceArray, params: ConvTranspos
     return out.from_host(y, x.tensor.device if isinstance(x, DeviceArray) else None)
 
 
-def _read_only(arr: np.ndarray) -> np.ndarray:
-    view = arr.view()
-    view.flags.writeable = False
-    return view
+def _frozen_copy(arr: np.ndarray) -> np.ndarray:
+    """An aligned copy of ``arr`` that no view of it can make writable again: a layer's
+    weights, which its modules read through copies prepared on assignment."""
+    copy = aligned_copy(arr)
+    # The memory's owner too: a view's WRITEABLE flag follows it, not the array viewed.
+    for part in (copy, copy.base, getattr(copy.base, "base", None)):
+        if isinstance(part, np.ndarray):
+            part.flags.writeable = False
+    return copy
 
 
 def _output_length(output_size: Any, ndim: int) -> Any:

@@ -80,12 +80,11 @@ def default_schedule(
 
 
 def prepacked_schedule(workload: Workload, target: Target) -> tuple[s_tir.Schedule, s_tir.Schedule] | None:
-    """The default schedule of ``main`` reading the weight packed already, and the schedule of
-    ``pack_weight`` that packs it, once per weight; None where the default rule does not
-    pack the weight (every rule but ``cpu-gemm``).
+    """``cpu-gemm``'s schedule of ``main`` reading the weight packed already, and the schedule of
+    ``pack_weight`` that packs it, once per weight; None where ``cpu-gemm`` does not apply.
 
-    ``main`` is the same ``cpu-gemm`` schedule as :func:`default_schedule`'s, without its
-    pack stage.
+    ``main`` is the same schedule as ``cpu-gemm``'s own (:func:`default_schedule` with that
+    rule, whether chosen or named), without its pack stage.
     """
     block = cpu.packed_weight_block(workload, target)
     if block is None:

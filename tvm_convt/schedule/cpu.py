@@ -338,11 +338,9 @@ def _read_buffer(sch: s_tir.Schedule, block_name: str, buffer: str) -> Any:
 
 
 def packed_weight_block(workload: Workload, target: Target) -> int | None:
-    """The width of the column blocks ``cpu-gemm`` reads the weight in, when its default
-    schedule serves ``workload`` on ``target`` (None: another rule or form serves it)."""
-    if target.kind.name != "llvm" or C.form_for(workload, "llvm") != C.GEMM:
-        return None
-    plan = gemm_plan(workload, target)
+    """The width of the column blocks ``cpu-gemm`` reads the weight in, where it applies to
+    ``workload`` on ``target`` (None: it does not)."""
+    plan = gemm_plan(workload, target) if target.kind.name == "llvm" else None
     return None if plan is None else plan.width
 
 
