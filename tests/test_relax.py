@@ -8,6 +8,7 @@ CUDA build for sm_90 without a GPU; the example on a short input.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -242,8 +243,11 @@ def test_cpu_pipeline_schedules_only_the_spatial_functions():
     for name, func in our_funcs(ours).items():
         tvm.ir.assert_structural_equal(our_funcs(fused)[name], func)
     vm = relax.VirtualMachine(tvm.compile(ours, target=CPU, relax_pipeline=tr.cpu_pipeline(CPU)), tvm.cpu())
+    # Against the model in float64: PyTorch's own float32 result of this block moved by 5e-5
+    # (relative) with the state earlier tests left its thread pools in.
     with torch.no_grad():
-        assert_close(vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy(), model(x).double().numpy(), "float32")
+        expected = copy.deepcopy(model).double()(x.double()).numpy()
+    assert_close(vm["main"](tvm.runtime.tensor(x.numpy()))[0].numpy(), expected, "float32")
 
 
 def test_cpu_pipeline_refuses_a_cuda_target():

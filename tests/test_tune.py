@@ -139,7 +139,11 @@ def test_bench_default_schedule_skips_the_records(tuned_logs):
     suite = {name: SUITE[name] for name in report.best_seconds}
     tuned = run_bench(suite, logs=logs, rounds=1, threads=1)
     default = run_bench(suite, logs=logs, rounds=1, threads=1, tuned=False)
-    assert [c.schedule for c in tuned.records] == [f"tuned:{logs / HOST_KEY}"] * len(suite)
+    # bench runs the layer's modules: where the best record is the cpu-gemm default itself
+    # (tuning recorded it first and found nothing faster), its prepacked form is used instead.
+    for c in tuned.records:
+        assert (c.schedule == f"tuned:{logs / HOST_KEY}"
+                or (c.schedule == "default:cpu-gemm" and c.weight_packed)), (c.name, c.schedule)
     assert all(c.schedule.startswith("default:") for c in default.records)
 
 
