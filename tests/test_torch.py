@@ -247,6 +247,52 @@ def test_in_place_updates_and_load_state_dict_take_effect():
         assert rel_err(layer(x), F.conv_transpose1d(x, state["weight"], state["bias"], 2, 1)) <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_prepack_weight_packs_once_per_change_and_sees_updates(dtype):
+    torch.manual_seed(0)
+    layer = tt.ConvTranspose1d(32, 64, 8, stride=4, padding=2, prepack_weight=True, dtype=dtype)
+    x = torch.randn(2, 32, 24, dtype=dtype)
+    tol = FORWARD_TOL[dtype]
+    packed = tt.op._PACKED
+    with torch.no_grad():
+        plan = tt.op._plan(x, layer.weight, layer.bias, [4, 2, 0, 1, 1], "zeros", layer._backend)
+        assert plan.packed and plan.compiled.weight_packed
+        assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 4, 2)) <= tol
+        first = packed.get(layer.weight, plan.compiled)
+        assert packed.get(layer.weight, plan.compiled) is first  # unchanged: the same packed copy
+        layer.weight.mul_(-0.5)  # an in-place op moves the version counter
+        assert packed.get(layer.weight, plan.compiled) is not first
+        assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 4, 2)) <= tol
+        state = {"weight": torch.randn(32, 64, 8, dtype=dtype), "bias": torch.randn(64, dtype=dtype)}
+        layer.load_state_dict(state)
+        assert rel_err(layer(x), F.conv_transpose1d(x, state["weight"], state["bias"], 4, 2)) <= tol
+        layer.weight = torch.nn.Parameter(torch.randn(32, 64, 8, dtype=dtype))  # a new tensor
+        assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 4, 2)) <= tol
+    # Gradients flow as without packing.
+    xg = x.clone().requires_grad_()
+    layer(xg).sum().backward()
+    expected = torch.autograd.grad(F.conv_transpose1d(xg, layer.weight, layer.bias, 4, 2).sum(), xg)[0]
+    assert rel_err(xg.grad, expected) <= GRAD_TOL[dtype]
+
+
+def test_prepack_weight_through_convert_and_revert():
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.ConvTranspose1d(32, 16, 8, stride=4, padding=2),
+                                torch.nn.ConvTranspose1d(16, 16, 3, padding=1))  # the second is direct
+    x = torch.randn(1, 32, 20)
+    with torch.no_grad():
+        expected = model(x)
+        tt.convert(model, prepack_weight=True)
+        assert all(layer._prepack_weight for layer in model)
+        assert rel_err(model(x), expected) <= 1e-5
+        model[0].target = {"kind": "llvm"}  # changing the target keeps the option
+        assert model[0]._prepack_weight and '"prepack_weight": true' in model[0]._backend
+        tt.revert(model)
+        assert not hasattr(model[0], "_prepack_weight") and rel_err(model(x), expected) <= 1e-5
+    with pytest.raises(TypeError, match="prepack_weight must be a bool, got prepack_weight='yes'"):
+        tt.ConvTranspose1d(2, 2, 3, prepack_weight="yes")
+
+
 @pytest.mark.parametrize("kind", ["unaligned", "strided"])
 def test_weights_that_cannot_be_shared_are_copied_once_per_change(kind):
     torch.manual_seed(0)

@@ -375,12 +375,22 @@ class CompiledConvTranspose1d:
         reach; an unpacked weight and the bias are shared on the CPU when they are C-contiguous
         and aligned (see :meth:`to_device`), so edits of those do reach the module."""
         weight, bias = self.check_weights(weight, bias)
+        return [self._weight_on_device(weight)] + ([self.to_device(bias, "bias")] if bias is not None else [])
+
+    def prepare_weight(self, weight: Any) -> tvm.runtime.Tensor:
+        """The weight alone, checked and on the device as ``main`` reads it (packed when
+        :attr:`weight_packed`), for callers that keep the bias apart."""
+        weight = as_array(weight, "weight")
+        _check_array(weight, "weight", self.params.weight_shape, self.workload.dtype)
+        return self._weight_on_device(weight)
+
+    def _weight_on_device(self, weight: np.ndarray | DeviceArray) -> tvm.runtime.Tensor:
         weight_dev = self.to_device(weight, "weight")
-        if self.weight_packed:
-            packed = tvm.runtime.empty(self.metadata.main_weight_shape, self.workload.dtype, self.device)
-            self._invoke(PACK_WEIGHT, weight_dev, packed)
-            weight_dev = packed
-        return [weight_dev] + ([self.to_device(bias, "bias")] if bias is not None else [])
+        if not self.weight_packed:
+            return weight_dev
+        packed = tvm.runtime.empty(self.metadata.main_weight_shape, self.workload.dtype, self.device)
+        self._invoke(PACK_WEIGHT, weight_dev, packed)
+        return packed
 
     def run(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor], out: Output | None = None) -> Any:
         """Run on device tensors already checked: ``x`` batched, ``weights`` from

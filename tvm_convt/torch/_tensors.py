@@ -92,3 +92,38 @@ class ParameterCopies:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class PackedWeights:
+    """Packed copies of weights for modules that read the weight packed (``prepack_weight``),
+    made once per change of the tensor: kept per (tensor object, block) and remade when its
+    version counter or data pointer moves, as :class:`ParameterCopies` does for its copies.
+
+    An edit through ``.data`` moves neither, so it is not seen: the reason this is opt-in.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, int], tuple[weakref.ref, tuple[int, int], tvm.runtime.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, t: torch.Tensor, compiled) -> tvm.runtime.Tensor:
+        """``t`` packed for ``compiled`` (a CPU module with ``weight_packed``)."""
+        key, stamp = (id(t), compiled.metadata.weight_block), (t._version, t.data_ptr())
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[0]() is t and entry[1] == stamp:
+            return entry[2]
+        packed = compiled.prepare_weight(t.detach().numpy())
+        ref = weakref.ref(t, functools.partial(self._drop, key))
+        with self._lock:
+            self._entries[key] = (ref, stamp, packed)
+        return packed
+
+    def _drop(self, key: tuple[int, int], ref: weakref.ref) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is ref:
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)

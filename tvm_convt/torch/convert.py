@@ -20,7 +20,7 @@ def _named_layers(model: torch.nn.Module, kind: type) -> list[tuple[str, torch.n
 
 
 def convert(model: torch.nn.Module, *, target: TargetLike = "llvm",
-            logs: str | Path | None = None) -> torch.nn.Module:
+            logs: str | Path | None = None, prepack_weight: bool = False) -> torch.nn.Module:
     """Make every ``torch.nn.ConvTranspose1d`` of ``model`` a :class:`ConvTranspose1d`; return ``model``.
 
     In place: each layer keeps its identity and so its parameters (the same Parameter
@@ -28,10 +28,12 @@ def convert(model: torch.nn.Module, *, target: TargetLike = "llvm",
     only its class changes. Subclasses of ``torch.nn.ConvTranspose1d`` (a parametrized
     layer, say) are left as they are, since their own forward may differ. Every layer is
     checked (parameters, target) before any is changed. ``copy.deepcopy`` the model first
-    to keep the original.
+    to keep the original. ``prepack_weight`` is :class:`ConvTranspose1d`'s (for inference:
+    in-place edits through ``.data`` are then not seen).
     """
     layers = _named_layers(model, torch.nn.ConvTranspose1d)
-    added = [backend_attributes(layer, target, logs) for _, layer in layers]  # raises before any change
+    # Raises before any change.
+    added = [backend_attributes(layer, target, logs, prepack_weight) for _, layer in layers]
     for (_, layer), attributes in zip(layers, added):
         layer.__class__ = ConvTranspose1d
         layer.__dict__.update(attributes)

@@ -8,7 +8,8 @@ convolution kernels (``aten.convolution_backward``) for the gradients.
 Schema: ``conv_transpose1d(Tensor input, Tensor weight, Tensor? bias, int[] conv,
 str padding_mode, str backend)``, where ``conv`` is [stride, padding, output_padding, groups,
 dilation] and ``backend`` the target (``"llvm"``, ``"cuda"`` or TVM's JSON), or, when tuning
-logs are named, JSON ``{"target": ..., "logs": ...}``. Few arguments because PyTorch's
+logs are named or the weight is packed once (``prepack_weight``), JSON ``{"target": ...,
+"logs": ..., "prepack_weight": true}`` with the keys that apply. Few arguments because PyTorch's
 custom-op autograd costs time per call that grows with the square of their number.
 """
 
@@ -26,11 +27,12 @@ import tvm
 from ..params import OP, ConvTranspose1dParams, Workload, check_dtype
 from ..runtime import _MODULES, CompiledConvTranspose1d
 from ..target import resolve_target, target_json
-from ._tensors import ParameterCopies, aligned_empty, to_tvm
+from ._tensors import PackedWeights, ParameterCopies, aligned_empty, to_tvm
 
 __all__ = ["backend_arg", "conv_transpose1d"]
 
 _COPIES = ParameterCopies()
+_PACKED = PackedWeights()
 
 # The device type torch names for each TVM target kind.
 _TORCH_DEVICE = {"llvm": "cpu", "cuda": "cuda"}
@@ -48,25 +50,34 @@ def _target_text(target: Any) -> str:
                     f"({type(target).__name__})")
 
 
-def backend_arg(target: Any, logs: Any = None) -> str:
-    """The op's ``backend`` argument for a target and a tuning-logs folder (None: the default)."""
+def backend_arg(target: Any, logs: Any = None, prepack_weight: bool = False) -> str:
+    """The op's ``backend`` argument for a target, a tuning-logs folder (None: the default) and
+    whether CPU modules read the weight packed once per change of it."""
     text = _target_text(target)
-    if logs is None:
+    if logs is None and not prepack_weight:
         return text
-    return json.dumps({"target": json.loads(text) if text.lstrip().startswith("{") else text,
-                       "logs": str(logs)}, sort_keys=True)
+    config = {"target": json.loads(text) if text.lstrip().startswith("{") else text}
+    if logs is not None:
+        config["logs"] = str(logs)
+    if prepack_weight:
+        config["prepack_weight"] = True
+    return json.dumps(config, sort_keys=True)
 
 
-def _parse_backend(backend: str) -> tuple[Any, Optional[str]]:
-    """``(target, logs)`` from the ``backend`` argument; a TVM target JSON has no ``logs`` key."""
+_BACKEND_KEYS = ({"target", "logs"}, {"target", "prepack_weight"}, {"target", "logs", "prepack_weight"})
+
+
+def _parse_backend(backend: str) -> tuple[Any, Optional[str], bool]:
+    """``(target, logs, prepack_weight)`` from the ``backend`` argument; a TVM target JSON has
+    neither of the other keys."""
     if backend.lstrip().startswith("{"):
         try:
             config = json.loads(backend)
         except json.JSONDecodeError:
-            return backend, None  # resolve_target reports it
-        if isinstance(config, dict) and set(config) == {"target", "logs"}:
-            return config["target"], config["logs"]
-    return backend, None
+            return backend, None, False  # resolve_target reports it
+        if isinstance(config, dict) and set(config) in _BACKEND_KEYS:
+            return config["target"], config.get("logs"), config.get("prepack_weight") is True
+    return backend, None, False
 
 
 def _single(name: str, value: Any) -> int:
@@ -202,6 +213,7 @@ class _Plan:
     compiled: Optional[CompiledConvTranspose1d] = None
     func: Any = None
     cuda: bool = False
+    packed: bool = False  # main reads the weight packed (the module's weight_packed)
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -223,7 +235,7 @@ def _plan(input, weight, bias, conv, padding_mode, backend) -> _Plan:
 
 def _make_plan(input, weight, bias, conv, padding_mode, backend) -> _Plan:
     workload = _workload(input, weight, bias, conv, padding_mode)
-    target, logs = _parse_backend(backend)
+    target, logs, prepack_weight = _parse_backend(backend)
     kind = resolve_target(target).kind.name
     if input.device.type != _TORCH_DEVICE[kind]:
         raise ValueError(f"{OP}: target {kind!r} runs on {_TORCH_DEVICE[kind]} tensors, "
@@ -231,16 +243,17 @@ def _make_plan(input, weight, bias, conv, padding_mode, backend) -> _Plan:
     shape = (input.shape[0], workload.params.out_channels, workload.out_length)
     if input.shape[0] == 0:  # PyTorch's answer to a batch of 0: an empty output, nothing compiled
         return _Plan(shape)
-    compiled = _MODULES.get(workload, target, logs)
-    return _Plan(shape, compiled, compiled.func, kind == "cuda")
+    compiled = _MODULES.get(workload, target, logs, prepack_weight=prepack_weight)
+    return _Plan(shape, compiled, compiled.func, kind == "cuda", compiled.weight_packed)
 
 
 def _run(plan: _Plan, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     y = aligned_empty(input, plan.output_shape)
+    weight_arg = _PACKED.get(weight, plan.compiled) if plan.packed else _COPIES.get(weight)
     if bias is None:
-        args = (to_tvm(input), _COPIES.get(weight), to_tvm(y))
+        args = (to_tvm(input), weight_arg, to_tvm(y))
     else:
-        args = (to_tvm(input), _COPIES.get(weight), _COPIES.get(bias), to_tvm(y))
+        args = (to_tvm(input), weight_arg, _COPIES.get(bias), to_tvm(y))
     if plan.cuda:  # untested on hardware: run on torch's current stream
         with _tvm_stream(input.device, torch.cuda.current_stream(input.device).cuda_stream):
             plan.func(*args)
