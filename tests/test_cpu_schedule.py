@@ -10,7 +10,7 @@ import pytest
 import tvm_convt
 from tvm_convt import compute as C
 from tvm_convt.params import ConvTranspose1dParams, Workload
-from tvm_convt.schedule import cpu, cpu_direct
+from tvm_convt.schedule import cpu, cpu_direct, schedule_form
 from tvm_convt.target import _host_cpu_features, missing_cpu_support, resolve_target
 
 from test_operator import _check
@@ -19,6 +19,7 @@ P = ConvTranspose1dParams
 INTEL_AVX512 = {"kind": "llvm", "mcpu": "skylake-avx512"}  # base AVX-512, which Zen 4 runs too
 ZEN4 = {"kind": "llvm", "mcpu": "znver4"}
 AVX2 = {"kind": "llvm", "mcpu": "haswell"}
+ZEN5 = {"kind": "llvm", "mcpu": "znver5"}
 
 
 def _host_has(feature: str) -> bool:
@@ -256,6 +257,38 @@ def test_direct_rule_samples_outer(monkeypatch, p, batch, length):
 def test_direct_rule_by_name_on_strided_layers(p, batch, length):
     """Where the direct form applies but is not the default, asking for it by name computes it."""
     _direct_check(p, batch, length, "llvm", rule="cpu-direct")
+
+
+@pytest.mark.parametrize("target, length, form", [
+    (ZEN5, 11008, "direct"),  # 64 channels of 11008 samples, 2.8 MB: Zen 5 streams them directly
+    (ZEN5, 688, "gemm"),  # 176 KB stays in cache while every channel block passes
+    (INTEL_AVX512, 11008, "gemm"),
+    (ZEN4, 11008, "gemm"),
+    (AVX2, 11008, "gemm"),
+])
+def test_long_strided_layers_take_the_form_of_their_core(target, length, form):
+    target = resolve_target(target)
+    assert schedule_form(Workload(P(64, 32, 4, stride=2, padding=1), 1, length), target) == form
+    # Phases that meet different taps (6 is no multiple of 4): the GEMM form everywhere.
+    assert schedule_form(Workload(P(64, 32, 6, stride=4), 1, length), target) == "gemm"
+    cuda = resolve_target({"kind": "cuda", "arch": "sm_90"})
+    assert schedule_form(Workload(P(64, 32, 4, stride=2), 1, length), cuda) == "gemm"
+
+
+@pytest.mark.parametrize("p, batch, length", [
+    (P(16, 8, 4, stride=2, padding=1), 2, 300),
+    (P(16, 8, 16, stride=8, padding=4, output_padding=3), 1, 311),
+    (P(16, 8, 4, stride=2, padding=2, padding_mode="reflect", bias=False), 1, 237),
+    (P(32, 16, 6, stride=3, padding=3, padding_mode="circular", dilation=2), 2, 250),
+])
+def test_strided_layers_in_the_direct_form_by_default(monkeypatch, p, batch, length):
+    """A core with ``strided_direct`` (Zen 5) computes long dense strided layers in the direct
+    form by default; forced here on small layers with a zero-byte threshold."""
+    target = resolve_target("llvm")
+    arch = dataclasses.replace(cpu.cpu_arch(target), strided_direct=True, direct_resident_input_bytes=0)
+    monkeypatch.setattr(cpu_direct, "cpu_arch", lambda _target: arch)
+    assert schedule_form(Workload(p, batch, length), target) == "direct"
+    _direct_check(p, batch, length, "llvm")
 
 
 @pytest.mark.parametrize("name", ["ragged-tail", "groups-rows-3", "circular", "grouped-strided"])

@@ -417,6 +417,36 @@ def test_a_lost_workload_file_is_repaired_from_the_index(tuned_logs, tmp_path, h
     assert messages == [] and len(db) == n and stale_workloads(copy) == []
 
 
+def test_records_of_either_form_are_reachable_and_repaired(tmp_path):
+    """A hardware class's folder may hold a dense strided layer's records in the direct form,
+    tuned on a core that computes it so (Zen 5), beside records in the GEMM form: they count as
+    current, are found in their own form only, and are matched again to their workload (by
+    the form their trace replays on) when the workload file is lost."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.database import JSONDatabase, TuningRecord
+
+    from tvm_convt.schedule import default_schedule
+
+    w = Workload(P(16, 8, 4, stride=2, padding=1), 1, 40)
+    target = resolve_target("llvm")
+    folder = tmp_path / HOST_KEY
+    folder.mkdir()
+    db = JSONDatabase(str(folder / WORKLOAD_FILE), str(folder / RECORD_FILE), allow_missing=True)
+    mod = workload_module(w, "llvm", "direct")
+    sch, _ = default_schedule(w, target, rule="cpu-direct", func=mod["main"])
+    db.commit_tuning_record(TuningRecord(sch.trace, db.commit_workload(mod), [1e-3], target,
+                                         ArgInfo.from_prim_func(mod["main"])))
+    write_index(folder, [w])
+    assert stale_workloads(folder) == []
+    assert find_tuned_schedule(w, target, logs=tmp_path, form="direct") is not None
+    assert find_tuned_schedule(w, target, logs=tmp_path, form="gemm") is None
+    (folder / WORKLOAD_FILE).unlink()
+    db, messages = _warnings_of(lambda: open_database(folder, create=True))
+    assert len(db) == 1 and any("1 record(s) matched again" in m for m in messages), messages
+    assert db.has_workload(mod) and not db.has_workload(workload_module(w, "llvm", "gemm"))
+    assert stale_workloads(folder) == []
+
+
 def test_tune_repairs_a_deleted_workload_file(tuned_logs, tmp_path, small_search):
     """Before: ``parallel_for_dynamic error ... workload_index >= 0``, and no way forward."""
     copy = _copy_db(tuned_logs, tmp_path)

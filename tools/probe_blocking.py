@@ -5,6 +5,7 @@
     python tools/probe_blocking.py 4x6 4x6,cb=128 4x6,gt=16384     # channel block, gather tile
     python tools/probe_blocking.py 4x6 4x6,ib=1048576 --suite long.json   # input block (samples outer)
     python tools/probe_blocking.py 4x6 4x6,pw=1 4x6,pw=1,cb=128     # the weight packed once (prepack_weight)
+    python tools/probe_blocking.py ,d=4x6 ,d=6x4 --layers hifigan_v1_up3  # the direct rule's ROWSxVECTORS
 
 Each variant is ``VECTORSxROWS``, replacing the target's ``CpuArch.gemm_blockings``; the first
 one is the baseline of the ratios. Prints median ms per layer and variant (``--suite`` for
@@ -25,8 +26,9 @@ FIELDS = {"cb": "gemm_channel_block", "gt": "gather_tile_bytes", "ib": "gemm_inp
 
 
 def variant_arch(base: cpu.CpuArch, variant: str) -> cpu.CpuArch:
-    """``VxR[,cb=N][,gt=N][,ib=N][,pw=1]``: the blocking, a channel block, a gather tile (0: none),
-    the input block of the samples-outer order (``pw`` is the build's, see :func:`_build`)."""
+    """``VxR[,cb=N][,gt=N][,ib=N][,d=RxV][,pw=1]``: the blocking, a channel block, a gather tile
+    (0: none), the input block of the samples-outer order, the direct rule's blocking (``pw`` is
+    the build's, see :func:`_build`)."""
     blocking, *options = variant.split(",")
     options = [o for o in options if o and not o.startswith("pw=")]
     changes = {}
@@ -35,7 +37,10 @@ def variant_arch(base: cpu.CpuArch, variant: str) -> cpu.CpuArch:
         changes["gemm_blockings"] = ((vectors, rows),)
     for option in options:
         key, value = option.split("=")
-        changes[FIELDS[key]] = int(value) or None
+        if key == "d":
+            changes["direct_blocking"] = tuple(map(int, value.split("x")))
+        else:
+            changes[FIELDS[key]] = int(value) or None
     return dataclasses.replace(base, **changes)
 
 
@@ -51,7 +56,7 @@ def _build(w, target, variant: str):
 
 
 def main() -> None:
-    probe(__doc__.splitlines()[0], "VECTORSxROWS[,cb=N][,gt=N][,ib=N][,pw=1], e.g. 2x12,cb=128", _build)
+    probe(__doc__.splitlines()[0], "VECTORSxROWS[,cb=N][,gt=N][,ib=N][,d=RxV][,pw=1], e.g. 2x12,cb=128", _build)
 
 
 if __name__ == "__main__":

@@ -134,10 +134,12 @@ def schedule(
     """
     # Imported here: loading and running a module (a runtime-only install) needs neither.
     from .records import find_tuned_schedule
-    from .schedule import default_schedule, prepacked_schedule
+    from .schedule import default_schedule, prepacked_schedule, schedule_form
 
     check_dtype_for_target(workload.dtype, target.kind.name)
-    found = find_tuned_schedule(workload, target, logs=logs) if tuned and rule is None else None
+    found = None
+    if tuned and rule is None:
+        found = find_tuned_schedule(workload, target, logs=logs, form=schedule_form(workload, target))
     sch, name = default_schedule(workload, target, rule=rule)
     prepacked = prepacked_schedule(workload, target) if prepack_weight and name == "cpu-gemm" else None
     if found is not None and (prepacked is None or not tvm_ffi.structural_equal(found.mod, sch.mod)):

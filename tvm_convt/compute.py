@@ -120,21 +120,28 @@ def direct_reach(p: ConvTranspose1dParams) -> int:
     return (p.kernel_size - 1) * p.dilation // p.stride
 
 
-def form_for(w: Workload, kind: str) -> str:
+def form_for(w: Workload, kind: str, *, strided_direct: bool = False) -> str:
     """The formulation that target kind ``kind`` ("llvm", "cuda") computes ``w`` in.
 
     On CPUs the direct form serves stride 1, where ``col`` would be kernel_size times
     the output and the gather would read all of it back, and grouped layers with at
     least :data:`DIRECT_MIN_GROUP_CHANNELS` input channels a group, whose ``col`` is as
     large for a fraction of the work. Dense strided layers stay in the GEMM form, whose
-    register tile reuses a packed weight better (docs/performance.md has the A/B).
-    The GPU rules schedule the GEMM form.
+    register tile reuses a packed weight better (docs/performance.md has the A/B), unless
+    ``strided_direct``: the core's choice for this layer, made by the schedule rules
+    (:func:`tvm_convt.schedule.schedule_form`). The GPU rules schedule the GEMM form.
     """
     if kind != "llvm" or not direct_applies(w):
         return GEMM
     p = w.params
     grouped = p.groups > 1 and p.in_per_group >= DIRECT_MIN_GROUP_CHANNELS
-    return DIRECT if p.stride == 1 or grouped else GEMM
+    return DIRECT if p.stride == 1 or grouped or strided_direct else GEMM
+
+
+def forms_of(w: Workload, kind: str) -> tuple[str, ...]:
+    """Every formulation target kind ``kind`` may compute ``w`` in, on one core or another:
+    a folder of records for a hardware class can hold either."""
+    return FORMS if kind == "llvm" and direct_applies(w) else (GEMM,)
 
 
 def conv_transpose1d_te(w: Workload, form: str = GEMM,

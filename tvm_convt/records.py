@@ -28,7 +28,7 @@ from tvm.target import Target
 
 from . import _tvmscript_patch
 from ._files import read_json, write_atomic
-from .compute import form_for, prim_func
+from .compute import form_for, forms_of, prim_func
 from .params import OP, Workload
 from .target import target_key
 
@@ -256,12 +256,25 @@ def _indexed_modules(directory: Path) -> dict[str, list[tvm.IRModule]]:
         found = "an empty one" if (directory / INDEX_FILE).exists() else f"no {INDEX_FILE}"
         raise _Unrepairable(f"{INDEX_FILE} must list the tuned workloads to rebuild {WORKLOAD_FILE} from, "
                             f"got {found}")
-    by_args: dict[str, list[tvm.IRModule]] = {}
+    by_args: dict[str, list[list[tvm.IRModule]]] = {}
     kind = directory_kind(directory)
     for workload in index:
-        mod = workload_module(workload, kind)
-        by_args.setdefault(json.dumps(_args_json(mod)), []).append(mod)
+        # The formulations of one workload share its buffers; the record's trace tells them apart.
+        mods = workload_modules(workload, kind)
+        by_args.setdefault(json.dumps(_args_json(mods[0])), []).append(mods)
     return by_args
+
+
+def _replaying_workload(tables: _Tables, mods: list[tvm.IRModule], record: Any) -> Any:
+    """The committed workload of the formulation in ``mods`` on which ``record`` replays, else None."""
+    for mod in mods:
+        workload = tables.db.commit_workload(mod)
+        try:
+            _parse_record(record, workload)
+        except _BadLine:
+            continue
+        return workload
+    return None
 
 
 def _numbers(numbers: list[int]) -> str:
@@ -276,11 +289,14 @@ def _reattach(directory: Path, orphans: list[tuple[int, Any, str]], tables: _Tab
     by_args = _indexed_modules(directory)
     unmatched, ambiguous, rebuilt = [], [], set()
     for number, record, _ in orphans:
-        mods = by_args.get(json.dumps(record[3]), []) if record[3] is not None else []
-        if len(mods) != 1:
-            (ambiguous if mods else unmatched).append(number)
+        candidates = by_args.get(json.dumps(record[3]), []) if record[3] is not None else []
+        if len(candidates) != 1:
+            (ambiguous if candidates else unmatched).append(number)
             continue
-        workload = tables.db.commit_workload(mods[0])
+        workload = _replaying_workload(tables, candidates[0], record)
+        if workload is None:
+            unmatched.append(number)
+            continue
         before = len(tables.workloads)
         position = tables.position(workload.as_json(), workload)
         try:
@@ -480,8 +496,10 @@ def _cached_database(directory: Path):
         return cached[1]
 
 
-def find_tuned_schedule(workload: Workload, target: Target, *, logs: str | Path | None = None) -> TunedSchedule | None:
-    """The best tuned schedule for ``workload`` on ``target``'s hardware class, or None."""
+def find_tuned_schedule(workload: Workload, target: Target, *, logs: str | Path | None = None,
+                        form: str | None = None) -> TunedSchedule | None:
+    """The best tuned schedule for ``workload`` in formulation ``form`` (by default the
+    target kind's, :func:`~tvm_convt.compute.form_for`) on ``target``'s hardware class, or None."""
     from tvm.s_tir.meta_schedule.tir_integration import compile_tir
 
     key = target_key(target)
@@ -494,7 +512,7 @@ def find_tuned_schedule(workload: Workload, target: Target, *, logs: str | Path 
         if db is None:
             continue
         _tvmscript_patch.install()
-        func = func or prim_func(workload, form_for(workload, target.kind.name))
+        func = func or prim_func(workload, form or form_for(workload, target.kind.name))
         with target:
             sch = compile_tir(db, func, target)
         if sch is not None:
@@ -522,15 +540,25 @@ def stale_workloads(directory: Path) -> list[Workload]:
     records made before a change to the compute, which no compile will ever match."""
     db = open_database(Path(directory))
     kind = directory_kind(directory)
-    return [w for w in read_index(directory) if db is None or not db.has_workload(workload_module(w, kind))]
+    return [w for w in read_index(directory)
+            if db is None or not any(db.has_workload(mod) for mod in workload_modules(w, kind))]
 
 
-def workload_module(workload: Workload, kind: str) -> tvm.IRModule:
-    """The module MetaSchedule tunes for target kind ``kind`` and keys its records by
-    (``main`` = :func:`prim_func` in the kind's formulation, :func:`~tvm_convt.compute.form_for`)."""
+def workload_module(workload: Workload, kind: str, form: str | None = None) -> tvm.IRModule:
+    """The module MetaSchedule tunes for target kind ``kind`` and keys its records by:
+    ``main`` = :func:`prim_func` in formulation ``form``, by default the kind's
+    (:func:`~tvm_convt.compute.form_for`; a target's own is
+    :func:`tvm_convt.schedule.schedule_form`)."""
     from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
-    return _normalize_mod(prim_func(workload, form_for(workload, kind)))
+    return _normalize_mod(prim_func(workload, form or form_for(workload, kind)))
+
+
+def workload_modules(workload: Workload, kind: str) -> list[tvm.IRModule]:
+    """The modules of every formulation that a machine of target kind ``kind`` may have tuned
+    ``workload`` in (:func:`~tvm_convt.compute.forms_of`): a hardware class's folder holds
+    records of either."""
+    return [workload_module(workload, kind, form) for form in forms_of(workload, kind)]
 
 
 def directory_kind(directory: Path) -> str:

@@ -40,12 +40,20 @@ class Candidate:
     seconds: float
 
 
+def tuned_module(workload: Workload, target) -> tvm.IRModule:
+    """The module tuned, and looked up, for ``workload`` on ``target``: in the formulation
+    of its default schedule there (:func:`tvm_convt.schedule.schedule_form`)."""
+    from .schedule import schedule_form
+
+    return workload_module(workload, target.kind.name, schedule_form(workload, target))
+
+
 def _candidate_traces(database, workload: Workload, target, candidates: int) -> tuple[list[tuple[Any, str]], str]:
     """The default schedule's trace and the best records' (as (trace, source)), and the name of
     the default rule."""
     from .schedule import default_schedule
 
-    mod = workload_module(workload, target.kind.name)
+    mod = tuned_module(workload, target)
     default, rule = default_schedule(workload, target, func=mod["main"])
     traces = [(default.trace, "default")]
     if database.has_workload(mod):
@@ -96,7 +104,7 @@ def rank_candidates(database, workload: Workload, target, *, candidates: int = 4
     The default schedule's time is reduced by :data:`DEFAULT_MARGIN` for the ranking
     (its :attr:`Candidate.seconds` is the measured one).
     """
-    mod = workload_module(workload, target.kind.name)
+    mod = tuned_module(workload, target)
     x, weight, bias = layer_inputs(workload)
     arrays = [x, weight] + ([bias] if bias is not None else [])
     traces, rule = _candidate_traces(database, workload, target, candidates)
@@ -117,4 +125,4 @@ def describe(ranked: list[Candidate]) -> str:
     return ", ".join(f"{c.source} {c.seconds * 1e3:.3f} ms" for c in ranked)
 
 
-__all__ = ["Candidate", "DEFAULT_MARGIN", "describe", "rank_candidates"]
+__all__ = ["Candidate", "DEFAULT_MARGIN", "describe", "rank_candidates", "tuned_module"]

@@ -29,7 +29,8 @@ import tvm
 from . import _tvmscript_patch
 from .params import OP, Workload, check_dtype_for_target
 from .records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, default_logs_dir, directory_kind, open_database,
-                      read_index, workload_module, write_index)
+                      read_index, workload_modules, write_index)
+from .remeasure import tuned_module
 from .target import TargetLike, resolve_target, target_key
 
 
@@ -321,7 +322,7 @@ def tune(
     _tvmscript_patch.install()
     _quiet_meta_schedule_console()
     names = sorted(named)
-    mods = {name: workload_module(named[name], tgt.kind.name) for name in names}
+    mods = {name: tuned_module(named[name], tgt) for name in names}
     tasks = _tune_contexts(mods, tgt, work, seed, build_only)
     builder = LocalBuilder(timeout_sec=build_timeout, initializer=_tvmscript_patch.install)
     runner = _runner(build_only, rpc_tracker, rpc_key, run_timeout)
@@ -436,13 +437,13 @@ def _copy_best(source, dest, workloads: list[Workload], keep: int, kind: str) ->
     from tvm.s_tir.meta_schedule.database import TuningRecord
 
     for workload in workloads:
-        mod = workload_module(workload, kind)
-        if not source.has_workload(mod):
-            continue
-        entry = dest.commit_workload(mod)
-        for record in source.get_top_k(source.commit_workload(mod), keep):
-            dest.commit_tuning_record(TuningRecord(record.trace, entry, record.run_secs,
-                                                   record.target, record.args_info))
+        for mod in workload_modules(workload, kind):
+            if not source.has_workload(mod):
+                continue
+            entry = dest.commit_workload(mod)
+            for record in source.get_top_k(source.commit_workload(mod), keep):
+                dest.commit_tuning_record(TuningRecord(record.trace, entry, record.run_secs,
+                                                       record.target, record.args_info))
 
 
 def _copy_confirmed(source, dest, workloads: list[Workload], keep: int, target,
@@ -455,7 +456,8 @@ def _copy_confirmed(source, dest, workloads: list[Workload], keep: int, target,
     from .remeasure import rank_candidates
 
     for workload in workloads:
-        mod = workload_module(workload, target.kind.name)
+        # Records of the formulation this machine runs: the others are never used here.
+        mod = tuned_module(workload, target)
         if not source.has_workload(mod):
             continue
         ranked = rank_candidates(source, workload, target, candidates=max(4, keep))
@@ -529,7 +531,7 @@ def prune(logs: str | Path, out: str | Path, *, target_key_name: str | None = No
         else:
             _copy_best(db, pruned, read_index(directory), keep, directory_kind(directory))
         kept = [w for w in read_index(directory)
-                if pruned.has_workload(workload_module(w, directory_kind(directory)))]
+                if any(pruned.has_workload(mod) for mod in workload_modules(w, directory_kind(directory)))]
         if not kept:  # every default schedule won: nothing to ship for this class
             for name in (WORKLOAD_FILE, RECORD_FILE):
                 (dest / name).unlink(missing_ok=True)

@@ -42,11 +42,15 @@ def _check_kind(kind: str) -> None:
 
 def schedule_form(workload: Workload, target: Target, rule: str | None = None) -> str:
     """The formulation (:data:`tvm_convt.compute.FORMS`) the default schedule of ``workload``
-    on ``target`` is written for: the target kind's (:func:`~tvm_convt.compute.form_for`),
-    or the named rule's."""
+    on ``target`` is written for: the target's (:func:`~tvm_convt.compute.form_for`, with
+    its core's choice for dense strided layers), or the named rule's. Tuning tunes, and
+    the tuned records are looked up, in this formulation."""
     kind = target.kind.name
     _check_kind(kind)
-    return _named_rule(kind, rule).form if rule is not None else form_for(workload, kind)
+    if rule is not None:
+        return _named_rule(kind, rule).form
+    strided = kind == "llvm" and cpu_direct.strided_direct(workload, target)
+    return form_for(workload, kind, strided_direct=strided)
 
 
 def default_schedule(

@@ -56,6 +56,14 @@ def direct_plan(workload: Workload, target: Target) -> DirectPlan:
     return DirectPlan(rows, vectors, lanes, positions, samples_outer)
 
 
+def strided_direct(workload: Workload, target: Target) -> bool:
+    """Whether ``target``'s core computes the dense strided ``workload`` in the direct form
+    (``CpuArch.strided_direct``): where the direct rule would walk the samples outside."""
+    if not cpu_arch(target).strided_direct or not C.direct_applies(workload):
+        return False
+    return direct_plan(workload, target).samples_outer
+
+
 def _pack_weight(sch: s_tir.Schedule, full: s_tir.schedule.SBlockRV, rows: int) -> None:
     """Copy the weight as (channel block, input channel, tap, row): the rows one step
     broadcasts are adjacent, and a tile's whole reduction reads one contiguous block."""
