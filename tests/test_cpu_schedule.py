@@ -262,13 +262,15 @@ def test_direct_rule_by_name_on_strided_layers(p, batch, length):
 @pytest.mark.parametrize("target, length, form", [
     (ZEN5, 11008, "direct"),  # 64 channels of 11008 samples, 2.8 MB: Zen 5 streams them directly
     (ZEN5, 688, "gemm"),  # 176 KB stays in cache while every channel block passes
+    ((ZEN5, 256), 11008, "gemm"),  # 256 input channels: the GEMM form's reduction is long enough
     (INTEL_AVX512, 11008, "gemm"),
     (ZEN4, 11008, "gemm"),
     (AVX2, 11008, "gemm"),
 ])
 def test_long_strided_layers_take_the_form_of_their_core(target, length, form):
+    target, channels = target if isinstance(target, tuple) else (target, 64)
     target = resolve_target(target)
-    assert schedule_form(Workload(P(64, 32, 4, stride=2, padding=1), 1, length), target) == form
+    assert schedule_form(Workload(P(channels, 32, 4, stride=2, padding=1), 1, length), target) == form
     # Phases that meet different taps (6 is no multiple of 4): the GEMM form everywhere.
     assert schedule_form(Workload(P(64, 32, 6, stride=4), 1, length), target) == "gemm"
     cuda = resolve_target({"kind": "cuda", "arch": "sm_90"})
@@ -282,10 +284,11 @@ def test_long_strided_layers_take_the_form_of_their_core(target, length, form):
     (P(32, 16, 6, stride=3, padding=3, padding_mode="circular", dilation=2), 2, 250),
 ])
 def test_strided_layers_in_the_direct_form_by_default(monkeypatch, p, batch, length):
-    """A core with ``strided_direct`` (Zen 5) computes long dense strided layers in the direct
-    form by default; forced here on small layers with a zero-byte threshold."""
+    """A core with ``strided_direct_channels`` (Zen 5) computes long strided layers with few
+    input channels in the direct form by default; forced here on small layers with a zero-byte
+    threshold."""
     target = resolve_target("llvm")
-    arch = dataclasses.replace(cpu.cpu_arch(target), strided_direct=True, direct_resident_input_bytes=0)
+    arch = dataclasses.replace(cpu.cpu_arch(target), strided_direct_channels=128, direct_resident_input_bytes=0)
     monkeypatch.setattr(cpu_direct, "cpu_arch", lambda _target: arch)
     assert schedule_form(Workload(p, batch, length), target) == "direct"
     _direct_check(p, batch, length, "llvm")

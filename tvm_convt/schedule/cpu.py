@@ -132,10 +132,11 @@ class CpuArch:
     along the output samples. A group's padded input larger than
     ``direct_resident_input_bytes`` does not stay in L2 while every channel block
     passes over it, so the direct rule then walks the samples in the parallel loop.
-    With ``strided_direct``, dense strided layers that the direct form covers and whose
-    input is that large go to the direct form too (:func:`tvm_convt.compute.form_for`):
-    on such a core, streaming the input once per tile beats writing ``col`` and reading
-    it back.
+    Strided layers that the direct form covers, whose input is that large and that have at
+    most ``strided_direct_channels`` input channels a group, go to the direct form too
+    (:func:`tvm_convt.compute.form_for`; 0: none): on such a core, with a short reduction
+    per ``col`` element, streaming the input once per tile beats writing ``col`` and
+    reading it back.
     """
 
     vector_bits: int
@@ -148,7 +149,7 @@ class CpuArch:
     gather_tile_bytes: int | None = 16384
     gemm_resident_weight_bytes: int = 512 * 1024
     gemm_input_block_bytes: int = 64 * 1024
-    strided_direct: bool = False
+    strided_direct_channels: int = 0
 
     def __post_init__(self) -> None:
         for vectors, rows in self.gemm_blockings:
@@ -175,11 +176,12 @@ CPU_ARCHS: dict[str, CpuArch] = {
 }
 # Cores whose best blocking differs from their instruction set's, by LLVM's mcpu name. Zen 4
 # splits a 512-bit FMA in two halves; Zen 5 issues two whole ones a cycle, like Intel's cores,
-# and takes their blocking, but the long strided layers run faster in the direct form there.
+# and takes their blocking, but its long strided layers of up to 128 input channels run faster
+# in the direct form (with 256 or 512 the GEMM form stays ahead).
 _ZEN4 = CpuArch(vector_bits=512, registers=32, gemm_blockings=((1, 12),), direct_blocking=(4, 6))
 CPU_ARCHS_BY_MCPU: dict[tuple[str, str], CpuArch] = {
     ("avx512", "znver4"): _ZEN4,
-    ("avx512", "znver5"): dataclasses.replace(CPU_ARCHS["avx512"], strided_direct=True),
+    ("avx512", "znver5"): dataclasses.replace(CPU_ARCHS["avx512"], strided_direct_channels=128),
 }
 GENERIC = CpuArch(vector_bits=128, registers=16, gemm_blockings=((2, 6), (1, 12)))
 

@@ -57,9 +57,10 @@ def direct_plan(workload: Workload, target: Target) -> DirectPlan:
 
 
 def strided_direct(workload: Workload, target: Target) -> bool:
-    """Whether ``target``'s core computes the dense strided ``workload`` in the direct form
-    (``CpuArch.strided_direct``): where the direct rule would walk the samples outside."""
-    if not cpu_arch(target).strided_direct or not C.direct_applies(workload):
+    """Whether ``target``'s core computes the strided ``workload`` in the direct form: groups
+    of at most ``CpuArch.strided_direct_channels`` input channels, where the direct rule would
+    walk the samples outside."""
+    if workload.params.in_per_group > cpu_arch(target).strided_direct_channels or not C.direct_applies(workload):
         return False
     return direct_plan(workload, target).samples_outer
 
