@@ -56,7 +56,39 @@ def to_tvm(t: torch.Tensor) -> tvm.runtime.Tensor:
     return _import(t if shareable(t) else aligned_copy(t))
 
 
-class ParameterCopies:
+class _StampedCache:
+    """Values made from torch tensors, kept per key and remade when the tensor's version
+    counter or data pointer moves. An entry holds the value, not the tensor, so it goes
+    when the tensor does."""
+
+    def __init__(self) -> None:
+        self._entries: dict[object, tuple[weakref.ref, tuple[int, int], tvm.runtime.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def _cached(self, key: object, t: torch.Tensor, make) -> tvm.runtime.Tensor:
+        """The value kept for ``key`` while ``t`` is unchanged, else ``make()``, kept."""
+        stamp = (t._version, t.data_ptr())
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and entry[0]() is t and entry[1] == stamp:
+            return entry[2]
+        value = make()
+        ref = weakref.ref(t, functools.partial(self._drop, key))
+        with self._lock:
+            self._entries[key] = (ref, stamp, value)
+        return value
+
+    def _drop(self, key: object, ref: weakref.ref) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is ref:
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class ParameterCopies(_StampedCache):
     """TVM tensors for weights and biases, made once per change of the tensor.
 
     A shareable tensor is handed over as it is on every call (the module reads its
@@ -65,36 +97,13 @@ class ParameterCopies:
     (in-place ops, ``load_state_dict`` and ``.data =`` all move one of them).
     """
 
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[weakref.ref, tuple[int, int], tvm.runtime.Tensor]] = {}
-        self._lock = threading.Lock()
-
     def get(self, t: torch.Tensor) -> tvm.runtime.Tensor:
         if shareable(t):
             return _import(t)
-        key, stamp = id(t), (t._version, t.data_ptr())
-        with self._lock:
-            entry = self._entries.get(key)
-        if entry is not None and entry[0]() is t and entry[1] == stamp:
-            return entry[2]
-        copy = _import(aligned_copy(t))
-        # The entry holds the copy, not the tensor, so it goes when the tensor does.
-        ref = weakref.ref(t, functools.partial(self._drop, key))
-        with self._lock:
-            self._entries[key] = (ref, stamp, copy)
-        return copy
-
-    def _drop(self, key: int, ref: weakref.ref) -> None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] is ref:
-                del self._entries[key]
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        return self._cached(id(t), t, lambda: _import(aligned_copy(t)))
 
 
-class PackedWeights:
+class PackedWeights(_StampedCache):
     """Packed copies of weights for modules that read the weight packed (``prepack_weight``),
     made once per change of the tensor: kept per (tensor object, block) and remade when its
     version counter or data pointer moves, as :class:`ParameterCopies` does for its copies.
@@ -102,28 +111,7 @@ class PackedWeights:
     An edit through ``.data`` moves neither, so it is not seen: the reason this is opt-in.
     """
 
-    def __init__(self) -> None:
-        self._entries: dict[tuple[int, int], tuple[weakref.ref, tuple[int, int], tvm.runtime.Tensor]] = {}
-        self._lock = threading.Lock()
-
     def get(self, t: torch.Tensor, compiled) -> tvm.runtime.Tensor:
         """``t`` packed for ``compiled`` (a CPU module with ``weight_packed``)."""
-        key, stamp = (id(t), compiled.metadata.weight_block), (t._version, t.data_ptr())
-        with self._lock:
-            entry = self._entries.get(key)
-        if entry is not None and entry[0]() is t and entry[1] == stamp:
-            return entry[2]
-        packed = compiled.prepare_weight(t.detach().numpy())
-        ref = weakref.ref(t, functools.partial(self._drop, key))
-        with self._lock:
-            self._entries[key] = (ref, stamp, packed)
-        return packed
-
-    def _drop(self, key: tuple[int, int], ref: weakref.ref) -> None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] is ref:
-                del self._entries[key]
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        key = (id(t), compiled.metadata.weight_block)
+        return self._cached(key, t, lambda: compiled.prepare_weight(t.detach().numpy()))
