@@ -48,12 +48,12 @@ def tuned_module(workload: Workload, target) -> tvm.IRModule:
     return workload_module(workload, target.kind.name, schedule_form(workload, target))
 
 
-def _candidate_traces(database, workload: Workload, target, candidates: int) -> tuple[list[tuple[Any, str]], str]:
-    """The default schedule's trace and the best records' (as (trace, source)), and the name of
-    the default rule."""
+def _candidate_traces(database, mod: tvm.IRModule, workload: Workload, target,
+                      candidates: int) -> tuple[list[tuple[Any, str]], str]:
+    """The default schedule's trace and the best records' of ``mod`` (``workload``'s
+    :func:`tuned_module`), as (trace, source), and the name of the default rule."""
     from .schedule import default_schedule
 
-    mod = tuned_module(workload, target)
     default, rule = default_schedule(workload, target, func=mod["main"])
     traces = [(default.trace, "default")]
     if database.has_workload(mod):
@@ -107,7 +107,7 @@ def rank_candidates(database, workload: Workload, target, *, candidates: int = 4
     mod = tuned_module(workload, target)
     x, weight, bias = layer_inputs(workload)
     arrays = [x, weight] + ([bias] if bias is not None else [])
-    traces, rule = _candidate_traces(database, workload, target, candidates)
+    traces, rule = _candidate_traces(database, mod, workload, target, candidates)
     calls = {source: _timed_call(mod, trace, workload, target, arrays) for trace, source in traces}
     if rule == "cpu-gemm":
         calls["default"] = _prepacked_default_call(workload, target, arrays)
