@@ -11,6 +11,7 @@ import tvm_convt
 from tvm_convt import compute as C
 from tvm_convt.params import ConvTranspose1dParams, Workload
 from tvm_convt.schedule import cpu, cpu_direct, schedule_form
+from tvm_convt.schedule.common import blocks_writing
 from tvm_convt.target import _host_cpu_features, missing_cpu_support, resolve_target
 
 from test_operator import _check
@@ -214,6 +215,8 @@ DIRECT_CASES = [
     ("grouped-strided", P(32, 32, 8, stride=4, padding=2, groups=2), 2, 70),
     ("grouped-strided-dilated", P(32, 16, 6, stride=3, padding=4, groups=2, dilation=2, output_padding=1), 1, 45),
     ("grouped-strided-reflect", P(32, 32, 4, stride=2, padding=3, groups=2, padding_mode="reflect"), 1, 40),
+    ("grouped-strided-padding-a-stride", P(32, 32, 8, stride=4, padding=4, output_padding=3, groups=2), 1, 33),
+    ("grouped-strided-ragged-output", P(32, 32, 8, stride=4, padding=1, groups=2), 2, 41),
 ]
 
 
@@ -292,6 +295,31 @@ def test_strided_layers_in_the_direct_form_by_default(monkeypatch, p, batch, len
     monkeypatch.setattr(cpu_direct, "cpu_arch", lambda _target: arch)
     assert schedule_form(Workload(p, batch, length), target) == "direct"
     _direct_check(p, batch, length, "llvm")
+
+
+# Which DIRECT_CASES compute each channel block's output inside its parallel loop: zeros mode,
+# with the padding or the output's length a multiple of the stride.
+OUTPUT_INSIDE = {
+    "whole-tiles": True, "ragged-tail": True, "grouped-strided": True,
+    "grouped-strided-padding-a-stride": True, "no-bias-k1": True,
+    "grouped-strided-dilated": False,  # padding 4, stride 3, output length 136
+    "grouped-strided-ragged-output": False,  # padding 1, stride 4, output length 166
+    "reflect": False, "circular": False, "replicate": False,
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUT_INSIDE))
+def test_direct_rule_writes_the_output_per_channel_block(name):
+    """Where it can, each parallel block of the direct rule computes its channels' output from
+    its own part of ``full``, which then never goes to memory; elsewhere the output is a
+    parallel stage of its own. Both are exact (``test_direct_rule_code_paths``)."""
+    _, p, batch, length = next(c for c in DIRECT_CASES if c[0] == name)
+    w = Workload(p, batch, length)
+    target = resolve_target("llvm")
+    assert not cpu_direct.direct_plan(w, target).samples_outer
+    sch = cpu_direct.CpuDirectRule().apply(C.prim_func(w, C.DIRECT), w, target)
+    out_loop = sch.get_loops(sch.get_sblock(C.OUT))[0]
+    assert bool(blocks_writing(sch, out_loop, C.FULL)) == OUTPUT_INSIDE[name]
 
 
 @pytest.mark.parametrize("name", ["ragged-tail", "groups-rows-3", "circular", "grouped-strided"])

@@ -19,7 +19,7 @@ import dataclasses
 from _probe import probe
 
 from tvm_convt.build import build_library
-from tvm_convt.schedule import cpu
+from tvm_convt.schedule import cpu, cpu_direct
 
 
 FIELDS = {"cb": "gemm_channel_block", "gt": "gather_tile_bytes", "ib": "gemm_input_block_bytes"}
@@ -50,7 +50,8 @@ _TARGET_ARCH = cpu.cpu_arch
 
 def _build(w, target, variant: str):
     arch = variant_arch(_TARGET_ARCH(target), variant)
-    cpu.cpu_arch = lambda _target: arch
+    # Both rule modules hold their own name for it.
+    cpu.cpu_arch = cpu_direct.cpu_arch = lambda _target: arch
     prepack = "pw=1" in variant.split(",")
     return build_library(w, target=target, use_cache=False, tuned=False, prepack_weight=prepack)[0]
 

@@ -4,7 +4,9 @@ Each output tile is ``rows`` output channels by ``vectors`` SIMD vectors of outp
 positions of one phase, accumulated in registers over (input channel, tap): per step
 it loads ``vectors`` windows of ``x_pad`` (shifted by the tap) and broadcasts ``rows``
 weights from a copy packed as (channel block, input channel, tap, row). Nothing but
-the output is written, where the GEMM form writes ``col`` and reads it back in the gather.
+``full`` is written, where the GEMM form writes ``col`` and reads it back in the gather;
+when the channel blocks are the parallel loop, in zeros mode, ``full`` is a block's own
+buffer, and the block writes its output from it while it is in cache.
 """
 
 from __future__ import annotations
@@ -88,13 +90,23 @@ def _register_tiles(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> None:
         sch.decompose_reduction(block, c)
 
 
-def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan) -> s_tir.schedule.LoopRV:
+def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan,
+                          output_inside: bool) -> s_tir.schedule.LoopRV:
     """Parallel over (batch, channel block, phase); each walks the positions in tiles, the
-    last one (fewer vectors) in a loop of its own. Returns the parallel loop."""
+    last one (fewer vectors) in a loop of its own. Returns the parallel loop.
+
+    With ``output_inside`` the phases go inside the parallel loop too, and each block then
+    computes its channels' output: ``full`` becomes the block's own buffer (tens of KiB),
+    read back from cache, where the whole of it went to memory and back.
+    """
     n, cob, r, tile, c, t, row, vector, lane = loops
     sch.reorder(n, cob, r, tile, c, t, row, vector, lane)
-    outer = sch.fuse(n, cob, r)
+    outer = sch.fuse(n, cob) if output_inside else sch.fuse(n, cob, r)
     sch.parallel(outer)
+    if output_inside:
+        # Before the partition below: its wrapper blocks declare no writes, and the output's
+        # region under the loop would then be all of it.
+        sch.reverse_compute_at(sch.get_sblock(C.OUT), outer)
     if plan.positions % plan.width and plan.positions > plan.width:
         sch.loop_partition(tile, [plan.positions // plan.width, None])
     return outer
@@ -136,11 +148,38 @@ class CpuDirectRule:
         cob, row = sch.split(co, [None, plan.rows])
         tile, vector, lane = sch.split(q, [None, plan.vectors, plan.lanes])
         loops = (n, cob, r, tile, c, t, row, vector, lane)
-        walk = _samples_outer if plan.samples_outer else _channel_blocks_outer
-        outer = walk(sch, loops, plan)
+        output_inside = not plan.samples_outer and _output_follows_blocks(workload)
+        if plan.samples_outer:
+            outer = _samples_outer(sch, loops, plan)
+        else:
+            outer = _channel_blocks_outer(sch, loops, plan, output_inside)
         _register_tiles(sch, outer)
         # After the tiles' register caches are made, so that those stay compact.
         full_in_output_order(sch, workload)
         parallel_outer(sch, sch.get_sblock(C.X_PAD), 2)
-        schedule_fold_cpu(sch)
+        if output_inside:
+            _vectorize_output(sch, workload, plan.lanes)
+        else:
+            schedule_fold_cpu(sch)
         return sch
+
+
+def _output_follows_blocks(workload: Workload) -> bool:
+    """Whether a channel block's output can be computed from its own part of ``full``.
+
+    Zeros mode only: the other modes fold margins from the far ends of the output into each
+    position. And TVM 0.27's ``reverse_compute_at`` inverts the output's read of ``full``
+    (phase ``(l + padding) % stride``, position ``(l + padding) // stride``) only when the
+    padding or the output length is a multiple of the stride (found over 2,036 layers;
+    real layers, with kernel_size - 2 * padding a multiple of the stride, are).
+    """
+    p = workload.params
+    whole = p.stride == 1 or p.padding % p.stride == 0 or workload.out_length % p.stride == 0
+    return p.padding_mode == "zeros" and whole
+
+
+def _vectorize_output(sch: s_tir.Schedule, workload: Workload, lanes: int) -> None:
+    """Vectorise the output stage along its samples, where whole vectors cover them."""
+    if workload.out_length % lanes == 0:
+        _, lane = sch.split(sch.get_loops(sch.get_sblock(C.OUT))[-1], [None, lanes])
+        sch.vectorize(lane)
