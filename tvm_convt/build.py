@@ -128,20 +128,20 @@ def schedule(
     The source reads ``tuned:<directory>`` or ``default:<rule>``.
 
     With ``prepack_weight``, a default schedule that packs the weight inside each call
-    (``cpu-gemm``) reads it packed instead, and the module gains the function
+    (``cpu-gemm``, ``cpu-gemm-blocked``) reads it packed instead, and the module gains the function
     ``pack_weight`` that packs it (:func:`weight_block_of` tells the block). A tuned record
     other than that default schedule, or any other rule, leaves the module as it is.
     """
     # Imported here: loading and running a module (a runtime-only install) needs neither.
     from .records import find_tuned_schedule
-    from .schedule import default_schedule, prepacked_schedule, schedule_form
+    from .schedule import PREPACKABLE, default_schedule, prepacked_schedule, schedule_form
 
     check_dtype_for_target(workload.dtype, target.kind.name)
     found = None
     if tuned and rule is None:
         found = find_tuned_schedule(workload, target, logs=logs, form=schedule_form(workload, target))
     sch, name = default_schedule(workload, target, rule=rule)
-    prepacked = prepacked_schedule(workload, target) if prepack_weight and name == "cpu-gemm" else None
+    prepacked = prepacked_schedule(workload, target, name) if prepack_weight and name in PREPACKABLE else None
     if found is not None and (prepacked is None or not tvm_ffi.structural_equal(found.mod, sch.mod)):
         return found.mod, found.source
     # No record, or the best record is the default schedule itself (tuning records it first,

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-from .params import PACK_WEIGHT, ConvTranspose1dParams, Workload, within_index_range
+from .params import PACK_WEIGHT, ConvTranspose1dParams, Workload, itemsize, within_index_range
 
 # Stage names, shared with the schedule rules.
 COL = "col"
@@ -85,10 +85,18 @@ DIRECT_Q_ALIGN = 16
 # have too short a reduction for a register tile (the GEMM form's fallback serves them).
 DIRECT_MIN_GROUP_CHANNELS = 16
 
-# The two formulations of ``full``; the stages after it are the same.
+# The formulations of ``full``; the stages after it are the same.
 GEMM = "gemm"
 DIRECT = "direct"
-FORMS = (GEMM, DIRECT)
+BLOCKED = "blocked"
+FORMS = (GEMM, DIRECT, BLOCKED)
+
+# The blocked form's ``col`` block: rows of about this many bytes, a multiple of
+# BLOCK_ROWS_MULTIPLE rows (whole register tiles of 6 or 12 rows), so that a block stays in
+# every L2 it is meant for (512 KiB and up) while the gather reads it back.
+BLOCK_COL_BYTES = 512 << 10
+BLOCK_ROWS_MULTIPLE = 12
+X_BLOCKS = "x_blocks"
 
 
 def direct_applies(w: Workload) -> bool:
@@ -120,6 +128,34 @@ def direct_reach(p: ConvTranspose1dParams) -> int:
     return (p.kernel_size - 1) * p.dilation // p.stride
 
 
+def block_rows(w: Workload) -> int:
+    """Rows of the blocked form's ``col`` per block: its positions per block plus the
+    kernel's reach (:func:`direct_reach`), which each block computes again."""
+    p = w.params
+    row_bytes = p.groups * p.out_per_group * p.kernel_size * itemsize(w.accumulator)
+    rows = BLOCK_COL_BYTES // row_bytes // BLOCK_ROWS_MULTIPLE * BLOCK_ROWS_MULTIPLE
+    # At least one position beyond the halo in every block.
+    fewest = (direct_reach(p) // BLOCK_ROWS_MULTIPLE + 1) * BLOCK_ROWS_MULTIPLE
+    return max(rows, fewest)
+
+
+def block_positions(w: Workload) -> int:
+    """Phase positions of the output each block of the blocked form gathers."""
+    return block_rows(w) - direct_reach(w.params)
+
+
+def blocked_applies(w: Workload) -> bool:
+    """The blocked form covers layers whose gather is an unrolled sum (at most
+    :data:`MAX_UNROLLED_TAPS` live taps) and whose blocked input and ``col``, halos
+    included, stay within 32-bit indices."""
+    p = w.params
+    if TapPlan.of(p).taps > MAX_UNROLLED_TAPS:
+        return False
+    blocks = -(-w.phase_range[1] // block_positions(w))
+    rows = w.batch * blocks * block_rows(w)
+    return within_index_range(max(rows * p.in_channels, rows * p.groups * p.out_per_group * p.kernel_size))
+
+
 def form_for(w: Workload, kind: str, *, strided_direct: bool = False) -> str:
     """The formulation that target kind ``kind`` ("llvm", "cuda") computes ``w`` in.
 
@@ -140,8 +176,10 @@ def form_for(w: Workload, kind: str, *, strided_direct: bool = False) -> str:
 
 def forms_of(w: Workload, kind: str) -> tuple[str, ...]:
     """Every formulation target kind ``kind`` may compute ``w`` in, on one core or another:
-    a folder of records for a hardware class can hold either."""
-    return FORMS if kind == "llvm" and direct_applies(w) else (GEMM,)
+    a folder of records for a hardware class can hold any of them."""
+    if kind != "llvm":
+        return (GEMM,)
+    return tuple(f for f, ok in ((GEMM, True), (DIRECT, direct_applies(w)), (BLOCKED, blocked_applies(w))) if ok)
 
 
 def conv_transpose1d_te(w: Workload, form: str = GEMM,
@@ -157,8 +195,9 @@ def conv_transpose1d_te(w: Workload, form: str = GEMM,
     width, shaped as :meth:`ConvTranspose1dParams.packed_weight_shape` says.
     """
     assert form in FORMS, form
-    assert form == GEMM or direct_applies(w), (form, w)
-    assert weight_block is None or form == GEMM, (form, weight_block)
+    assert form != DIRECT or direct_applies(w), (form, w)
+    assert form != BLOCKED or blocked_applies(w), (form, w)
+    assert weight_block is None or form != DIRECT, (form, weight_block)
     p = w.params
     x = te.placeholder((w.batch, p.in_channels, w.length), w.dtype, name="x")
     shape = p.weight_shape if weight_block is None else p.packed_weight_shape(weight_block)
@@ -166,6 +205,8 @@ def conv_transpose1d_te(w: Workload, form: str = GEMM,
     bias = te.placeholder((p.out_channels,), w.dtype, name="bias") if p.bias else None
     if form == GEMM:
         full = _gemm_full(w, x, _weight_reader(p, weight, weight_block))
+    elif form == BLOCKED:
+        full = _blocked_full(w, x, _weight_reader(p, weight, weight_block))
     else:
         full = _direct_full(w, x, weight)
     inputs = [x, weight] + ([bias] if bias is not None else [])
@@ -230,8 +271,80 @@ def _gemm_full(w: Workload, x: te.Tensor, weight_at) -> te.Tensor:
     return _gather(w, col)
 
 
+def _blocked_full(w: Workload, x: te.Tensor, weight_at) -> te.Tensor:
+    """``full`` gathered block by block from a ``col`` computed per block of output positions.
+
+    Block ``b`` gathers positions ``[b*T, (b+1)*T)`` (``T`` = :func:`block_positions`), which
+    read input samples ``b*T + q_first - reach`` to ``(b+1)*T - 1 + q_first``: its ``col``
+    rows are those ``T + reach`` samples (zero outside the input), the first ``reach`` of them
+    also the last of the block before. So ``col`` is (batch, group, block, row, m) and a
+    block's gather needs its own rows only; the input comes copied by blocks,
+    (batch, block, channel, row), each contiguous. ``full`` runs to whole blocks.
+    """
+    p = w.params
+    cig, cog, kern = p.in_per_group, p.out_per_group, p.kernel_size
+    q_first, n_q = w.phase_range
+    reach, positions, rows = direct_reach(p), block_positions(w), block_rows(w)
+    blocks = -(-n_q // positions)
+
+    def sample(n, b, ci, jj):
+        i = b * positions + q_first - reach + jj
+        inside = tirx.all(i >= 0, i < w.length)
+        return tirx.if_then_else(inside, x[n, ci, tirx.max(tirx.min(i, w.length - 1), 0)],
+                                 tirx.const(0, w.dtype))
+
+    x_blocks = te.compute((w.batch, blocks, p.in_channels, rows), sample, name=X_BLOCKS)
+    c = te.reduce_axis((0, cig), name="c")
+    col = te.compute(
+        (w.batch, p.groups, blocks, rows, cog * kern),
+        lambda n, g, b, jj, m: te.sum(
+            _widen(w, x_blocks[n, b, g * cig + c, jj]) * _widen(w, weight_at(g, c, m)), axis=c),
+        name=COL,
+    )
+
+    def col_row(n, g, q, d, m):
+        # Rows outside the input are zeros: nothing to check but the tap. The clamp keeps a
+        # dead phase's (gcd > 1) speculated load inside the block.
+        row = tirx.max(tirx.min(tirx.indexmod(q, positions) + reach + d, rows - 1), 0)
+        return [], col[n, g, tirx.indexdiv(q, positions), row, m]
+
+    # Whole blocks: the positions past the gather's are never read by the output, and a
+    # schedule's loop over a block's positions has no bound to check.
+    return _tap_sums(w, col_row, positions=blocks * positions)
+
+
 def _gather(w: Workload, col: te.Tensor) -> te.Tensor:
     """``full``: each output position summed over the live taps of ``col``."""
+    p = w.params
+    length = w.length
+    q_first, _ = w.phase_range
+
+    def col_row(n, g, q, d, m):
+        # Samples past the last one's reach (output_padding) have no live tap: i >= length.
+        i = q + q_first + d
+        # Clamped indices keep even a speculated load in bounds.
+        i_safe = tirx.max(tirx.min(i, length - 1), 0)
+        return [i >= 0, i < length], col[n, g, i_safe, m]
+
+    def sample_term(n, co, r, q, i):
+        """Input sample ``i``'s contribution to output ``u``: the tap with i*stride + k*dilation == u."""
+        g = tirx.indexdiv(co, p.out_per_group)
+        o = tirx.indexmod(co, p.out_per_group)
+        d = (q + q_first) * p.stride + r - i * p.stride
+        k = tirx.indexdiv(d, p.dilation)
+        live = tirx.all(d >= 0, tirx.indexmod(d, p.dilation) == 0, k < p.kernel_size)
+        k_safe = tirx.max(tirx.min(k, p.kernel_size - 1), 0)
+        return tirx.if_then_else(live, col[n, g, i, o * p.kernel_size + k_safe], tirx.const(0, w.accumulator))
+
+    return _tap_sums(w, col_row, sample_term)
+
+
+def _tap_sums(w: Workload, col_row, sample_term=None, positions: int | None = None) -> te.Tensor:
+    """``full``, each output position summed over its live taps: ``col_row(n, g, q, d, m)``
+    returns ``(conditions, value)``, the element of ``col`` at column ``m`` in the row of input
+    sample ``q + q_first + d`` and when it exists; ``sample_term`` (the GEMM form's) sums over
+    the input samples instead when there are fewer of them than live taps. ``full`` has
+    ``positions`` per phase (default: the gather's, ``phase_range``)."""
     p = w.params
     acc, length = w.accumulator, w.length
     cog, kern, stride, dil = p.out_per_group, p.kernel_size, p.stride, p.dilation
@@ -240,7 +353,7 @@ def _gather(w: Workload, col: te.Tensor) -> te.Tensor:
     # The gather runs over the output in polyphase order, u = q*stride + r with
     # the phase r outermost: which taps are live, and where they read, depend on
     # r alone, so the inner loop over q does no index division at all.
-    q_first, n_q = w.phase_range
+    n_q = w.phase_range[1] if positions is None else positions
 
     def tap_term(n, co, r, q, t):
         """Tap ``t`` of the live residue class at output phase ``r``, position ``q``."""
@@ -251,26 +364,13 @@ def _gather(w: Workload, col: te.Tensor) -> te.Tensor:
         else:
             k0 = 0
         k = k0 + t * plan.step
-        # u - k*dilation is a multiple of stride for live taps: i = q + (r - k*dilation)/stride.
-        i = q + q_first + tirx.indexdiv(r - k * dil, stride)
-        # Samples past the last one's reach (output_padding) have no live tap: i >= length.
-        live = tirx.all(k < kern, i >= 0, i < length)
+        k_safe = tirx.min(k, kern - 1)
+        # u - k*dilation is a multiple of stride for live taps: sample q + (r - k*dilation)/stride.
+        exists, value = col_row(n, g, q, tirx.indexdiv(r - k * dil, stride), o * kern + k_safe)
+        live = tirx.all(k < kern, *exists)
         if plan.gcd > 1:
             live = tirx.all(live, tirx.indexmod(r, plan.gcd) == 0)
-        # Clamped indices keep even a speculated load in bounds.
-        i_safe = tirx.max(tirx.min(i, length - 1), 0)
-        k_safe = tirx.min(k, kern - 1)
-        return tirx.if_then_else(live, col[n, g, i_safe, o * kern + k_safe], tirx.const(0, acc))
-
-    def sample_term(n, co, r, q, i):
-        """Input sample ``i``'s contribution to output ``u``: the tap with i*stride + k*dilation == u."""
-        g = tirx.indexdiv(co, cog)
-        o = tirx.indexmod(co, cog)
-        d = (q + q_first) * stride + r - i * stride
-        k = tirx.indexdiv(d, dil)
-        live = tirx.all(d >= 0, tirx.indexmod(d, dil) == 0, k < kern)
-        k_safe = tirx.max(tirx.min(k, kern - 1), 0)
-        return tirx.if_then_else(live, col[n, g, i, o * kern + k_safe], tirx.const(0, acc))
+        return tirx.if_then_else(live, value, tirx.const(0, acc))
 
     if plan.taps <= MAX_UNROLLED_TAPS:
         def gather(n, co, r, q):
@@ -281,6 +381,7 @@ def _gather(w: Workload, col: te.Tensor) -> te.Tensor:
                 total = total + tap_term(n, co, r, q, t)
             return total
     elif length < plan.taps:
+        assert sample_term is not None, w
         # Fewer input samples than live taps: each output sums over the samples instead.
         i_axis = te.reduce_axis((0, length), name="i")
 

@@ -63,11 +63,12 @@ def _candidate_traces(database, mod: tvm.IRModule, workload: Workload, target,
     return traces, rule
 
 
-def _prepacked_default_call(workload: Workload, target, arrays: list[np.ndarray]):
-    """The ``cpu-gemm`` default with its weight packed once, before the timed calls."""
+def _prepacked_default_call(workload: Workload, target, arrays: list[np.ndarray], rule: str):
+    """The default schedule of ``rule`` (``cpu-gemm``, ``cpu-gemm-blocked``) with its weight
+    packed once, before the timed calls."""
     from .schedule import prepacked_schedule
 
-    main, pack = prepacked_schedule(workload, target)
+    main, pack = prepacked_schedule(workload, target, rule)
     lib = tvm.compile(tvm.IRModule({"main": main.mod["main"], PACK_WEIGHT: pack.mod["main"]}), target=target)
     dev = device_of(target)
     x, weight, *bias = [tvm.runtime.tensor(a, dev) for a in arrays]
@@ -104,13 +105,15 @@ def rank_candidates(database, workload: Workload, target, *, candidates: int = 4
     The default schedule's time is reduced by :data:`DEFAULT_MARGIN` for the ranking
     (its :attr:`Candidate.seconds` is the measured one).
     """
+    from .schedule import PREPACKABLE
+
     mod = tuned_module(workload, target)
     x, weight, bias = layer_inputs(workload)
     arrays = [x, weight] + ([bias] if bias is not None else [])
     traces, rule = _candidate_traces(database, mod, workload, target, candidates)
     calls = {source: _timed_call(mod, trace, workload, target, arrays) for trace, source in traces}
-    if rule == "cpu-gemm":
-        calls["default"] = _prepacked_default_call(workload, target, arrays)
+    if rule in PREPACKABLE:
+        calls["default"] = _prepacked_default_call(workload, target, arrays, rule)
     times = interleaved_medians(calls, rounds=rounds)
     ranked = [Candidate(trace, source, times[source]) for trace, source in traces]
 

@@ -14,15 +14,17 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ..compute import DIRECT, GEMM, direct_applies, form_for, prim_func, weight_pack_func
+from ..compute import BLOCKED, DIRECT, GEMM, blocked_applies, direct_applies, form_for, prim_func, weight_pack_func
 from ..params import OP, Workload
-from . import cpu, cpu_direct, cuda
+from . import cpu, cpu_blocked, cpu_direct, cuda
 from .common import ScheduleRule
 
 RULES: dict[str, tuple[ScheduleRule, ...]] = {
-    "llvm": (cpu_direct.CpuDirectRule(),) + cpu.RULES,
+    "llvm": (cpu_direct.CpuDirectRule(),) + cpu_blocked.RULES + cpu.RULES,
     "cuda": cuda.RULES,
 }
+# The rules whose ``main`` can read the weight packed by cpu.packed_weight_block.
+PREPACKABLE = {"cpu-gemm": GEMM, "cpu-gemm-blocked": BLOCKED}
 
 
 def _named_rule(kind: str, rule: str) -> ScheduleRule:
@@ -50,7 +52,10 @@ def schedule_form(workload: Workload, target: Target, rule: str | None = None) -
     if rule is not None:
         return _named_rule(kind, rule).form
     strided = kind == "llvm" and cpu_direct.strided_direct(workload, target)
-    return form_for(workload, kind, strided_direct=strided)
+    form = form_for(workload, kind, strided_direct=strided)
+    if form == GEMM and kind == "llvm" and cpu_blocked.blocked_gemm(workload, target):
+        return BLOCKED
+    return form
 
 
 def default_schedule(
@@ -64,7 +69,7 @@ def default_schedule(
     """
     kind = target.kind.name
     form = schedule_form(workload, target, rule)
-    applies = form != DIRECT or direct_applies(workload)
+    applies = {DIRECT: direct_applies, BLOCKED: blocked_applies}.get(form, lambda _w: True)(workload)
     if func is None and applies:
         func = prim_func(workload, form)
     if rule is not None:
@@ -83,22 +88,25 @@ def default_schedule(
     raise AssertionError(f"the fallback rule for {kind} in form {form} did not apply")
 
 
-def prepacked_schedule(workload: Workload, target: Target) -> tuple[s_tir.Schedule, s_tir.Schedule] | None:
-    """``cpu-gemm``'s schedule of ``main`` reading the weight packed already, and the schedule of
-    ``pack_weight`` that packs it, once per weight; None where ``cpu-gemm`` does not apply.
+def prepacked_schedule(workload: Workload, target: Target,
+                       rule: str = "cpu-gemm") -> tuple[s_tir.Schedule, s_tir.Schedule] | None:
+    """The schedule of ``main`` by ``rule`` (one of :data:`PREPACKABLE`) reading the weight
+    packed already, and the schedule of ``pack_weight`` that packs it, once per weight; None
+    where the rule does not apply.
 
-    ``main`` is the same schedule as ``cpu-gemm``'s own (:func:`default_schedule` with that
+    ``main`` is the same schedule as the rule's own (:func:`default_schedule` with that
     rule, whether chosen or named), without its pack stage.
     """
     block = cpu.packed_weight_block(workload, target)
     if block is None:
         return None
-    func = prim_func(workload, GEMM, weight_block=block)
-    rule = cpu.CpuGemmRule()
-    sch = rule.apply(func, workload, target)
+    chosen = _named_rule("llvm", rule)
+    assert chosen.form == PREPACKABLE[rule], rule
+    func = prim_func(workload, chosen.form, weight_block=block)
+    sch = chosen.apply(func, workload, target)
     assert sch is not None, (workload, target)
     pack = cpu.schedule_weight_pack(weight_pack_func(workload.params, workload.dtype, block))
     return sch, pack
 
 
-__all__ = ["RULES", "ScheduleRule", "default_schedule", "prepacked_schedule", "schedule_form"]
+__all__ = ["PREPACKABLE", "RULES", "ScheduleRule", "default_schedule", "prepacked_schedule", "schedule_form"]

@@ -136,7 +136,10 @@ class CpuArch:
     most ``strided_direct_channels`` input channels a group, go to the direct form too
     (:func:`tvm_convt.compute.form_for`; 0: none): on such a core, with a short reduction
     per ``col`` element, streaming the input once per tile beats writing ``col`` and
-    reading it back.
+    reading it back. Layers of the GEMM form whose ``col`` would exceed ``blocked_col_bytes``
+    (None: never) take the blocked form, ``col`` made and gathered a block of samples at a
+    time, where it reads the weight at most ``blocked_weight_reads`` times the bytes of ``col``
+    (:func:`tvm_convt.schedule.cpu_blocked.blocked_gemm`).
     """
 
     vector_bits: int
@@ -150,6 +153,8 @@ class CpuArch:
     gemm_resident_weight_bytes: int = 512 * 1024
     gemm_input_block_bytes: int = 64 * 1024
     strided_direct_channels: int = 0
+    blocked_col_bytes: int | None = 8 << 20
+    blocked_weight_reads: float = 6.0
 
     def __post_init__(self) -> None:
         for vectors, rows in self.gemm_blockings:
@@ -167,7 +172,7 @@ class CpuArch:
 _AVX2 = CpuArch(vector_bits=256, registers=16, gemm_blockings=((2, 6), (1, 12)))
 CPU_ARCHS: dict[str, CpuArch] = {
     "avx512": CpuArch(vector_bits=512, registers=32, gemm_blockings=((4, 6), (2, 12), (1, 12)),
-                      direct_blocking=(4, 6), gather_tile_bytes=32768),
+                      direct_blocking=(4, 6), gather_tile_bytes=32768, blocked_weight_reads=12.0),
     "avx2": _AVX2,
     "avx": _AVX2,
     "sse4": CpuArch(vector_bits=128, registers=16, gemm_blockings=((2, 6), (1, 12))),
@@ -279,9 +284,10 @@ def _register_tile(sch: s_tir.Schedule, block_name: str, lanes: int) -> None:
 
 
 def _pad_col_rows(sch: s_tir.Schedule, writer: s_tir.schedule.SBlockRV, lanes: int) -> None:
-    """Pad ``col``'s rows by one vector: the gather walks col down a column (stride m), and a
-    power-of-two row stride would map every row to one cache set."""
-    sch.storage_align(writer, 0, axis=2, factor=256, offset=lanes)
+    """Pad ``col``'s rows (its last axis but one) by one vector: the gather walks col down a
+    column (stride m), and a power-of-two row stride would map every row to one cache set."""
+    rank = len(sch.get(writer).writes[0].source.shape)
+    sch.storage_align(writer, 0, axis=rank - 2, factor=256, offset=lanes)
 
 
 def _pack_weight(sch: s_tir.Schedule, col: s_tir.schedule.SBlockRV, at: s_tir.schedule.LoopRV | None,

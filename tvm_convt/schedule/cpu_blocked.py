@@ -1,0 +1,103 @@
+"""The CPU rule of the blocked GEMM form: ``col`` computed and gathered one block of output
+positions at a time, inside one parallel loop.
+
+For long inputs the GEMM form's ``col`` is far larger than the caches (90 MB for
+hifigan_v1_up1 at 16x its length): written to memory by the GEMM and read back by the
+gather. The blocked form (:func:`tvm_convt.compute.block_rows`) gives each block its own
+rows, the kernel's reach included, so a block's ``col`` (a few hundred KiB) is made, gathered
+and dropped while it is in L2. The GEMM inside a block is ``cpu-gemm``'s register tile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from .. import compute as C
+from ..params import Workload, itemsize
+from .common import blocks_writing
+from .cpu import (_gather_writes_output, _pack_weight, _read_buffer, _register_tile, cpu_arch,
+                  full_in_output_order, gemm_plan, schedule_fold_cpu)
+
+
+def blocked_plan_applies(workload: Workload, target: Target) -> bool:
+    """Whether the blocked rule covers ``workload`` on ``target``: the form applies, the
+    GEMM's register tile does, and a block's rows are whole tiles of it."""
+    plan = gemm_plan(workload, target) if target.kind.name == "llvm" else None
+    return plan is not None and C.blocked_applies(workload) and C.block_rows(workload) % plan.rows == 0
+
+
+def _block_loop(sch: s_tir.Schedule, workload: Workload, output_order: bool) -> s_tir.schedule.LoopRV:
+    """Split the gather into the blocks of :func:`tvm_convt.compute.block_positions`, parallel
+    over (batch, block); the phases go innermost in output order. Returns the parallel loop."""
+    n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))
+    b, qq = sch.split(q, [None, C.block_positions(workload)])
+    if output_order:
+        sch.reorder(n, b, co, qq, r)
+    else:
+        sch.reorder(n, b, co, r, qq)
+    outer = sch.fuse(n, b)
+    sch.parallel(outer)
+    return outer
+
+
+def _block_gemm(sch: s_tir.Schedule, workload: Workload, target: Target, outer: s_tir.schedule.LoopRV) -> None:
+    """``col`` and the input block under ``outer``: weight column blocks outside, each met by
+    every register tile of the block's rows."""
+    plan = gemm_plan(workload, target)
+    assert plan is not None, workload
+    col = sch.get_sblock(C.COL)
+    sch.compute_at(col, outer)
+    sch.compute_at(sch.get_sblock(C.X_BLOCKS), outer)
+    # Under the (batch, block) loop: the groups (where there are more than one), rows, m, c.
+    *groups, j, m, c = sch.get_loops(col)[1:]
+    mo, mi = sch.split(m, [None, plan.width])
+    jo, ji = sch.split(j, [None, plan.rows])
+    sch.reorder(*groups, mo, jo, c, ji, mi)
+    if len(_read_buffer(sch, C.COL, "weight").shape) == 3:
+        # Not given packed: the function packs all of it once, before the loops.
+        _pack_weight(sch, col, None, workload.params.kernel_size, plan.width)
+    _register_tile(sch, C.COL, plan.lanes)
+
+
+def blocked_gemm(workload: Workload, target: Target) -> bool:
+    """Whether ``target`` computes ``workload``, a layer of the GEMM form, in the blocked form.
+
+    The blocked form saves ``col``'s trip to memory and back, and pays by reading the whole
+    weight once per block, ``in_channels / block_positions`` times the bytes of ``col``: it
+    serves where ``col`` would exceed ``CpuArch.blocked_col_bytes`` and those reads are at most
+    ``CpuArch.blocked_weight_reads`` times it.
+    """
+    arch = cpu_arch(target)
+    if arch.blocked_col_bytes is None or not blocked_plan_applies(workload, target):
+        return False
+    p = workload.params
+    col = workload.batch * workload.length * p.groups * p.out_per_group * p.kernel_size * itemsize(workload.accumulator)
+    weight_reads = p.in_per_group / C.block_positions(workload)
+    return col > arch.blocked_col_bytes and weight_reads <= arch.blocked_weight_reads
+
+
+@dataclass(frozen=True)
+class CpuBlockedRule:
+    """``cpu-gemm``'s register-tiled GEMM and gather, one block of output positions per task."""
+
+    name: str = "cpu-gemm-blocked"
+    form: str = C.BLOCKED
+
+    def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
+        if not blocked_plan_applies(workload, target):
+            return None
+        sch = s_tir.Schedule(func)
+        output_order = workload.params.dilation == 1 and full_in_output_order(sch, workload)
+        outer = _block_loop(sch, workload, output_order)
+        _block_gemm(sch, workload, target, outer)
+        if output_order:
+            _gather_writes_output(sch, outer)
+        else:
+            schedule_fold_cpu(sch)
+        return sch
+
+
+RULES = (CpuBlockedRule(),)
