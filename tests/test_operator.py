@@ -108,7 +108,7 @@ def test_default_rule_choice():
         tvm_convt.compile(P(6, 3, 3, stride=2), batch=1, length=8, rule="cpu-gemm")
     with pytest.raises(ValueError, match="schedule rule 'cpu-direct' does not apply"):
         tvm_convt.compile(P(6, 3, 3, stride=2), batch=1, length=8, rule="cpu-direct")
-    with pytest.raises(ValueError, match="must be one of cpu-direct, cpu-gemm, cpu-fallback, got rule='gpu'"):
+    with pytest.raises(ValueError, match="must be one of cpu-direct, cpu-gemm-blocked, cpu-gemm, cpu-fallback, got rule='gpu'"):
         tvm_convt.compile(P(6, 3, 3), batch=1, length=8, rule="gpu")
 
 

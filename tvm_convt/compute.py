@@ -29,7 +29,13 @@ straight from ``x_pad``, a copy of ``x`` zero-padded by the kernel's reach: an i
 phase with no intermediate but ``full``. It needs every phase to meet the same taps, all live
 (:func:`direct_applies`). Step 3 is the same for both.
 
-The GEMM form can also read the weight packed by column blocks of ``m``
+A third, ``BLOCKED``, is the GEMM form for long layers on CPUs: ``col`` and the gather one
+block of output positions at a time, each block's ``col`` holding its own input samples plus the
+kernel's reach (:func:`block_rows`), which the block before computed too; a schedule then makes,
+gathers and drops each block while it is in cache, where the whole ``col`` would go to memory
+and back. The layer chooses it by its size (:func:`tvm_convt.schedule.schedule_form`).
+
+The GEMM forms can also read the weight packed by column blocks of ``m``
 (:meth:`ConvTranspose1dParams.packed_weight_shape`), as a second function, ``pack_weight``,
 writes it once per weight (:func:`weight_pack_func`): the CPU GEMM rule otherwise packs it
 inside every call.

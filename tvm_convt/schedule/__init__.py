@@ -3,10 +3,11 @@
 A rule schedules one formulation of the compute (its ``form``) and returns a
 :class:`tvm.s_tir.Schedule` or ``None`` for "not applicable"; :func:`default_schedule`
 tries the rules of the workload's formulation in order, and the last of them always
-applies (``cpu-direct`` is the only rule of the direct form). The rules find the compute's stages by the
-names in :mod:`tvm_convt.compute`. CPU rules live in :mod:`.cpu` (the GEMM form) and
-:mod:`.cpu_direct` (the direct form), GPU rules in :mod:`.cuda`, each with its tile sizes
-as data per architecture.
+applies (``cpu-direct`` is the only rule of the direct form; ``cpu-gemm-blocked`` the only one of
+the blocked form, which a target takes only where that rule applies). The rules find the
+compute's stages by the names in :mod:`tvm_convt.compute`. CPU rules live in :mod:`.cpu` (the GEMM form),
+:mod:`.cpu_direct` (the direct form) and :mod:`.cpu_blocked` (the blocked form), GPU rules in
+:mod:`.cuda`, each with its tile sizes as data per architecture.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _check_kind(kind: str) -> None:
 def schedule_form(workload: Workload, target: Target, rule: str | None = None) -> str:
     """The formulation (:data:`tvm_convt.compute.FORMS`) the default schedule of ``workload``
     on ``target`` is written for: the target's (:func:`~tvm_convt.compute.form_for`, with
-    its core's choice for dense strided layers), or the named rule's. Tuning tunes, and
+    its core's choice for dense strided layers, and the blocked form for long layers of the
+    GEMM form, :func:`.cpu_blocked.blocked_gemm`), or the named rule's. Tuning tunes, and
     the tuned records are looked up, in this formulation."""
     kind = target.kind.name
     _check_kind(kind)

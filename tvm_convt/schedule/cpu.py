@@ -304,6 +304,9 @@ def _pack_weight(sch: s_tir.Schedule, col: s_tir.schedule.SBlockRV, at: s_tir.sc
                          lambda c, o, k: ((o * kernel_size + k) // width, c, (o * kernel_size + k) % width))
     if at is not None:
         sch.compute_at(packed, at)
+    else:
+        # Before the loops, every thread idle but this one's: parallel over the input channels.
+        parallel_outer(sch, packed, 1)
     if kernel_size % width == 0:
         # The copy loops follow the weight's (c, o, k) axes: only when a block is
         # part of one kernel row is the innermost loop ``width`` long at most.
