@@ -29,6 +29,7 @@ import tvm_ffi
 
 from .build import (ModuleMetadata, build_library, copy_library, discard, load_library, read_library,
                     read_sidecar, sidecar_path)
+from ._host_pool import pooled_empty
 from ._runtime_only import compiler_available, load_cuda_runtime, missing_isa
 from .errors import ModuleFileError
 from .params import OP, PACK_WEIGHT, ConvTranspose1dParams, Workload, check_dtype, check_dtype_for_target, numpy_dtype
@@ -191,6 +192,13 @@ def aligned_empty(shape: tuple[int, ...], dtype: str | np.dtype) -> np.ndarray:
     raw = np.empty(nbytes + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def output_empty(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """:func:`aligned_empty` for a call's output: large ones on memory the pool keeps between
+    calls (:mod:`tvm_convt._host_pool`), so their pages are not mapped and zeroed afresh."""
+    pooled = pooled_empty(shape, numpy_dtype(dtype), ALIGNMENT)
+    return aligned_empty(shape, dtype) if pooled is None else pooled
 
 
 def aligned_copy(arr: np.ndarray) -> np.ndarray:
@@ -405,7 +413,7 @@ class CompiledConvTranspose1d:
         """The output as a NumPy array (written in place on the CPU, copied back otherwise)."""
         w = self.workload
         if self.device.dlpack_device_type() == tvm.cpu(0).dlpack_device_type():
-            y = aligned_empty(w.output_shape, w.dtype)
+            y = output_empty(w.output_shape, w.dtype)
             self._invoke("main", x, *weights, tvm.runtime.from_dlpack(y))
             return y
         y_dev = tvm.runtime.empty(w.output_shape, w.dtype, self.device)
