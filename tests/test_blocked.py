@@ -133,3 +133,14 @@ def test_which_real_layers_are_blocked(real_blocks, target):
         assert schedule_form(long, target) == C.BLOCKED
     assert schedule_form(dataclasses.replace(up0, length=16 * up0.length), target) == C.GEMM
     assert all(schedule_form(w, target) != C.BLOCKED for w in suite.values())
+
+
+def test_no_blocked_form_beyond_32_bit_indices(real_blocks):
+    """``full`` runs to whole blocks, a little past the gather: a layer whose gather just fits
+    32-bit indices but whose whole blocks do not keeps the GEMM form."""
+    p = P(16, 8, 2, stride=4)  # m = 16: full (8 channels x 4 phases) is twice col and the input
+    fits = Workload(p, 1, 67108863)  # 8201 blocks of 8184 positions: 2**31 + 259841 in full
+    assert C.block_positions(fits) == 8184
+    assert not C.blocked_applies(fits)
+    assert schedule_form(fits, resolve_target(AVX512)) == C.GEMM
+    assert C.blocked_applies(Workload(p, 1, 60000000))

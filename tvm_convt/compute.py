@@ -152,14 +152,16 @@ def block_positions(w: Workload) -> int:
 
 def blocked_applies(w: Workload) -> bool:
     """The blocked form covers layers whose gather is an unrolled sum (at most
-    :data:`MAX_UNROLLED_TAPS` live taps) and whose blocked input and ``col``, halos
-    included, stay within 32-bit indices."""
+    :data:`MAX_UNROLLED_TAPS` live taps) and whose blocked input, ``col`` (halos included)
+    and ``full`` (to whole blocks) stay within 32-bit indices."""
     p = w.params
     if TapPlan.of(p).taps > MAX_UNROLLED_TAPS:
         return False
     blocks = -(-w.phase_range[1] // block_positions(w))
     rows = w.batch * blocks * block_rows(w)
-    return within_index_range(max(rows * p.in_channels, rows * p.groups * p.out_per_group * p.kernel_size))
+    # full runs to whole blocks, a little past the gather's positions.
+    full = w.batch * p.out_channels * p.stride * blocks * block_positions(w)
+    return within_index_range(max(rows * p.in_channels, rows * p.groups * p.out_per_group * p.kernel_size, full))
 
 
 def form_for(w: Workload, kind: str, *, strided_direct: bool = False) -> str:
