@@ -144,3 +144,15 @@ def test_no_blocked_form_beyond_32_bit_indices(real_blocks):
     assert not C.blocked_applies(fits)
     assert schedule_form(fits, resolve_target(AVX512)) == C.GEMM
     assert C.blocked_applies(Workload(p, 1, 60000000))
+
+
+def test_short_inputs_are_one_block(real_blocks):
+    """A block has no more rows than the layer's positions need: a large batch of short inputs
+    does not compute a whole block of rows per sample (and then reads the weight too often
+    per row to be blocked at all)."""
+    up1 = default_suite()["hifigan_v1_up1"]
+    short = dataclasses.replace(up1, batch=256, length=8)
+    n_q = short.phase_range[1]
+    assert C.block_rows(short) == 12 and C.block_positions(short) >= n_q
+    assert C.block_rows(up1) == 60  # 512 KiB of 2048-float rows, padded by 16 floats
+    assert schedule_form(short, resolve_target(AVX512)) == C.GEMM

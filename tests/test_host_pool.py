@@ -77,6 +77,40 @@ def test_idle_buffers_stay_within_the_bound(monkeypatch, pool, compiled):
     assert 0 < pool.idle_bytes <= 30000
 
 
+def test_the_oldest_idle_buffers_go_first(monkeypatch, pool, compiled):
+    longer = tvm_convt.compile(LAYER, batch=2, length=2 * LENGTH, tuned=False)
+    monkeypatch.setattr(_host_pool, "IDLE_BYTES", 45000)  # the longer output's buffer (41 KiB) only
+    x, w, b, _ = _inputs(1)
+    xl, _, _ = random_inputs(LAYER, 2, 2 * LENGTH, "float32", seed=1)
+    compiled(x, w, b)  # dropped at once
+    gc.collect()
+    short_idle = pool.idle_bytes
+    y = longer(xl, w, b)
+    address = y.ctypes.data
+    del y
+    gc.collect()
+    assert short_idle < pool.idle_bytes <= 45000  # the newer, longer buffer displaced the older
+    assert longer(xl, w, b).ctypes.data == address
+
+
+def test_an_output_freed_under_the_pools_lock_does_not_deadlock(pool, compiled):
+    """A collection can run a lease's finalizer while the same thread holds the pool's lock."""
+    x, w, b, _ = _inputs(1)
+    y = compiled(x, w, b)
+
+    def drop_while_locked():
+        nonlocal y
+        with pool._lock:
+            del y  # the finalizer runs here, in the thread holding the lock
+            gc.collect()
+
+    t = threading.Thread(target=drop_while_locked, daemon=True)
+    t.start()
+    t.join(timeout=10)
+    assert not t.is_alive()
+    assert pool.idle_bytes > 0  # settled by the next look at the pool
+
+
 def test_threads_get_their_own_outputs(pool, compiled):
     cases = [_inputs(seed) for seed in range(4)]
     errors: list[str] = []

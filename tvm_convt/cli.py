@@ -442,9 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_layer_args(comp)
     comp.add_argument("-o", "--output", type=so_path, required=True, help="output library FILE.so")
     comp.add_argument("--prepack-weight", action="store_true",
-                      help="where the default schedule packs the weight in every call (cpu-gemm), "
-                           "compile a main that reads it packed and a pack_weight function to run "
-                           "once per weight (CompiledConvTranspose1d.prepare_weights)")
+                      help="where the default schedule packs the weight in every call (cpu-gemm, "
+                           "cpu-gemm-blocked), compile a main that reads it packed and a pack_weight "
+                           "function to run once per weight (CompiledConvTranspose1d.prepare_weights)")
     comp.set_defaults(func=_cmd_compile)
 
     tune = sub.add_parser(

@@ -27,7 +27,7 @@ A second formulation of ``full``, ``DIRECT``, serves stride 1 and wide grouped l
 (:func:`form_for`). It sums each output phase and position over (input channel, live tap)
 straight from ``x_pad``, a copy of ``x`` zero-padded by the kernel's reach: an implicit GEMM per
 phase with no intermediate but ``full``. It needs every phase to meet the same taps, all live
-(:func:`direct_applies`). Step 3 is the same for both.
+(:func:`direct_applies`). Step 3 is the same for every form.
 
 A third, ``BLOCKED``, is the GEMM form for long layers on CPUs: ``col`` and the gather one
 block of output positions at a time, each block's ``col`` holding its own input samples plus the
@@ -102,6 +102,9 @@ FORMS = (GEMM, DIRECT, BLOCKED)
 # every L2 it is meant for (512 KiB and up) while the gather reads it back.
 BLOCK_COL_BYTES = 512 << 10
 BLOCK_ROWS_MULTIPLE = 12
+# The CPU GEMM rules pad a row of ``col`` to (a multiple of the first) plus (the second) floats,
+# the most SIMD lanes they use (tvm_convt.schedule.cpu._pad_col_rows).
+COL_ROW_ALIGN = (256, 16)
 X_BLOCKS = "x_blocks"
 
 
@@ -136,13 +139,19 @@ def direct_reach(p: ConvTranspose1dParams) -> int:
 
 def block_rows(w: Workload) -> int:
     """Rows of the blocked form's ``col`` per block: its positions per block plus the
-    kernel's reach (:func:`direct_reach`), which each block computes again."""
+    kernel's reach (:func:`direct_reach`), which each block computes again. About
+    :data:`BLOCK_COL_BYTES` of rows as a schedule pads them (:data:`COL_ROW_ALIGN`), and no
+    more than the layer's positions need: a short input is one block."""
     p = w.params
-    row_bytes = p.groups * p.out_per_group * p.kernel_size * itemsize(w.accumulator)
+    reach = direct_reach(p)
+    m = p.out_per_group * p.kernel_size
+    padded = m + (COL_ROW_ALIGN[1] - m) % COL_ROW_ALIGN[0]
+    row_bytes = p.groups * padded * itemsize(w.accumulator)
     rows = BLOCK_COL_BYTES // row_bytes // BLOCK_ROWS_MULTIPLE * BLOCK_ROWS_MULTIPLE
-    # At least one position beyond the halo in every block.
-    fewest = (direct_reach(p) // BLOCK_ROWS_MULTIPLE + 1) * BLOCK_ROWS_MULTIPLE
-    return max(rows, fewest)
+    # At least one position beyond the halo in every block; at most the layer's positions.
+    fewest = (reach // BLOCK_ROWS_MULTIPLE + 1) * BLOCK_ROWS_MULTIPLE
+    needed = -(-(w.phase_range[1] + reach) // BLOCK_ROWS_MULTIPLE) * BLOCK_ROWS_MULTIPLE
+    return max(min(rows, needed), fewest)
 
 
 def block_positions(w: Workload) -> int:

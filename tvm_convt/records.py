@@ -557,7 +557,7 @@ def workload_module(workload: Workload, kind: str, form: str | None = None) -> t
 def workload_modules(workload: Workload, kind: str) -> list[tvm.IRModule]:
     """The modules of every formulation that a machine of target kind ``kind`` may have tuned
     ``workload`` in (:func:`~tvm_convt.compute.forms_of`): a hardware class's folder holds
-    records of either."""
+    records of any of them."""
     return [workload_module(workload, kind, form) for form in forms_of(workload, kind)]
 
 

@@ -7,8 +7,9 @@ machine a candidate that is no faster than the default schedule can win by noise
 default schedule, times them interleaved in one process (medians), and ranks them;
 the default schedule keeps its place unless a record beats it by
 :data:`DEFAULT_MARGIN`. :func:`tvm_convt.tuning.prune` uses it with ``confirm_on=target``.
-Where the default rule is ``cpu-gemm``, the default is timed as the layer runs it, reading the
-weight packed once (``prepack_weight``): a record must beat that, not the per-call pack.
+Where the default rule is ``cpu-gemm`` or ``cpu-gemm-blocked``, the default is timed as the layer
+runs it, reading the weight packed once (``prepack_weight``): a record must beat that, not the
+per-call pack.
 """
 
 from __future__ import annotations

@@ -513,7 +513,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     ``$TVM_CONVT_TUNING_LOGS``) or the shipped ``schedules/``, else the default
     schedule; ``metadata.schedule`` says which. ``rule`` forces a named default
     rule and ``tuned=False`` ignores tuning records. With ``prepack_weight``, a default
-    schedule that would pack the weight inside every call (``cpu-gemm``) takes it packed
+    schedule that would pack the weight inside every call (``cpu-gemm``, ``cpu-gemm-blocked``) takes it packed
     instead, from :meth:`CompiledConvTranspose1d.prepare_weights`, which is then worth
     calling once per weight (``weight_packed`` says whether this module does).
     """

@@ -286,8 +286,10 @@ def _register_tile(sch: s_tir.Schedule, block_name: str, lanes: int) -> None:
 def _pad_col_rows(sch: s_tir.Schedule, writer: s_tir.schedule.SBlockRV, lanes: int) -> None:
     """Pad ``col``'s rows (its last axis but one) by one vector: the gather walks col down a
     column (stride m), and a power-of-two row stride would map every row to one cache set."""
+    factor, most_lanes = C.COL_ROW_ALIGN
+    assert lanes <= most_lanes, lanes
     rank = len(sch.get(writer).writes[0].source.shape)
-    sch.storage_align(writer, 0, axis=rank - 2, factor=256, offset=lanes)
+    sch.storage_align(writer, 0, axis=rank - 2, factor=factor, offset=lanes)
 
 
 def _pack_weight(sch: s_tir.Schedule, col: s_tir.schedule.SBlockRV, at: s_tir.schedule.LoopRV | None,

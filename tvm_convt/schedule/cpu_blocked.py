@@ -66,7 +66,7 @@ def blocked_gemm(workload: Workload, target: Target) -> bool:
     """Whether ``target`` computes ``workload``, a layer of the GEMM form, in the blocked form.
 
     The blocked form saves ``col``'s trip to memory and back, and pays by reading the whole
-    weight once per block, ``in_channels / block_positions`` times the bytes of ``col``: it
+    weight once per block, ``in_channels/groups / block_positions`` times the bytes of ``col``: it
     serves where ``col`` would exceed ``CpuArch.blocked_col_bytes`` and those reads are at most
     ``CpuArch.blocked_weight_reads`` times it.
     """

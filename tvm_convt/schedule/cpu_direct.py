@@ -5,8 +5,9 @@ positions of one phase, accumulated in registers over (input channel, tap): per 
 it loads ``vectors`` windows of ``x_pad`` (shifted by the tap) and broadcasts ``rows``
 weights from a copy packed as (channel block, input channel, tap, row). Nothing but
 ``full`` is written, where the GEMM form writes ``col`` and reads it back in the gather;
-when the channel blocks are the parallel loop, in zeros mode, ``full`` is a block's own
-buffer, and the block writes its output from it while it is in cache.
+when the channel blocks are the parallel loop, in zeros mode, with the padding or the output
+length a multiple of the stride, ``full`` is a block's own buffer, and the block writes its
+output from it while it is in cache.
 """
 
 from __future__ import annotations
