@@ -58,7 +58,7 @@ def test_blocked_rule_is_exact(target, p, batch, length, dtype):
     if missing_cpu_support(resolve_target(target)) is not None:
         pytest.skip("this CPU does not run AVX2 code")
     w = Workload(p, batch, length, dtype)
-    assert C.blocked_applies(w) and cpu_blocked.blocked_plan_applies(w, resolve_target(target))
+    assert C.blocked_applies(w) and cpu_blocked.blocked_plan(w, resolve_target(target)) is not None
     compiled = _check(p, batch, length, dtype, target=target, rule=RULE, use_cache=False)
     assert compiled.metadata.schedule == f"default:{RULE}"
 

@@ -365,8 +365,7 @@ class CompiledConvTranspose1d:
 
     def check_weights(self, weight: Any, bias: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
         p, dtype = self.params, self.workload.dtype
-        weight = as_array(weight, "weight")
-        _check_array(weight, "weight", p.weight_shape, dtype)
+        weight = self._checked_weight(weight)
         if p.bias:
             if bias is None:
                 raise ValueError(f"{OP}: this module was compiled with bias=True, got bias=None")
@@ -388,9 +387,12 @@ class CompiledConvTranspose1d:
     def prepare_weight(self, weight: Any) -> tvm.runtime.Tensor:
         """The weight alone, checked and on the device as ``main`` reads it (packed when
         :attr:`weight_packed`), for callers that keep the bias apart."""
+        return self._weight_on_device(self._checked_weight(weight))
+
+    def _checked_weight(self, weight: Any) -> np.ndarray | DeviceArray:
         weight = as_array(weight, "weight")
         _check_array(weight, "weight", self.params.weight_shape, self.workload.dtype)
-        return self._weight_on_device(weight)
+        return weight
 
     def _weight_on_device(self, weight: np.ndarray | DeviceArray) -> tvm.runtime.Tensor:
         weight_dev = self.to_device(weight, "weight")

@@ -250,13 +250,19 @@ GATHER_WIDE_COL_BYTES = 64 << 20
 GATHER_WIDE_TILE_BYTES = 512 << 10
 
 
+def col_row_bytes(workload: Workload) -> int:
+    """Bytes of one row of the GEMM form's ``col`` (one input sample, all groups), unpadded;
+    ``col`` holds batch x length of them."""
+    p = workload.params
+    return p.groups * p.out_per_group * p.kernel_size * itemsize(workload.accumulator)
+
+
 def _gather_rows(workload: Workload, arch: CpuArch) -> int | None:
     """Phase positions the gather takes at a time: ``col`` rows (all groups) of one L1 tile,
     or of one L2 tile when ``col`` is far larger than the caches."""
     if arch.gather_tile_bytes is None:
         return None
-    p = workload.params
-    row_bytes = p.groups * p.out_per_group * p.kernel_size * itemsize(workload.dtype)
+    row_bytes = col_row_bytes(workload)
     if workload.batch * workload.length * row_bytes >= GATHER_WIDE_COL_BYTES:
         # Each channel's walk down a column would fetch every row again from memory.
         return max(GATHER_MIN_ROWS, GATHER_WIDE_TILE_BYTES // row_bytes)

@@ -16,17 +16,19 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .. import compute as C
-from ..params import Workload, itemsize
-from .common import blocks_writing
-from .cpu import (_gather_writes_output, _pack_weight, _read_buffer, _register_tile, cpu_arch,
-                  full_in_output_order, gemm_plan, schedule_fold_cpu)
+from ..params import Workload
+from .cpu import (GemmPlan, _gather_writes_output, _pack_weight, _read_buffer, _register_tile, col_row_bytes,
+                  cpu_arch, full_in_output_order, gemm_plan, schedule_fold_cpu)
 
 
-def blocked_plan_applies(workload: Workload, target: Target) -> bool:
-    """Whether the blocked rule covers ``workload`` on ``target``: the form applies, the
-    GEMM's register tile does, and a block's rows are whole tiles of it."""
+def blocked_plan(workload: Workload, target: Target) -> GemmPlan | None:
+    """The register tile of the blocked rule for ``workload`` on ``target``, or None where the
+    rule does not cover it: the form applies, the GEMM's register tile does, and a block's
+    rows are whole tiles of it."""
     plan = gemm_plan(workload, target) if target.kind.name == "llvm" else None
-    return plan is not None and C.blocked_applies(workload) and C.block_rows(workload) % plan.rows == 0
+    if plan is None or not C.blocked_applies(workload) or C.block_rows(workload) % plan.rows:
+        return None
+    return plan
 
 
 def _block_loop(sch: s_tir.Schedule, workload: Workload, output_order: bool) -> s_tir.schedule.LoopRV:
@@ -43,11 +45,9 @@ def _block_loop(sch: s_tir.Schedule, workload: Workload, output_order: bool) -> 
     return outer
 
 
-def _block_gemm(sch: s_tir.Schedule, workload: Workload, target: Target, outer: s_tir.schedule.LoopRV) -> None:
+def _block_gemm(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan, outer: s_tir.schedule.LoopRV) -> None:
     """``col`` and the input block under ``outer``: weight column blocks outside, each met by
     every register tile of the block's rows."""
-    plan = gemm_plan(workload, target)
-    assert plan is not None, workload
     col = sch.get_sblock(C.COL)
     sch.compute_at(col, outer)
     sch.compute_at(sch.get_sblock(C.X_BLOCKS), outer)
@@ -71,11 +71,10 @@ def blocked_gemm(workload: Workload, target: Target) -> bool:
     ``CpuArch.blocked_weight_reads`` times it.
     """
     arch = cpu_arch(target)
-    if arch.blocked_col_bytes is None or not blocked_plan_applies(workload, target):
+    if arch.blocked_col_bytes is None or blocked_plan(workload, target) is None:
         return False
-    p = workload.params
-    col = workload.batch * workload.length * p.groups * p.out_per_group * p.kernel_size * itemsize(workload.accumulator)
-    weight_reads = p.in_per_group / C.block_positions(workload)
+    col = workload.batch * workload.length * col_row_bytes(workload)
+    weight_reads = workload.params.in_per_group / C.block_positions(workload)
     return col > arch.blocked_col_bytes and weight_reads <= arch.blocked_weight_reads
 
 
@@ -87,12 +86,13 @@ class CpuBlockedRule:
     form: str = C.BLOCKED
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
-        if not blocked_plan_applies(workload, target):
+        plan = blocked_plan(workload, target)
+        if plan is None:
             return None
         sch = s_tir.Schedule(func)
         output_order = workload.params.dilation == 1 and full_in_output_order(sch, workload)
         outer = _block_loop(sch, workload, output_order)
-        _block_gemm(sch, workload, target, outer)
+        _block_gemm(sch, workload, plan, outer)
         if output_order:
             _gather_writes_output(sch, outer)
         else:
