@@ -28,22 +28,26 @@ from tvm.target import Target
 
 from ._files import read_json, write_atomic
 from .errors import CacheWarning, ModuleFileError
-from .params import OP, PACK_WEIGHT, Workload, check_dtype_for_target
+from .lengths import LengthRange, check_ranges
+from .params import OP, PACK_WEIGHT, SymbolicWorkload, Workload, check_dtype_for_target, workload_from_dict
 from .target import TargetLike, resolve_target, target_json, target_key
 
 # 2: the sidecar records the library's size and SHA-256 and a checksum of itself.
 # 3: the same, with ``weight_block``: written only for a module whose main reads a packed weight,
 # so that a version that cannot run one refuses it by its format.
+# 4: a symbolic module (any batch and length): null batch and length, and ``ranges``, its functions
+# by input length; ``weight_block`` as in 3 where it has one.
 METADATA_FORMAT = 2
 PACKED_METADATA_FORMAT = 3
-READABLE_FORMATS = (METADATA_FORMAT, PACKED_METADATA_FORMAT)
+SYMBOLIC_METADATA_FORMAT = 4
+READABLE_FORMATS = (METADATA_FORMAT, PACKED_METADATA_FORMAT, SYMBOLIC_METADATA_FORMAT)
 
 
 @dataclass(frozen=True)
 class ModuleMetadata:
     """What a compiled module computes and how it was made; stored as the ``.json`` sidecar."""
 
-    workload: Workload
+    workload: Workload | SymbolicWorkload
     target: str  # JSON, accepted by resolve_target
     target_key: str
     schedule: str  # "default:<rule>" or "tuned:<source>"
@@ -52,6 +56,26 @@ class ModuleMetadata:
     # The column block of the packed weight that ``main`` reads (its ``pack_weight``
     # function makes it); None: ``main`` reads the weight as it is.
     weight_block: int | None = None
+    # A symbolic module's functions by input length (None for a static module, whose function is ``main``).
+    ranges: tuple[LengthRange, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ranges is not None) != self.workload.symbolic:
+            raise ValueError(f"{OP}: length ranges must be given for a symbolic module only, got "
+                             f"ranges={self.ranges!r} for batch={self.workload.batch}, length={self.workload.length}")
+        if self.ranges is not None:
+            object.__setattr__(self, "ranges", tuple(self.ranges))
+            check_ranges(self.ranges)
+
+    @property
+    def symbolic(self) -> bool:
+        """Whether the module takes any batch and length."""
+        return self.ranges is not None
+
+    @property
+    def functions(self) -> tuple[str, ...]:
+        """The names of the module's functions that compute the operator."""
+        return ("main",) if self.ranges is None else tuple(r.function for r in self.ranges)
 
     @property
     def main_weight_shape(self) -> tuple[int, ...]:
@@ -62,11 +86,14 @@ class ModuleMetadata:
     def to_dict(self) -> dict[str, Any]:
         packed = ({"format": METADATA_FORMAT} if self.weight_block is None
                   else {"format": PACKED_METADATA_FORMAT, "weight_block": self.weight_block})
-        return {**packed, "workload": self.workload.to_dict(),
-                # Derived, for readers of the file; from_dict recomputes them.
-                "input_shape": list(self.workload.input_shape),
-                "weight_shape": list(self.workload.params.weight_shape),
-                "output_shape": list(self.workload.output_shape),
+        if self.symbolic:
+            packed = {**packed, "format": SYMBOLIC_METADATA_FORMAT, "ranges": [r.to_dict() for r in self.ranges]}
+        w, p = self.workload, self.workload.params
+        return {**packed, "workload": w.to_dict(),
+                # Derived, for readers of the file; from_dict recomputes them. null: any.
+                "input_shape": [w.batch, p.in_channels, w.length],
+                "weight_shape": list(p.weight_shape),
+                "output_shape": [w.batch, p.out_channels, None if w.symbolic else w.out_length],
                 "target": json.loads(self.target), "target_key": self.target_key,
                 "schedule": self.schedule, "tvm_version": self.tvm_version,
                 "package_version": self.package_version}
@@ -76,13 +103,19 @@ class ModuleMetadata:
         if d.get("format") not in READABLE_FORMATS:
             raise ValueError(f"{OP}: metadata format must be one of {READABLE_FORMATS}, got format={d.get('format')!r}")
         block = d.get("weight_block")
-        if (block is not None) != (d["format"] == PACKED_METADATA_FORMAT):
+        symbolic = d["format"] == SYMBOLIC_METADATA_FORMAT
+        if not symbolic and (block is not None) != (d["format"] == PACKED_METADATA_FORMAT):
             raise ValueError(f"{OP}: weight_block must be given with format {PACKED_METADATA_FORMAT} only, "
                              f"got format={d['format']!r}, weight_block={block!r}")
         if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block <= 0):
             raise ValueError(f"{OP}: weight_block must be a positive int, got weight_block={block!r}")
-        metadata = cls(Workload.from_dict(d["workload"]), json.dumps(d["target"], sort_keys=True),
-                       d["target_key"], d["schedule"], d["tvm_version"], d["package_version"], block)
+        workload = workload_from_dict(d["workload"])
+        if workload.symbolic != symbolic:
+            raise ValueError(f"{OP}: a module of any batch and length must have format {SYMBOLIC_METADATA_FORMAT}, "
+                             f"got format={d['format']!r} with batch={workload.batch}, length={workload.length}")
+        ranges = tuple(LengthRange.from_dict(r) for r in d["ranges"]) if symbolic else None
+        metadata = cls(workload, json.dumps(d["target"], sort_keys=True),
+                       d["target_key"], d["schedule"], d["tvm_version"], d["package_version"], block, ranges)
         p = metadata.workload.params
         if block is not None and (p.out_per_group * p.kernel_size) % block:
             raise ValueError(f"{OP}: weight_block must divide out_channels/groups * kernel_size, "
@@ -152,6 +185,29 @@ def schedule(
     return tvm.IRModule({"main": main.mod["main"], PACK_WEIGHT: pack.mod["main"]}), f"default:{name}"
 
 
+def schedule_symbolic(
+    workload: SymbolicWorkload, target: Target, *, rule: str | None = None, prepack_weight: bool = False,
+) -> tuple[tvm.IRModule, str, tuple[LengthRange, ...]]:
+    """The module of a :class:`SymbolicWorkload`: one function per length range
+    (:func:`tvm_convt.schedule.lengths.plan_lengths`), plus ``pack_weight`` where they read the weight
+    packed; where its schedule came from (``default:<rule>[,<rule>...]``); and the ranges.
+
+    Tuning records are kept per static shape and are not used here.
+    """
+    from .compute import weight_pack_func
+    from .schedule.cpu import schedule_weight_pack
+    from .schedule.lengths import plan_lengths
+
+    check_dtype_for_target(workload.dtype, target.kind.name)
+    plan = plan_lengths(workload.params, workload.dtype, target, rule=rule, prepack_weight=prepack_weight)
+    functions = dict(plan.functions)
+    if plan.weight_block is not None:
+        pack = weight_pack_func(workload.params, workload.dtype, plan.weight_block)
+        functions[PACK_WEIGHT] = schedule_weight_pack(pack).mod["main"]
+    source = "default:" + ",".join(dict.fromkeys(plan.rules))
+    return tvm.IRModule(functions), source, plan.ranges
+
+
 def weight_block_of(mod: tvm.IRModule) -> int | None:
     """The column block of the packed weight ``mod``'s ``main`` reads; None when it reads the
     weight as it is (``mod`` has no ``pack_weight``)."""
@@ -219,7 +275,8 @@ def read_sidecar(library: Path) -> tuple[ModuleMetadata, LibraryDigest]:
         raise ModuleFileError(f"{OP}: metadata sidecar {side} must hold a JSON object, "
                               f"got {type(data).__name__}")
     if data.get("format") not in READABLE_FORMATS:
-        raise ModuleFileError(f"{OP}: metadata sidecar {side} must have format {METADATA_FORMAT} or {PACKED_METADATA_FORMAT} "
+        raise ModuleFileError(f"{OP}: metadata sidecar {side} must have format "
+                              f"{', '.join(map(str, READABLE_FORMATS))} "
                               f"(written by another version of tvm_convt?), got format={data.get('format')!r}; "
                               "compile and export the module again")
     fields = {k: v for k, v in data.items() if k != "checksum"}
@@ -348,17 +405,19 @@ def program_key(mod: tvm.IRModule, tjson: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def module_metadata(workload: Workload, tgt: Target, source: str, weight_block: int | None = None) -> ModuleMetadata:
+def module_metadata(workload: Workload | SymbolicWorkload, tgt: Target, source: str, weight_block: int | None = None,
+                    ranges: tuple[LengthRange, ...] | None = None) -> ModuleMetadata:
     """The sidecar's description of ``workload`` compiled for ``tgt`` with the schedule ``source``
-    (``main`` reading the weight packed by ``weight_block`` when given)."""
+    (``main`` reading the weight packed by ``weight_block`` when given; a symbolic module's
+    functions by length in ``ranges``)."""
     from . import __version__
 
     return ModuleMetadata(workload, target_json(tgt), target_key(tgt), source, tvm.__version__, __version__,
-                          weight_block)
+                          weight_block, ranges)
 
 
 def build_library(
-    workload: Workload, *, target: TargetLike = "llvm", use_cache: bool = True,
+    workload: Workload | SymbolicWorkload, *, target: TargetLike = "llvm", use_cache: bool = True,
     rule: str | None = None, logs: str | Path | None = None, tuned: bool = True,
     prepack_weight: bool = False,
 ) -> tuple[Path, ModuleMetadata]:
@@ -370,13 +429,18 @@ def build_library(
     sidecar is removed and rebuilt; an unusable cache folder is replaced by a
     temporary one (:func:`usable_cache_dir`). With ``use_cache=False`` the library
     is built into a fresh temporary folder instead, which the caller then owns.
-    ``prepack_weight`` is :func:`schedule`'s.
+    ``prepack_weight`` is :func:`schedule`'s. A :class:`SymbolicWorkload` compiles to one library for
+    every batch and length (:func:`schedule_symbolic`), cached under its program like any other.
     """
     tgt = resolve_target(target)
-    if tgt.kind.name == "llvm":
-        check_fits_in_memory(workload)
-    mod, source = schedule(workload, tgt, rule=rule, logs=logs, tuned=tuned, prepack_weight=prepack_weight)
-    metadata = module_metadata(workload, tgt, source, weight_block_of(mod))
+    if workload.symbolic:
+        mod, source, ranges = schedule_symbolic(workload, tgt, rule=rule, prepack_weight=prepack_weight)
+    else:
+        if tgt.kind.name == "llvm":
+            check_fits_in_memory(workload)
+        mod, source = schedule(workload, tgt, rule=rule, logs=logs, tuned=tuned, prepack_weight=prepack_weight)
+        ranges = None
+    metadata = module_metadata(workload, tgt, source, weight_block_of(mod), ranges)
     tjson = metadata.target
     name = f"conv_transpose1d-{program_key(mod, tjson)}.so"
     if not use_cache:

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-from .params import PACK_WEIGHT, ConvTranspose1dParams, Workload, itemsize, within_index_range
+from .params import PACK_WEIGHT, ConvTranspose1dParams, SymbolicWorkload, Workload, itemsize, within_index_range
 
 # Stage names, shared with the schedule rules.
 COL = "col"
@@ -106,6 +106,45 @@ BLOCK_ROWS_MULTIPLE = 12
 # the most SIMD lanes they use (tvm_convt.schedule.cpu._pad_col_rows).
 COL_ROW_ALIGN = (256, 16)
 X_BLOCKS = "x_blocks"
+# A symbolic GEMM form's input, copied by tiles of samples (SymbolicLayout.col_rows).
+X_TILES = "x_tiles"
+# The names of a symbolic function's batch and length in its TIR.
+BATCH_VAR, LENGTH_VAR = "n", "l"
+
+
+@dataclass(frozen=True)
+class SymbolicLayout:
+    """How a function symbolic in batch and length pads its intermediates, so that the tiles of
+    the schedule written for it divide them and no predicate reaches the vectorised loops.
+
+    ``col_rows``: the GEMM form's ``col`` holds its samples to a multiple of this many, read from
+    ``x_tiles`` (batch, tile, input channel, ``col_rows``), zero past the input; ``positions``:
+    the GEMM and direct forms' ``full`` runs to a multiple of this many positions per phase;
+    ``block_rows``: the blocked form's rows per block (:func:`block_rows` of a static workload).
+    """
+
+    col_rows: int = 1
+    positions: int = 1
+    block_rows: int | None = None
+
+
+class _SymbolicShape:
+    """A :class:`SymbolicWorkload`'s sizes as TVM expressions of its batch and length variables,
+    read by the compute where a :class:`Workload`'s are ints."""
+
+    symbolic = True
+
+    def __init__(self, w: Workload | SymbolicWorkload) -> None:
+        self.params, self.dtype, self.accumulator = w.params, w.dtype, w.accumulator
+        self.batch = te.var(BATCH_VAR, "int32")
+        self.length = te.var(LENGTH_VAR, "int32")
+        self.out_length = self.params.output_length_of(self.length)
+        self.phase_range = self.params.phase_range_of(self.out_length)
+
+
+def ceil_to(value, multiple: int):
+    """``value`` (an int or expression) rounded up to a multiple of ``multiple``."""
+    return (value + multiple - 1) // multiple * multiple
 
 
 def direct_applies(w: Workload) -> bool:
@@ -199,8 +238,8 @@ def forms_of(w: Workload, kind: str) -> tuple[str, ...]:
     return tuple(f for f, ok in ((GEMM, True), (DIRECT, direct_applies(w)), (BLOCKED, blocked_applies(w))) if ok)
 
 
-def conv_transpose1d_te(w: Workload, form: str = GEMM,
-                        weight_block: int | None = None) -> tuple[list[te.Tensor], te.Tensor]:
+def conv_transpose1d_te(w: Workload, form: str = GEMM, weight_block: int | None = None,
+                        layout: SymbolicLayout | None = None) -> tuple[list[te.Tensor], te.Tensor]:
     """Build the tensor expression for one workload, ``full`` in formulation ``form``.
 
     Returns ``(inputs, output)`` with inputs ``[x, weight]`` or ``[x, weight, bias]``
@@ -210,30 +249,38 @@ def conv_transpose1d_te(w: Workload, form: str = GEMM,
     sums the live taps of each output straight from a zero-padded copy of ``x``.
     With ``weight_block`` (GEMM only), the weight comes packed by column blocks of that
     width, shaped as :meth:`ConvTranspose1dParams.packed_weight_shape` says.
+    With ``layout``, the function takes any batch and length (its shapes are expressions of two
+    variables), its intermediates padded as ``layout`` says; ``w`` (static) is then only the
+    workload the layout was planned for.
     """
     assert form in FORMS, form
     assert form != DIRECT or direct_applies(w), (form, w)
     assert form != BLOCKED or blocked_applies(w), (form, w)
     assert weight_block is None or form != DIRECT, (form, weight_block)
+    assert form != BLOCKED or layout is None or layout.block_rows, (form, layout)
     p = w.params
+    if layout is not None:
+        w = _SymbolicShape(w)
     x = te.placeholder((w.batch, p.in_channels, w.length), w.dtype, name="x")
     shape = p.weight_shape if weight_block is None else p.packed_weight_shape(weight_block)
     weight = te.placeholder(shape, w.dtype, name="weight")
     bias = te.placeholder((p.out_channels,), w.dtype, name="bias") if p.bias else None
     if form == GEMM:
-        full = _gemm_full(w, x, _weight_reader(p, weight, weight_block))
+        full = _gemm_full(w, x, _weight_reader(p, weight, weight_block), layout)
     elif form == BLOCKED:
-        full = _blocked_full(w, x, _weight_reader(p, weight, weight_block))
+        full = _blocked_full(w, x, _weight_reader(p, weight, weight_block), layout)
     else:
-        full = _direct_full(w, x, weight)
+        full = _direct_full(w, x, weight, layout)
     inputs = [x, weight] + ([bias] if bias is not None else [])
     return inputs, _output(w, full, bias)
 
 
-def prim_func(w: Workload, form: str, weight_block: int | None = None) -> tirx.PrimFunc:
+def prim_func(w: Workload, form: str, weight_block: int | None = None,
+              layout: SymbolicLayout | None = None) -> tirx.PrimFunc:
     """The unscheduled TensorIR function ``main(x, weight[, bias], y)`` in formulation ``form``:
-    what is scheduled, tuned and looked up (the weight packed when ``weight_block`` is given)."""
-    inputs, out = conv_transpose1d_te(w, form, weight_block)
+    what is scheduled, tuned and looked up (the weight packed when ``weight_block`` is given;
+    symbolic in batch and length with ``layout``)."""
+    inputs, out = conv_transpose1d_te(w, form, weight_block, layout)
     return te.create_prim_func(inputs + [out]).with_attr("global_symbol", "main")
 
 
@@ -263,7 +310,7 @@ def _widen(w: Workload, v):
     return v if w.accumulator == w.dtype else v.astype(w.accumulator)
 
 
-def _gemm_full(w: Workload, x: te.Tensor, weight_at) -> te.Tensor:
+def _gemm_full(w: Workload, x: te.Tensor, weight_at, layout: SymbolicLayout | None = None) -> te.Tensor:
     """``full`` as the gather of the ``col`` GEMM; ``weight_at(g, c, m)`` reads the weight."""
     p = w.params
     cig, cog, kern = p.in_per_group, p.out_per_group, p.kernel_size
@@ -273,6 +320,8 @@ def _gemm_full(w: Workload, x: te.Tensor, weight_at) -> te.Tensor:
         # half dtypes); only the output is cast back, once.
         return _widen(w, v)
 
+    if layout is not None:
+        return _symbolic_gemm_full(w, x, weight_at, layout)
     c = te.reduce_axis((0, cig), name="c")
     # (o, k) is one axis m = o*K + k: the weight is contiguous along it, and a
     # schedule's tiles of m stay contiguous (a tile of (o, k) would be a box).
@@ -288,7 +337,31 @@ def _gemm_full(w: Workload, x: te.Tensor, weight_at) -> te.Tensor:
     return _gather(w, col)
 
 
-def _blocked_full(w: Workload, x: te.Tensor, weight_at) -> te.Tensor:
+def _symbolic_gemm_full(w: _SymbolicShape, x: te.Tensor, weight_at, layout: SymbolicLayout) -> te.Tensor:
+    """The GEMM form at any length: ``col`` holds whole tiles of ``layout.col_rows`` samples,
+    read from ``x_tiles``, a copy of ``x`` by tiles (zero past the input), and ``full`` runs to
+    a multiple of ``layout.positions``."""
+    p = w.params
+    cig, rows = p.in_per_group, layout.col_rows
+    tiles = (w.length + rows - 1) // rows
+
+    def sample(n, t, ci, jj):
+        i = t * rows + jj
+        return tirx.if_then_else(i < w.length, x[n, ci, tirx.min(i, w.length - 1)], tirx.const(0, w.dtype))
+
+    x_tiles = te.compute((w.batch, tiles, p.in_channels, rows), sample, name=X_TILES)
+    c = te.reduce_axis((0, cig), name="c")
+    col = te.compute(
+        (w.batch, p.groups, tiles * rows, p.out_per_group * p.kernel_size),
+        lambda n, g, j, m: te.sum(
+            _widen(w, x_tiles[n, tirx.indexdiv(j, rows), g * cig + c, tirx.indexmod(j, rows)])
+            * _widen(w, weight_at(g, c, m)), axis=c),
+        name=COL,
+    )
+    return _gather(w, col, positions=ceil_to(w.phase_range[1], layout.positions))
+
+
+def _blocked_full(w: Workload, x: te.Tensor, weight_at, layout: SymbolicLayout | None = None) -> te.Tensor:
     """``full`` gathered block by block from a ``col`` computed per block of output positions.
 
     Block ``b`` gathers positions ``[b*T, (b+1)*T)`` (``T`` = :func:`block_positions`), which
@@ -301,8 +374,10 @@ def _blocked_full(w: Workload, x: te.Tensor, weight_at) -> te.Tensor:
     p = w.params
     cig, cog, kern = p.in_per_group, p.out_per_group, p.kernel_size
     q_first, n_q = w.phase_range
-    reach, positions, rows = direct_reach(p), block_positions(w), block_rows(w)
-    blocks = -(-n_q // positions)
+    reach = direct_reach(p)
+    rows = block_rows(w) if layout is None else layout.block_rows
+    positions = rows - reach
+    blocks = (n_q + positions - 1) // positions
 
     def sample(n, b, ci, jj):
         i = b * positions + q_first - reach + jj
@@ -330,8 +405,9 @@ def _blocked_full(w: Workload, x: te.Tensor, weight_at) -> te.Tensor:
     return _tap_sums(w, col_row, positions=blocks * positions)
 
 
-def _gather(w: Workload, col: te.Tensor) -> te.Tensor:
-    """``full``: each output position summed over the live taps of ``col``."""
+def _gather(w: Workload, col: te.Tensor, positions=None) -> te.Tensor:
+    """``full``: each output position summed over the live taps of ``col`` (``positions`` per
+    phase: default, the gather's own)."""
     p = w.params
     length = w.length
     q_first, _ = w.phase_range
@@ -353,7 +429,7 @@ def _gather(w: Workload, col: te.Tensor) -> te.Tensor:
         k_safe = tirx.max(tirx.min(k, p.kernel_size - 1), 0)
         return tirx.if_then_else(live, col[n, g, i, o * p.kernel_size + k_safe], tirx.const(0, w.accumulator))
 
-    return _tap_sums(w, col_row, sample_term)
+    return _tap_sums(w, col_row, sample_term, positions)
 
 
 def _tap_sums(w: Workload, col_row, sample_term=None, positions: int | None = None) -> te.Tensor:
@@ -397,7 +473,7 @@ def _tap_sums(w: Workload, col_row, sample_term=None, positions: int | None = No
             for t in range(plan.taps):
                 total = total + tap_term(n, co, r, q, t)
             return total
-    elif length < plan.taps:
+    elif not w.symbolic and length < plan.taps:
         assert sample_term is not None, w
         # Fewer input samples than live taps: each output sums over the samples instead.
         i_axis = te.reduce_axis((0, length), name="i")
@@ -413,7 +489,7 @@ def _tap_sums(w: Workload, col_row, sample_term=None, positions: int | None = No
     return te.compute((w.batch, p.out_channels, stride, n_q), gather, name=FULL)
 
 
-def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor) -> te.Tensor:
+def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor, layout: SymbolicLayout | None = None) -> te.Tensor:
     """``full`` summed over (input channel, live tap) for each output phase and position: an
     implicit GEMM per phase that reads a copy of ``x`` padded by the kernel's reach, so no
     sum is predicated.
@@ -425,8 +501,8 @@ def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor) -> te.Tensor:
     p = w.params
     cig, cog, dil, stride = p.in_per_group, p.out_per_group, p.dilation, p.stride
     plan = TapPlan.of(p)
-    q_first, _ = w.phase_range
-    n_q = direct_positions(w)
+    q_first, n_q = w.phase_range
+    n_q = direct_positions(w) if layout is None else ceil_to(n_q, layout.positions)
     reach = direct_reach(p)
     # x_pad[s] = x[s + q_first - reach]: full[r, q] reads x_pad[q + reach + (r - k*dilation)/stride].
     x_pad = te.compute(

@@ -233,12 +233,29 @@ class ConvTranspose1dParams:
     def bias_shape(self) -> tuple[int, ...] | None:
         return (self.out_channels,) if self.bias else None
 
+    def output_length_of(self, length: Any) -> Any:
+        """L_out for ``length`` input samples, unchecked: ``length`` may be an int or a TVM
+        expression (a symbolic length), and the result is of the same kind."""
+        return ((length - 1) * self.stride - 2 * self.padding
+                + self.dilation * (self.kernel_size - 1) + self.output_padding + 1)
+
+    def phase_range_of(self, out_length: Any) -> tuple[Any, Any]:
+        """``(q_first, n_q)`` for an output of ``out_length`` samples (an int or a TVM expression):
+        the gather covers output positions ``u = q*stride + r`` with ``q_first <= q < q_first +
+        n_q``: the cropped range for zeros mode, the whole padding-free output (padding included)
+        for the others."""
+        if self.padding_mode == "zeros":
+            u_first, u_end = self.padding, self.padding + out_length
+        else:
+            u_first, u_end = 0, out_length + 2 * self.padding
+        q_first = u_first // self.stride
+        return q_first, -(-u_end // self.stride) - q_first
+
     def output_length(self, length: int) -> int:
         """Output length for an input of ``length`` samples; raises when it is below 1."""
         length = _size("length", length)
         _positive("length", length)
-        out = ((length - 1) * self.stride - 2 * self.padding
-               + self.dilation * (self.kernel_size - 1) + self.output_padding + 1)
+        out = self.output_length_of(length)
         if out < 1:
             raise ValueError(
                 f"{OP}: output length must be at least 1, got L_out={out} for L_in={length}, "
@@ -256,6 +273,14 @@ class ConvTranspose1dParams:
                 f"got padding={self.padding}, L_out={out}"
             )
         return out
+
+    @property
+    def min_length(self) -> int:
+        """The shortest input this layer takes: L_out must be at least 1 (and, for reflect,
+        above the padding; for circular, at least the padding)."""
+        need = {"reflect": self.padding + 1, "circular": max(1, self.padding)}.get(self.padding_mode, 1)
+        base = self.output_length_of(1)
+        return 1 + max(0, -(-(need - base) // self.stride))
 
     def output_padding_for(self, length: int, output_size: int) -> int:
         """Resolve ``output_padding`` from a requested output length, as PyTorch does."""
@@ -302,6 +327,7 @@ class Workload:
     batch: int
     length: int
     dtype: str = "float32"
+    symbolic = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.params, ConvTranspose1dParams):
@@ -334,16 +360,8 @@ class Workload:
 
     @property
     def phase_range(self) -> tuple[int, int]:
-        """``(q_first, n_q)``: the gather covers output positions ``u = q*stride + r`` with
-        ``q_first <= q < q_first + n_q``: the cropped range for zeros mode, the whole
-        padding-free output (padding included) for the others."""
-        p = self.params
-        if p.padding_mode == "zeros":
-            u_first, u_end = p.padding, p.padding + self.out_length
-        else:
-            u_first, u_end = 0, self.out_length + 2 * p.padding
-        q_first = u_first // p.stride
-        return q_first, -(-u_end // p.stride) - q_first
+        """``(q_first, n_q)`` of :meth:`ConvTranspose1dParams.phase_range_of` for this output."""
+        return self.params.phase_range_of(self.out_length)
 
     @property
     def out_length(self) -> int:
@@ -386,3 +404,40 @@ class Workload:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Workload:
         return cls(ConvTranspose1dParams.from_dict(d["params"]), d["batch"], d["length"], d["dtype"])
+
+
+@dataclass(frozen=True)
+class SymbolicWorkload:
+    """A parameter set and dtype with any batch and any input length: what one symbolic module
+    computes. :meth:`at` gives the static :class:`Workload` of one call, whose checks (output
+    length, 32-bit index ranges) every call passes before it runs."""
+
+    params: ConvTranspose1dParams
+    dtype: str = "float32"
+    batch = None
+    length = None
+    symbolic = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.params, ConvTranspose1dParams):
+            raise TypeError(f"{OP}: params must be a ConvTranspose1dParams, got params={self.params!r} "
+                            f"({type(self.params).__name__})")
+        object.__setattr__(self, "dtype", check_dtype(self.dtype))
+
+    def at(self, batch: int, length: int) -> Workload:
+        """The static workload of a call with ``batch`` rows of ``length`` samples."""
+        return Workload(self.params, batch, length, self.dtype)
+
+    @property
+    def accumulator(self) -> str:
+        return ACCUMULATOR.get(self.dtype, self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"params": self.params.to_dict(), "batch": None, "length": None, "dtype": self.dtype}
+
+
+def workload_from_dict(d: dict[str, Any]) -> Workload | SymbolicWorkload:
+    """A :class:`Workload`, or a :class:`SymbolicWorkload` where batch and length are null."""
+    if d.get("batch") is None and d.get("length") is None:
+        return SymbolicWorkload(ConvTranspose1dParams.from_dict(d["params"]), d["dtype"])
+    return Workload.from_dict(d)

@@ -1,11 +1,11 @@
 """The runtime: a wrapper class around one compiled module, a layer, and a function.
 
-- :class:`CompiledConvTranspose1d` wraps one library for one static workload:
-  it validates inputs against the module's metadata, runs it, and exports or
-  loads it with its ``.json`` sidecar.
+- :class:`CompiledConvTranspose1d` wraps one library for one static workload, or for any
+  batch and length (a symbolic module, which picks its function by length): it validates
+  inputs against the module's metadata, runs it, and exports or loads it with its ``.json`` sidecar.
 - :class:`ConvTranspose1d` is the layer, with PyTorch's constructor, weight
-  initialisation and ``output_size``; it compiles (or finds in the cache) one
-  module per input shape.
+  initialisation and ``output_size``; it compiles (or finds in the cache) one symbolic
+  module on CPUs (``lengths="any"``), or one module per input shape.
 - :func:`conv_transpose1d` is the functional form of ``F.conv_transpose1d``.
 """
 
@@ -32,7 +32,9 @@ from .build import (ModuleMetadata, build_library, copy_library, discard, load_l
 from ._host_pool import pooled_empty
 from ._runtime_only import compiler_available, load_cuda_runtime, missing_isa
 from .errors import ModuleFileError
-from .params import OP, PACK_WEIGHT, ConvTranspose1dParams, Workload, check_dtype, check_dtype_for_target, numpy_dtype
+from .lengths import check_sizes, range_for
+from .params import (OP, PACK_WEIGHT, ConvTranspose1dParams, SymbolicWorkload, Workload, check_dtype,
+                     check_dtype_for_target, numpy_dtype)
 from .target import TargetLike, check_linkable, missing_cpu_support, resolve_target
 
 
@@ -247,7 +249,8 @@ _UNCHECKED = object()
 
 
 class CompiledConvTranspose1d:
-    """One compiled module for one workload (parameters, batch, input length, dtype, target).
+    """One compiled module for one workload (parameters, batch, input length, dtype, target), or
+    for the parameters, dtype and target at any batch and length (:attr:`symbolic`).
 
     Call it as ``compiled(x, weight, bias=None)`` with ``x`` of shape (batch,
     in_channels, L_in), or (in_channels, L_in) when batch is 1; it returns the
@@ -273,6 +276,8 @@ class CompiledConvTranspose1d:
         self._module: Any = None  # loaded on first use: a CUDA module exports without a GPU
         self._functions: dict[str, Any] = {}
         self._cpu_missing: Any = _UNCHECKED
+        # A symbolic module's (function name, output shape) by (batch, length), checked once each.
+        self._shapes: dict[tuple[int, int], tuple[str, tuple[int, int, int]]] = {}
 
     @property
     def target(self) -> Any:
@@ -300,8 +305,41 @@ class CompiledConvTranspose1d:
     @property
     def func(self) -> Any:
         """The module's ``main`` function: (input, weight as :attr:`ModuleMetadata.main_weight_shape`
-        says[, bias], output)."""
-        return self._function("main")
+        says[, bias], output); a symbolic module's function for its shortest inputs
+        (:meth:`function_for` picks by length)."""
+        return self._function(self.metadata.functions[0])
+
+    @property
+    def symbolic(self) -> bool:
+        """Whether the module takes any batch and length."""
+        return self.metadata.symbolic
+
+    def shape_for(self, batch: int, length: int) -> tuple[str, tuple[int, int, int]]:
+        """The function that runs an input of ``batch`` x in_channels x ``length`` and the output's
+        shape; raises ValueError for a shape the module does not take (any static shape but its
+        own; for a symbolic module, a length too short for the layer or tensors past 32-bit indices)."""
+        found = self._shapes.get((batch, length))
+        if found is not None:
+            return found
+        w = self.workload
+        if not w.symbolic:
+            if (batch, length) != (w.batch, w.length):
+                raise ValueError(f"{OP}: input must have shape {w.input_shape}, got "
+                                 f"input.shape={(batch, w.params.in_channels, length)}")
+            return "main", w.output_shape
+        call = w.at(batch, length)  # every check of a static workload of this shape
+        r = range_for(self.metadata.ranges, length)
+        check_sizes(r, batch, length)
+        found = (r.function, call.output_shape)
+        if len(self._shapes) >= _SHAPES_KEPT:
+            self._shapes.clear()
+        self._shapes[(batch, length)] = found
+        return found
+
+    def function_for(self, batch: int, length: int) -> tuple[Any, tuple[int, int, int]]:
+        """The loaded function that runs ``batch`` x in_channels x ``length`` and the output's shape."""
+        name, shape = self.shape_for(batch, length)
+        return self._function(name), shape
 
     @property
     def weight_packed(self) -> bool:
@@ -340,7 +378,8 @@ class CompiledConvTranspose1d:
 
     def __repr__(self) -> str:
         w = self.workload
-        return (f"CompiledConvTranspose1d({w.params}, batch={w.batch}, length={w.length}, "
+        shape = "any batch and length" if w.symbolic else f"batch={w.batch}, length={w.length}"
+        return (f"CompiledConvTranspose1d({w.params}, {shape}, "
                 f"dtype={w.dtype!r}, target={self.metadata.target_key!r}, "
                 f"schedule={self.metadata.schedule!r})")
 
@@ -405,21 +444,23 @@ class CompiledConvTranspose1d:
     def run(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor], out: Output | None = None) -> Any:
         """Run on device tensors already checked: ``x`` batched, ``weights`` from
         :meth:`prepare_weights`; return the output as ``out`` says (default: a NumPy array)."""
+        name, shape = self.shape_for(int(x.shape[0]), int(x.shape[2]))
         if out is None or not out.on_device:
-            return (out or _NUMPY_OUTPUT).from_host(self._run_to_host(x, weights))
-        y_dev = tvm.runtime.empty(self.workload.output_shape, self.workload.dtype, self.device)
-        self._invoke("main", x, *weights, y_dev)
+            return (out or _NUMPY_OUTPUT).from_host(self._run_to_host(name, shape, x, weights))
+        y_dev = tvm.runtime.empty(shape, self.workload.dtype, self.device)
+        self._invoke(name, x, *weights, y_dev)
         return out.from_dlpack(y_dev)
 
-    def _run_to_host(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor]) -> np.ndarray:
+    def _run_to_host(self, name: str, shape: tuple[int, int, int], x: tvm.runtime.Tensor,
+                     weights: list[tvm.runtime.Tensor]) -> np.ndarray:
         """The output as a NumPy array (written in place on the CPU, copied back otherwise)."""
-        w = self.workload
+        dtype = self.workload.dtype
         if self.device.dlpack_device_type() == tvm.cpu(0).dlpack_device_type():
-            y = output_empty(w.output_shape, w.dtype)
-            self._invoke("main", x, *weights, tvm.runtime.from_dlpack(y))
+            y = output_empty(shape, dtype)
+            self._invoke(name, x, *weights, tvm.runtime.from_dlpack(y))
             return y
-        y_dev = tvm.runtime.empty(w.output_shape, w.dtype, self.device)
-        self._invoke("main", x, *weights, y_dev)
+        y_dev = tvm.runtime.empty(shape, dtype, self.device)
+        self._invoke(name, x, *weights, y_dev)
         return y_dev.numpy()
 
     def _invoke(self, name: str, *tensors: tvm.runtime.Tensor) -> None:
@@ -443,11 +484,19 @@ class CompiledConvTranspose1d:
         x = as_array(x, "input")
         _check_rank(x)
         unbatched = x.ndim == 2
-        if unbatched and w.batch != 1:
+        if unbatched and not w.symbolic and w.batch != 1:
             raise ValueError(f"{OP}: this module was compiled for batch {w.batch}; an unbatched "
                              f"input needs batch 1, got input.shape={tuple(x.shape)}")
         xb = (x.view((1, *x.shape)) if isinstance(x, DeviceArray) else x[None]) if unbatched else x
-        _check_array(xb, "input", w.input_shape, w.dtype)
+        if w.symbolic:
+            _check_channels(xb, w.params.weight_shape, w.params.in_channels)
+            _check_array_dtype(xb, "input", w.dtype)
+            if xb.shape[0] == 0:
+                raise ValueError(f"{OP}: a compiled module needs a batch of at least 1, got input.shape="
+                                 f"{tuple(x.shape)}; the layer and conv_transpose1d answer a batch of 0")
+            self.shape_for(int(xb.shape[0]), int(xb.shape[2]))
+        else:
+            _check_array(xb, "input", w.input_shape, w.dtype)
         return xb, unbatched
 
     def __call__(self, x: Any, weight: Any, bias: Any = None) -> Any:
@@ -498,8 +547,8 @@ class CompiledConvTranspose1d:
 def compile(  # noqa: A001 - mirrors tvm.compile
     params: ConvTranspose1dParams,
     *,
-    batch: int,
-    length: int,
+    batch: int | None = None,
+    length: int | None = None,
     dtype: str = "float32",
     target: TargetLike = "llvm",
     logs: str | Path | None = None,
@@ -508,9 +557,12 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     tuned: bool = True,
     prepack_weight: bool = False,
 ) -> CompiledConvTranspose1d:
-    """Compile the operator for one input shape (or take it from the cache).
+    """Compile the operator for one input shape, or for every one (or take it from the cache).
 
-    ``batch`` and ``length`` are the input's batch size and L_in. The schedule
+    ``batch`` and ``length`` are the input's batch size and L_in; None (either) compiles a
+    module that takes any batch and length (:attr:`CompiledConvTranspose1d.symbolic`), one
+    function per range of lengths, with the default rules (tuning records are per static shape;
+    CPU targets only for now). The schedule
     is the best tuned record for the target's hardware class in ``logs`` (default
     ``$TVM_CONVT_TUNING_LOGS``) or the shipped ``schedules/``, else the default
     schedule; ``metadata.schedule`` says which. ``rule`` forces a named default
@@ -519,7 +571,10 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     instead, from :meth:`CompiledConvTranspose1d.prepare_weights`, which is then worth
     calling once per weight (``weight_packed`` says whether this module does).
     """
-    workload = Workload(params, batch, length, dtype)
+    if batch is None or length is None:
+        workload = SymbolicWorkload(params, dtype)
+    else:
+        workload = Workload(params, batch, length, dtype)
     check_linkable(resolve_target(target))
     logs = _logs(logs)
 
@@ -544,10 +599,10 @@ class _ModuleCache:
     """Compiled modules of this process, by workload, target and whether the weight is prepacked."""
 
     def __init__(self) -> None:
-        self._modules: dict[tuple[Workload, str, str, bool], CompiledConvTranspose1d] = {}
+        self._modules: dict[tuple[Workload | SymbolicWorkload, str, str, bool], CompiledConvTranspose1d] = {}
         self._lock = threading.Lock()
 
-    def get(self, workload: Workload, target: TargetLike, logs: str | Path | None = None,
+    def get(self, workload: Workload | SymbolicWorkload, target: TargetLike, logs: str | Path | None = None,
             prepack_weight: bool = False) -> CompiledConvTranspose1d:
         key = (workload, repr(target), str(logs), prepack_weight)
         with self._lock:
@@ -561,6 +616,29 @@ class _ModuleCache:
 
 
 _MODULES = _ModuleCache()
+# The (batch, length) pairs a symbolic module remembers as checked; past this many it starts again.
+_SHAPES_KEPT = 4096
+
+
+LENGTHS = ("any", "exact")
+
+
+def _check_lengths(lengths: Any) -> str:
+    if lengths not in LENGTHS:
+        raise ValueError(f"{OP}: lengths must be one of {', '.join(map(repr, LENGTHS))}, got lengths={lengths!r}")
+    return lengths
+
+
+def module_workload(params: ConvTranspose1dParams, batch: int, length: int, dtype: str, target: TargetLike,
+                    lengths: str = "any") -> Workload | SymbolicWorkload:
+    """What the layer, the function and the PyTorch op compile for a call of ``batch`` x ``length``:
+    the call's static workload, checked (so a bad shape fails before anything compiles), or with
+    ``lengths="any"`` on a CPU target the layer's symbolic workload, one module for every call.
+    CUDA targets compile per shape until the GPU rules schedule symbolic functions."""
+    call = Workload(params, batch, length, dtype)
+    if lengths == "any" and resolve_target(target).kind.name == "llvm":
+        return SymbolicWorkload(params, dtype)
+    return call
 
 
 def _check_rank(x: np.ndarray) -> None:
@@ -592,7 +670,9 @@ class ConvTranspose1d:
     GPU target), which an in-place edit would miss. ``logs`` is where to look for tuning records first (default
     ``$TVM_CONVT_TUNING_LOGS``). Calling the layer on (batch, in_channels, L_in) or (in_channels,
     L_in) returns (batch, out_channels, L_out) or (out_channels, L_out); see
-    :class:`ConvTranspose1dParams` for L_out and the padding modes.
+    :class:`ConvTranspose1dParams` for L_out and the padding modes. With ``lengths="any"`` (the
+    default) a CPU layer compiles one module that serves every batch and length; ``"exact"``
+    compiles one per input shape, each able to use a tuning record tuned for that shape.
     """
 
     def __init__(
@@ -612,9 +692,11 @@ class ConvTranspose1d:
         dtype: str = "float32",
         seed: int | None = None,
         logs: str | Path | None = None,
+        lengths: str = "any",
     ) -> None:
         self.params = ConvTranspose1dParams(in_channels, out_channels, kernel_size, stride, padding,
                                             output_padding, groups, bias, dilation, padding_mode)
+        self.lengths = _check_lengths(lengths)
         self.dtype = check_dtype(dtype)
         # A bad target is rejected now, not at the first call.
         kind = resolve_target(target).kind.name
@@ -677,8 +759,8 @@ class ConvTranspose1d:
         if output_size is not None:
             params = params.with_output_padding(
                 params.output_padding_for(x_shape[-1], _output_length(output_size, len(x_shape))))
-        return _MODULES.get(Workload(params, batch, x_shape[-1], self.dtype), self.target, self.logs,
-                            prepack_weight=True)
+        workload = module_workload(params, batch, x_shape[-1], self.dtype, self.target, self.lengths)
+        return _MODULES.get(workload, self.target, self.logs, prepack_weight=True)
 
     def __call__(self, x: Any, output_size: Any = None) -> Any:
         """The output as the caller's kind of array, on the input's device (see :class:`Output`)."""
@@ -761,6 +843,7 @@ def conv_transpose1d(
     *,
     target: TargetLike = "llvm",
     logs: str | Path | None = None,
+    lengths: str = "any",
 ) -> np.ndarray:
     """Transposed 1-D convolution of ``x`` with ``weight``, as ``torch.nn.functional.conv_transpose1d``.
 
@@ -772,8 +855,10 @@ def conv_transpose1d(
     dtype is the input's (float32 or float64; float16 and bfloat16 on CUDA); weight and
     bias must match it.
     Tuning records are looked up in ``logs`` (default ``$TVM_CONVT_TUNING_LOGS``),
-    then in the shipped ``schedules/``.
+    then in the shipped ``schedules/``, for ``lengths="exact"`` (a module per input shape); with
+    ``"any"`` (the default) a CPU target compiles one module per layer for every batch and length.
     """
+    lengths = _check_lengths(lengths)
     out = Output.like(x)
     x = as_array(x, "input")
     weight = as_array(weight, "weight")
@@ -797,5 +882,5 @@ def conv_transpose1d(
     logs = _logs(logs)
     if x.ndim == 3 and x.shape[0] == 0:
         return _empty_output(out, x, params, dtype)
-    workload = Workload(params, x.shape[0] if x.ndim == 3 else 1, x.shape[-1], dtype)
+    workload = module_workload(params, x.shape[0] if x.ndim == 3 else 1, x.shape[-1], dtype, target, lengths)
     return _MODULES.get(workload, target, logs).call(x, weight, bias, out)

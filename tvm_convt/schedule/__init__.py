@@ -15,7 +15,8 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ..compute import BLOCKED, DIRECT, GEMM, blocked_applies, direct_applies, form_for, prim_func, weight_pack_func
+from ..compute import (BLOCKED, DIRECT, GEMM, SymbolicLayout, blocked_applies, direct_applies, form_for, prim_func,
+                       weight_pack_func)
 from ..params import OP, Workload
 from . import cpu, cpu_blocked, cpu_direct, cuda
 from .common import ScheduleRule
@@ -90,6 +91,26 @@ def default_schedule(
     raise AssertionError(f"the fallback rule for {kind} in form {form} did not apply")
 
 
+def symbolic_schedule(workload: Workload, target: Target, *, rule: str | None = None,
+                      weight_block: int | None = None) -> tuple[s_tir.Schedule, str]:
+    """The schedule of a function symbolic in batch and length, planned for ``workload`` (the
+    static workload of a length range): the first rule of :func:`schedule_form`'s formulation
+    (or the one named ``rule``) that schedules symbolic functions for it. With ``weight_block``,
+    ``main`` reads the weight packed (``rule`` must then be one of :data:`PREPACKABLE`)."""
+    kind = target.kind.name
+    form = schedule_form(workload, target, rule)
+    candidates = [_named_rule(kind, rule)] if rule is not None else [r for r in RULES[kind] if r.form == form]
+    for candidate in candidates:
+        layout = getattr(candidate, "symbolic_layout", lambda *_: None)(workload, target)
+        if layout is None:
+            continue
+        sch = candidate.apply(prim_func(workload, form, weight_block, layout), workload, target)
+        if sch is not None:
+            return sch, candidate.name
+    raise ValueError(f"{OP}: no schedule rule for {kind} schedules this layer at any length, got "
+                     f"rule={rule!r} for {workload.params}; compile it for a static length instead")
+
+
 def prepacked_schedule(workload: Workload, target: Target,
                        rule: str = "cpu-gemm") -> tuple[s_tir.Schedule, s_tir.Schedule] | None:
     """The schedule of ``main`` by ``rule`` (one of :data:`PREPACKABLE`) reading the weight
@@ -111,4 +132,5 @@ def prepacked_schedule(workload: Workload, target: Target,
     return sch, pack
 
 
-__all__ = ["PREPACKABLE", "RULES", "ScheduleRule", "default_schedule", "prepacked_schedule", "schedule_form"]
+__all__ = ["PREPACKABLE", "RULES", "ScheduleRule", "SymbolicLayout", "default_schedule", "prepacked_schedule",
+           "schedule_form", "symbolic_schedule"]

@@ -7,6 +7,7 @@ from typing import Protocol
 from tvm import s_tir, tirx
 from tvm.target import Target
 
+from ..compute import SymbolicLayout
 from ..params import Workload
 
 
@@ -22,6 +23,21 @@ class ScheduleRule(Protocol):
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         ...
+
+    def symbolic_layout(self, workload: Workload, target: Target) -> SymbolicLayout | None:
+        """How a function symbolic in batch and length pads its intermediates for this rule's
+        plan of ``workload`` (the static workload a length range is planned for), or None when
+        the rule does not schedule symbolic functions for it. ``apply`` then takes that function
+        with the same ``workload``."""
+        ...
+
+
+def is_symbolic(sch: s_tir.Schedule) -> bool:
+    """Whether the scheduled function takes any batch and length (its input's shape is not constant)."""
+    from ..compute import OUT
+
+    y = sch.get(sch.get_sblock(OUT)).writes[0].source
+    return not all(isinstance(dim, tirx.IntImm) for dim in y.shape)
 
 
 def has_block(sch: s_tir.Schedule, name: str) -> bool:

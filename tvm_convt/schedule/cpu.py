@@ -13,7 +13,7 @@ from tvm.target import Target
 from .. import compute as C
 from ..params import Workload, itemsize, within_index_range
 from ..target import cpu_isa
-from .common import blocks_writing, has_block, read_index
+from .common import blocks_writing, has_block, is_symbolic, read_index
 
 
 def parallel_outer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_outer: int) -> None:
@@ -31,6 +31,10 @@ def _gather_tiles(sch: s_tir.Schedule, rows: int, by_phase: bool) -> s_tir.sched
         sch.reorder(n, qo, co, r, qi)
     else:
         sch.reorder(n, qo, co, qi, r)
+    if is_symbolic(sch):
+        # As copy_tiles_partitioned: the tiles that read no row past the input check none.
+        sch.annotate(qo, "pragma_loop_partition_hint", 1)
+        return qo
     return sch.fuse(n, qo)
 
 
@@ -81,6 +85,9 @@ def _schedule_epilogue_cpu(sch: s_tir.Schedule, workload: Workload, gather_rows:
         n, co, r, q = sch.get_loops(full)[:4]
         if not by_phase:
             sch.reorder(q, r)
+        if is_symbolic(sch):
+            # The positions that read no row past the input check none (copy_tiles_partitioned).
+            sch.annotate(q, "pragma_loop_partition_hint", 1)
         outer = sch.fuse(n, co)
     sch.parallel(outer)
     if vector_phases and gather_rows is None:
@@ -339,6 +346,12 @@ class CpuGemmRule:
     name: str = "cpu-gemm"
     form: str = C.GEMM
 
+    def symbolic_layout(self, workload: Workload, target: Target) -> C.SymbolicLayout | None:
+        plan = gemm_plan(workload, target) if target.kind.name == "llvm" else None
+        if plan is None:
+            return None
+        return C.SymbolicLayout(col_rows=plan.rows, positions=_gather_rows(workload, cpu_arch(target)) or 1)
+
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         plan = gemm_plan(workload, target) if target.kind.name == "llvm" else None
         if plan is None:
@@ -349,14 +362,29 @@ class CpuGemmRule:
         weight = _read_buffer(sch, C.COL, "weight")
         prepacked = len(weight.shape) == 4
         assert not prepacked or int(weight.shape[-1]) == plan.width, (weight.shape, plan)
-        if input_pack_fits(workload, plan.rows):
+        # A symbolic function's col holds whole tiles, read from its own copy of x by tiles.
+        symbolic = is_symbolic(sch)
+        if symbolic:
+            copy_tiles_partitioned(sch, C.X_TILES)
+        elif input_pack_fits(workload, plan.rows):
             _pack_input(sch, plan.rows, workload.length)
         if plan.samples_outer:
-            _gemm_samples_outer(sch, workload, plan, arch, pack=not prepacked)
+            _gemm_samples_outer(sch, workload, plan, arch, pack=not prepacked, symbolic=symbolic)
         else:
-            _gemm_weight_outer(sch, workload, plan, arch.gemm_channel_block, pack=not prepacked)
+            _gemm_weight_outer(sch, workload, plan, arch.gemm_channel_block, pack=not prepacked,
+                               symbolic=symbolic)
         _schedule_epilogue_cpu(sch, workload, _gather_rows(workload, arch))
         return sch
+
+
+def copy_tiles_partitioned(sch: s_tir.Schedule, name: str) -> None:
+    """A symbolic copy by tiles (batch, tile, channel, row): parallel over the tiles, whose loop
+    is partitioned where the input ends (``pragma_loop_partition_hint``), so that every tile but
+    the last copies with no bounds check. The batch stays a loop of its own: a fused
+    (batch, tile) loop divides by the symbolic tile count at every element."""
+    n, tile = sch.get_loops(sch.get_sblock(name))[:2]
+    sch.parallel(tile)
+    sch.annotate(tile, "pragma_loop_partition_hint", 1)
 
 
 def _read_buffer(sch: s_tir.Schedule, block_name: str, buffer: str) -> Any:
@@ -423,22 +451,23 @@ def _gemm_loops(sch: s_tir.Schedule, plan: GemmPlan) -> tuple[s_tir.schedule.Loo
 
 
 def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan, arch: CpuArch,
-                        pack: bool = True) -> None:
+                        pack: bool = True, symbolic: bool = False) -> None:
     """Parallel over tiles of samples; each walks all of the (packed) weight, or, when the
     weight is larger than ``arch.gemm_resident_weight_bytes``, blocks of tiles walk it
     one column block at a time (see :func:`_sample_block_tiles`). With ``pack``, the
-    function packs the weight itself, before the loops."""
+    function packs the weight itself, before the loops. A ``symbolic`` function has whole
+    tiles, any number of them: no tail, and no blocks of tiles (their count would not divide)."""
     col = sch.get_sblock(C.COL)
     n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
     sch.reorder(n, g, jo, mo, c, ji, mi)
     if pack:
         # The weight is the smaller operand: pack all of it once, before the loops.
         _pack_weight(sch, col, None, workload.params.kernel_size, plan.width)
-    ragged = workload.length % plan.rows != 0
+    ragged = not symbolic and workload.length % plan.rows != 0
     if ragged:
         # The ragged last tile in a loop of its own, so the main loop is the bare micro-kernel.
         jo, _ = sch.loop_partition(jo, [workload.length // plan.rows, None])
-    block_tiles = _sample_block_tiles(workload, plan, arch)
+    block_tiles = None if symbolic else _sample_block_tiles(workload, plan, arch)
     if block_tiles is not None:
         [main] = blocks_writing(sch, jo, C.COL)
         *_, tiles, mo, _, _, _ = sch.get_loops(sch.get_sblock(main))
@@ -474,7 +503,7 @@ def _sample_block_tiles(workload: Workload, plan: GemmPlan, arch: CpuArch) -> in
 
 
 def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
-                       channel_block: int | None, pack: bool = True) -> None:
+                       channel_block: int | None, pack: bool = True, symbolic: bool = False) -> None:
     """Parallel over the weight's column blocks; each is packed (with ``pack``; else it
     comes packed), then met by every sample.
 
@@ -505,7 +534,7 @@ def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
     if blocks > 1:
         # Before the partition, which would split col's block in two.
         _channel_blocked_tile(sch, col, plan.lanes, co)
-    if workload.length % plan.rows:
+    if not symbolic and workload.length % plan.rows:
         sch.loop_partition(jo, [workload.length // plan.rows, None])
     if blocks == 1:
         for name in blocks_writing(sch, outer, C.COL):
@@ -536,17 +565,29 @@ class CpuFallbackRule:
     name: str = "cpu-fallback"
     form: str = C.GEMM
 
+    def symbolic_layout(self, workload: Workload, target: Target) -> C.SymbolicLayout | None:
+        if target.kind.name != "llvm":
+            return None
+        return C.SymbolicLayout(col_rows=cpu_vector_lanes(target, workload.dtype))
+
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         if target.kind.name != "llvm":
             return None
         sch = s_tir.Schedule(func)
+        symbolic = is_symbolic(sch)
+        if symbolic:
+            # col reads whole vectors of samples, with no bounds check, from a copy of x padded
+            # to whole tiles and kept channel-major, as col walks it.
+            x_tiles = sch.get_sblock(C.X_TILES)
+            sch.transform_layout(x_tiles, ("write", 0), lambda n, t, ci, jj: (n, ci, t, jj))
+            copy_tiles_partitioned(sch, C.X_TILES)
         col = sch.get_sblock(C.COL)
         sch.transform_layout(col, ("write", 0), lambda n, g, j, m: (n, g, m, j))
         n, g, j, m, c = sch.get_loops(col)
         sch.reorder(n, g, m, c, j)
         sch.parallel(sch.fuse(n, g, m))
         lanes = cpu_vector_lanes(target, workload.dtype)
-        if workload.length >= lanes:
+        if symbolic or workload.length >= lanes:
             _, ji = sch.split(j, [None, lanes])
             sch.vectorize(ji)
         # col is channel-major here: the gather reads along the positions, phase by phase.

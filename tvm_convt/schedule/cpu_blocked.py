@@ -35,7 +35,9 @@ def _block_loop(sch: s_tir.Schedule, workload: Workload, output_order: bool) -> 
     """Split the gather into the blocks of :func:`tvm_convt.compute.block_positions`, parallel
     over (batch, block); the phases go innermost in output order. Returns the parallel loop."""
     n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))
-    b, qq = sch.split(q, [None, C.block_positions(workload)])
+    # The positions a block gathers, from its rows (a symbolic function's are its layout's).
+    rows = int(sch.get(sch.get_sblock(C.X_BLOCKS)).writes[0].source.shape[-1])
+    b, qq = sch.split(q, [None, rows - C.direct_reach(workload.params)])
     if output_order:
         sch.reorder(n, b, co, qq, r)
     else:
@@ -84,6 +86,11 @@ class CpuBlockedRule:
 
     name: str = "cpu-gemm-blocked"
     form: str = C.BLOCKED
+
+    def symbolic_layout(self, workload: Workload, target: Target) -> C.SymbolicLayout | None:
+        if blocked_plan(workload, target) is None:
+            return None
+        return C.SymbolicLayout(block_rows=C.block_rows(workload))
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         plan = blocked_plan(workload, target)

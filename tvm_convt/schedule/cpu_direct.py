@@ -19,7 +19,7 @@ from tvm.target import Target
 
 from .. import compute as C
 from ..params import Workload, itemsize
-from .common import blocks_writing, read_index
+from .common import blocks_writing, is_symbolic, read_index
 from .cpu import cpu_arch, cpu_vector_lanes, full_in_output_order, parallel_outer, schedule_fold_cpu
 
 
@@ -92,7 +92,7 @@ def _register_tiles(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> None:
 
 
 def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan,
-                          output_inside: bool) -> s_tir.schedule.LoopRV:
+                          output_inside: bool, symbolic: bool = False) -> s_tir.schedule.LoopRV:
     """Parallel over (batch, channel block, phase); each walks the positions in tiles, the
     last one (fewer vectors) in a loop of its own. Returns the parallel loop.
 
@@ -108,12 +108,13 @@ def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan,
         # Before the partition below: its wrapper blocks declare no writes, and the output's
         # region under the loop would then be all of it.
         sch.reverse_compute_at(sch.get_sblock(C.OUT), outer)
-    if plan.positions % plan.width and plan.positions > plan.width:
+    # A symbolic function's positions run to whole tiles.
+    if not symbolic and plan.positions % plan.width and plan.positions > plan.width:
         sch.loop_partition(tile, [plan.positions // plan.width, None])
     return outer
 
 
-def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan) -> s_tir.schedule.LoopRV:
+def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan, symbolic: bool = False) -> s_tir.schedule.LoopRV:
     """Parallel over the tiles of positions of each (batch, phase); every channel block
     passes over a tile while its window of the input is in cache. The last tile is a
     loop of its own, parallel over its channel blocks. Returns the (batch, phase) loop."""
@@ -121,7 +122,7 @@ def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan) -> s_tir.schedu
     sch.reorder(n, r, tile, cob, c, t, row, vector, lane)
     outer = sch.fuse(n, r)
     whole = plan.positions // plan.width
-    if plan.positions % plan.width and whole:
+    if not symbolic and plan.positions % plan.width and whole:
         main, tail = sch.loop_partition(tile, [whole, None])
         sch.parallel(main)
         *_, tail_cob, _, _, _, _, _ = sch.get_loops(sch.get_sblock(blocks_writing(sch, tail, C.FULL)[0]))
@@ -138,11 +139,18 @@ class CpuDirectRule:
     name: str = "cpu-direct"
     form: str = C.DIRECT
 
+    def symbolic_layout(self, workload: Workload, target: Target) -> C.SymbolicLayout | None:
+        if target.kind.name != "llvm":
+            return None
+        # full's positions to whole tiles: no tail loop, no predicate in a tile.
+        return C.SymbolicLayout(positions=direct_plan(workload, target).width)
+
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         if target.kind.name != "llvm":
             return None
         plan = direct_plan(workload, target)
         sch = s_tir.Schedule(func)
+        symbolic = is_symbolic(sch)
         full = sch.get_sblock(C.FULL)
         _pack_weight(sch, full, plan.rows)
         n, co, r, q, c, t = sch.get_loops(full)
@@ -151,15 +159,16 @@ class CpuDirectRule:
         loops = (n, cob, r, tile, c, t, row, vector, lane)
         output_inside = not plan.samples_outer and _output_follows_blocks(workload)
         if plan.samples_outer:
-            outer = _samples_outer(sch, loops, plan)
+            outer = _samples_outer(sch, loops, plan, symbolic)
         else:
-            outer = _channel_blocks_outer(sch, loops, plan, output_inside)
+            outer = _channel_blocks_outer(sch, loops, plan, output_inside, symbolic)
         _register_tiles(sch, outer)
         # After the tiles' register caches are made, so that those stay compact.
         full_in_output_order(sch, workload)
         parallel_outer(sch, sch.get_sblock(C.X_PAD), 2)
         if output_inside:
-            _vectorize_output(sch, workload, plan.lanes)
+            if not symbolic:
+                _vectorize_output(sch, workload, plan.lanes)
         else:
             schedule_fold_cpu(sch)
         return sch
@@ -172,10 +181,12 @@ def _output_follows_blocks(workload: Workload) -> bool:
     position. And TVM 0.27's ``reverse_compute_at`` inverts the output's read of ``full``
     (phase ``(l + padding) % stride``, position ``(l + padding) // stride``) only when the
     padding or the output length is a multiple of the stride (found over 2,036 layers;
-    real layers, with kernel_size - 2 * padding a multiple of the stride, are).
+    real layers, with kernel_size - 2 * padding a multiple of the stride, are). The output
+    length's residue modulo the stride is the same at every input length, so a symbolic
+    function decides alike.
     """
     p = workload.params
-    whole = p.stride == 1 or p.padding % p.stride == 0 or workload.out_length % p.stride == 0
+    whole = p.stride == 1 or p.padding % p.stride == 0 or p.output_length_of(1) % p.stride == 0
     return p.padding_mode == "zeros" and whole
 
 

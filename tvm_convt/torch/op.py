@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import tvm
 
 from ..params import OP, ConvTranspose1dParams, Workload, check_dtype
-from ..runtime import _MODULES, CompiledConvTranspose1d
+from ..runtime import _MODULES, CompiledConvTranspose1d, module_workload
 from ..target import resolve_target, target_json
 from ._tensors import PackedWeights, ParameterCopies, aligned_empty, to_tvm
 
@@ -243,8 +243,11 @@ def _make_plan(input, weight, bias, conv, padding_mode, backend) -> _Plan:
     shape = (input.shape[0], workload.params.out_channels, workload.out_length)
     if input.shape[0] == 0:  # PyTorch's answer to a batch of 0: an empty output, nothing compiled
         return _Plan(shape)
-    compiled = _MODULES.get(workload, target, logs, prepack_weight=prepack_weight)
-    return _Plan(shape, compiled, compiled.func, kind == "cuda", compiled.weight_packed)
+    # One module per layer on CPUs, for every batch and length (module_workload).
+    module = module_workload(workload.params, workload.batch, workload.length, workload.dtype, target)
+    compiled = _MODULES.get(module, target, logs, prepack_weight=prepack_weight)
+    func, _ = compiled.function_for(workload.batch, workload.length)
+    return _Plan(shape, compiled, func, kind == "cuda", compiled.weight_packed)
 
 
 def _run(plan: _Plan, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
