@@ -145,7 +145,7 @@ def test_another_record_is_kept_with_prepack_weight(tmp_path):
     compiled = tvm_convt.compile(LAYER, batch=1, length=24, logs=logs, prepack_weight=True)
     assert compiled.metadata.schedule.startswith("tuned:") and not compiled.weight_packed
     # The layer holds both kinds of module side by side, each with its own prepared copy.
-    layer = ConvTranspose1d(32, 64, 8, stride=4, padding=2, seed=0, logs=logs)
+    layer = ConvTranspose1d(32, 64, 8, stride=4, padding=2, seed=0, logs=logs, lengths="exact")
     x = random_inputs(LAYER, 1, 24, "float32")[0]
     x_long = random_inputs(LAYER, 1, 25, "float32")[0]
     for arr in (x, x_long, x):

@@ -66,6 +66,10 @@ class ModuleMetadata:
         if self.ranges is not None:
             object.__setattr__(self, "ranges", tuple(self.ranges))
             check_ranges(self.ranges)
+            first = self.workload.params.min_length
+            if self.ranges[0].first != first:
+                raise ValueError(f"{OP}: the first length range must start at the layer's shortest input, "
+                                 f"got first={self.ranges[0].first}, shortest={first}")
 
     @property
     def symbolic(self) -> bool:
@@ -137,6 +141,66 @@ class LibraryDigest:
 
 def sidecar_path(library: Path) -> Path:
     return Path(library).with_suffix(".json")
+
+
+# The module cache's bound, in bytes of libraries and sidecars; past it the least recently used
+# entries go first. $TVM_CONVT_CACHE_MAX_BYTES sets it (0: no bound).
+DEFAULT_CACHE_MAX_BYTES = 1 << 30
+
+
+def cache_max_bytes() -> int | None:
+    """``$TVM_CONVT_CACHE_MAX_BYTES`` (a non-negative int; 0: unbounded), else :data:`DEFAULT_CACHE_MAX_BYTES`."""
+    text = os.environ.get("TVM_CONVT_CACHE_MAX_BYTES")
+    if text is None or not text.strip():
+        return DEFAULT_CACHE_MAX_BYTES
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{OP}: TVM_CONVT_CACHE_MAX_BYTES must be a non-negative integer (0: no bound), "
+                         f"got {text!r}")
+    return value or None
+
+
+def bound_cache(root: Path, keep: Path, limit: int | None) -> list[Path]:
+    """Remove the least recently used entries under ``root`` (by the library's modification time,
+    which a cache hit renews) until libraries and sidecars take at most ``limit`` bytes; never
+    ``keep``, the entry just made. Returns the libraries removed."""
+    if limit is None:
+        return []
+    entries = []
+    for library in root.glob("*/conv_transpose1d-*.so"):
+        try:
+            stat = library.stat()
+            side = sidecar_path(library)
+            size = stat.st_size + (side.stat().st_size if side.exists() else 0)
+        except OSError:  # removed meanwhile by another process
+            continue
+        entries.append((stat.st_mtime, size, library))
+    total = sum(size for _, size, _ in entries)
+    removed = []
+    for _, size, library in sorted(entries):
+        if total <= limit:
+            break
+        if library == keep:
+            continue
+        for path in (sidecar_path(library), library):  # the sidecar first: a reader never finds half an entry
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+        total -= size
+        removed.append(library)
+    return removed
+
+
+def _touch(library: Path) -> None:
+    """Mark a cache entry as used now, so the bound drops it last."""
+    try:
+        os.utime(library)
+    except OSError:  # a read-only cache: the bound is the writer's business
+        pass
 
 
 def cache_dir() -> Path:
@@ -447,10 +511,12 @@ def build_library(
         library = Path(tempfile.mkdtemp(prefix="tvm_convt-")) / name
         _compile_into(mod, tgt, metadata, library)
         return library, metadata
+    limit = cache_max_bytes()
     library = usable_cache_dir() / metadata.target_key / name
     if _cached(library):
         # The same program may have been compiled for another reason (a tuned record
         # can be the default schedule itself): describe this request.
+        _touch(library)
         return library, metadata
     try:
         _compile_into(mod, tgt, metadata, library)
@@ -458,6 +524,7 @@ def build_library(
         root = fall_back_from(cache_dir(), f"{type(err).__name__}: {err.strerror or err}")
         library = root / metadata.target_key / name
         _compile_into(mod, tgt, metadata, library)
+    bound_cache(library.parent.parent, library, limit)
     return library, metadata
 
 

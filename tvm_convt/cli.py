@@ -268,6 +268,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f"tvm-convt bench: error: {err}", file=sys.stderr)
             return 2
     suite = load_suite(args.suite) if args.suite is not None else default_suite()
+    if args.lengths is not None:
+        return _bench_lengths(args, suite)
     print(f"benchmarking {len(suite)} layer(s) "
           f"({'suite ' + str(args.suite) if args.suite else 'the default suite'}); "
           "each is checked against PyTorch before it is timed", file=sys.stderr)
@@ -283,6 +285,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.plot is not None:
         print(f"wrote {plot(report, args.plot)}")
     return 0
+
+
+def _bench_lengths(args: argparse.Namespace, suite: dict) -> int:
+    from .length_sweep import plot_lengths, run_length_sweep, stream_point
+
+    lengths = None if args.lengths == "default" else args.lengths
+    print(f"sweeping {len(suite)} layer(s) over input lengths "
+          f"({'each layer: 1, 7, 97, L-1, L, L+1, 3L' if lengths is None else lengths}): one symbolic module "
+          "per layer against the static module of each length and PyTorch", file=sys.stderr)
+    report = run_length_sweep(suite, target=args.target, threads=args.threads, rounds=args.rounds,
+                              lengths=lengths, progress=stream_point)
+    m = report.machine
+    print(f"machine: {m['cpu']}, {m['target_key']} ({m['target']}), {m['threads']} threads, "
+          f"tvm {m['tvm']}, torch {m['torch']}")
+    print(report.table())
+    if args.json is not None:
+        write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n"))
+        print(f"wrote {args.json}")
+    if args.plot is not None:
+        print(f"wrote {plot_lengths(report, args.plot)}")
+    return 0
+
+
+def lengths_arg(text: str) -> list[int] | str:
+    """A comma-separated list of positive input lengths ("default": each layer's default set)."""
+    if text == "default":
+        return text
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}")
+    return sorted(set(values))
 
 
 def existing_file(text: str) -> Path:
@@ -498,6 +534,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--default-schedule", action="store_true",
                        help="ignore every tuning record (yours and the shipped ones) and time the "
                             "default schedules, as for a layer nobody tuned")
+    bench.add_argument("--lengths", type=lengths_arg, nargs="?", const="default", default=None,
+                       help="time one symbolic module per layer (any length) against the static module of each "
+                            "length and PyTorch, at these comma-separated input lengths (default, with no value: "
+                            "1, 7, 97, the layer's length L, L-1, L+1 and 3L); default schedules only")
     bench.set_defaults(func=_cmd_bench)
 
     bundle = sub.add_parser(

@@ -32,8 +32,8 @@ def _gather_tiles(sch: s_tir.Schedule, rows: int, by_phase: bool) -> s_tir.sched
     else:
         sch.reorder(n, qo, co, qi, r)
     if is_symbolic(sch):
-        # As copy_tiles_partitioned: the tiles that read no row past the input check none.
-        sch.annotate(qo, "pragma_loop_partition_hint", 1)
+        # Not partitioned where the input ends as the copies are (copy_tiles_partitioned): TVM 0.27's
+        # partition of a gather loop miscompiled it (wrong sums and writes out of bounds).
         return qo
     return sch.fuse(n, qo)
 
@@ -85,9 +85,6 @@ def _schedule_epilogue_cpu(sch: s_tir.Schedule, workload: Workload, gather_rows:
         n, co, r, q = sch.get_loops(full)[:4]
         if not by_phase:
             sch.reorder(q, r)
-        if is_symbolic(sch):
-            # The positions that read no row past the input check none (copy_tiles_partitioned).
-            sch.annotate(q, "pragma_loop_partition_hint", 1)
         outer = sch.fuse(n, co)
     sch.parallel(outer)
     if vector_phases and gather_rows is None:
