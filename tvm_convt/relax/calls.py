@@ -5,9 +5,11 @@ Relax keeps PyTorch's ConvTranspose1d attributes as they are: ``strides``,
 (left, right) pair that ``from_exported_program`` writes as ``(p, p)``, the
 weight in PyTorch's layout (IOW: in_channels, out_channels / groups,
 kernel_size) and the output channels as ``groups * weight.shape[1]``. What the
-package's compute does not express (another layout, a symbolic shape, mixed
+package's compute does not express (another layout, a symbolic weight, mixed
 dtypes, unequal padding) is refused with :class:`Unsupported`, whose message
-is the reason logged for the skipped call.
+is the reason logged for the skipped call. An input whose batch or length is symbolic (a
+dynamic axis of ``torch.export`` or ONNX) gives a :class:`SymbolicWorkload`, computed by one
+function for every batch and length on CPU targets.
 
 A stride-1 ``relax.nn.conv1d`` (opt-in) is the same operator: ``conv1d(x, W, padding=p,
 dilation=d, groups=g)`` equals the transposed convolution with ``padding = d*(K-1) - p`` and
@@ -21,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import tvm
+from tvm.sym.analyzer import Analyzer
 from tvm import relax, tirx
 
-from ..params import ConvTranspose1dParams, Workload, check_dtype_for_target
+from ..params import ConvTranspose1dParams, SymbolicWorkload, Workload, check_dtype_for_target
 
 OP_NAME = "relax.nn.conv1d_transpose"
 CONV1D = "relax.nn.conv1d"
@@ -43,17 +46,21 @@ def is_converted(expr: Any, conv1d: bool) -> bool:
                                          and getattr(expr.op, "name", None) == CONV1D)
 
 
-def static_shape(expr: relax.Expr, what: str) -> tuple[int, ...]:
-    """The shape of a tensor expression as ints; :class:`Unsupported` when any dimension is symbolic."""
+def shape_dims(expr: relax.Expr, what: str) -> tuple[Any, ...]:
+    """The shape of a tensor expression: ints, and TIR expressions for symbolic dimensions."""
     ty = expr.ty
     shape = getattr(ty, "shape", None)
     if not isinstance(ty, relax.TensorType) or not isinstance(shape, relax.ShapeExpr):
         raise Unsupported(f"{what} must be a tensor of known rank and shape, got {ty}")
-    dims = list(shape.values)
-    if not all(isinstance(d, tirx.IntImm) for d in dims):
-        shown = (str(int(d)) if isinstance(d, tirx.IntImm) else str(d) for d in dims)
-        raise Unsupported(f"{what} must have a static shape, got shape ({', '.join(shown)})")
-    return tuple(int(d) for d in dims)
+    return tuple(int(d) if isinstance(d, tirx.IntImm) else d for d in shape.values)
+
+
+def static_shape(expr: relax.Expr, what: str) -> tuple[int, ...]:
+    """The shape of a tensor expression as ints; :class:`Unsupported` when any dimension is symbolic."""
+    dims = shape_dims(expr, what)
+    if not all(isinstance(d, int) for d in dims):
+        raise Unsupported(f"{what} must have a static shape, got shape ({', '.join(map(str, dims))})")
+    return dims
 
 
 def dtype_of(expr: relax.Expr) -> str:
@@ -110,14 +117,20 @@ def _conv1d_fields(call: relax.Call, w_shape: tuple[int, ...]) -> dict[str, Any]
     return dict(out_channels=w_shape[0], padding=reach - pad)
 
 
-def call_workload(call: relax.Call, *, bias: bool, target_kind: str | None = None) -> Workload:
+def call_workload(call: relax.Call, *, bias: bool, target_kind: str | None = None) -> Workload | SymbolicWorkload:
     """The workload of ``call`` (a conv1d_transpose, or a conv1d as its transposed form), with
-    a bias when ``bias`` (one fused into it).
+    a bias when ``bias`` (one fused into it): a :class:`SymbolicWorkload` when the input's batch
+    or length is symbolic.
 
-    ``target_kind`` ("llvm", "cuda") also refuses dtypes the target's rules lack.
+    ``target_kind`` ("llvm", "cuda") also refuses dtypes the target's rules lack, and symbolic
+    shapes on targets whose rules take none (CUDA, for now).
     Raises :class:`Unsupported` for what the compute does not cover.
     """
-    x_shape = static_shape(call.args[0], "the input")
+    x_shape = shape_dims(call.args[0], "the input")
+    if not isinstance(x_shape[1], int) or len(x_shape) != 3:
+        raise Unsupported(f"the input must be 3-D with static channels, got shape ({', '.join(map(str, x_shape))})")
+    if not all(isinstance(d, int) for d in x_shape):
+        return _symbolic_workload(call, x_shape, bias=bias, target_kind=target_kind)
     w_shape = static_shape(call.args[1], "the weight")
     fields = (_conv_transpose_fields if is_conv1d_transpose(call) else _conv1d_fields)(call, w_shape)
     dtype = _dtype(call, target_kind)
@@ -132,6 +145,39 @@ def call_workload(call: relax.Call, *, bias: bool, target_kind: str | None = Non
         raise Unsupported(f"the output shape must be PyTorch's for this layer, got "
                           f"{static_shape(call, 'the output')} for the input {workload.input_shape}")
     return workload
+
+
+def _symbolic_workload(call: relax.Call, x_shape: tuple[Any, ...], *, bias: bool,
+                       target_kind: str | None) -> SymbolicWorkload:
+    """:func:`call_workload` for an input of symbolic batch or length; the output's length must be
+    PyTorch's expression of the input's."""
+    if target_kind not in (None, "llvm"):
+        raise Unsupported(f"a symbolic batch or length needs a CPU target here, got target={target_kind!r}")
+    w_shape = static_shape(call.args[1], "the weight")
+    fields = (_conv_transpose_fields if is_conv1d_transpose(call) else _conv1d_fields)(call, w_shape)
+    dtype = _dtype(call, target_kind)
+    try:
+        params = ConvTranspose1dParams(
+            in_channels=x_shape[1], kernel_size=w_shape[2], groups=int(call.attrs.groups), bias=bias,
+            dilation=tuple(int(d) for d in call.attrs.dilation), **fields)
+        workload = SymbolicWorkload(params, dtype)
+    except (TypeError, ValueError) as err:
+        raise Unsupported(str(err).split(": ", 1)[-1]) from None
+    out = shape_dims(call, "the output")
+    expected = output_shape(workload, x_shape)
+    analyzer = Analyzer()
+    if len(out) != 3 or not all(analyzer.can_prove_equal(a, b) for a, b in zip(out, expected)):
+        raise Unsupported(f"the output shape must be PyTorch's for this layer, got ({', '.join(map(str, out))}) "
+                          f"for the input ({', '.join(map(str, x_shape))})")
+    return workload
+
+
+def output_shape(workload: Workload | SymbolicWorkload, x_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The call's output shape: the static one, or (batch, out_channels, L_out as an expression of
+    the input's length) for a symbolic input."""
+    if not workload.symbolic:
+        return workload.output_shape
+    return (x_shape[0], workload.params.out_channels, workload.params.output_length_of(x_shape[2]))
 
 
 def transposed_weight(call: relax.Call, groups: int) -> relax.Expr:

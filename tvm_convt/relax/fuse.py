@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from tvm import relax
 
-from .calls import Unsupported, dtype_of, is_converted, static_shape
+from .calls import Unsupported, dtype_of, is_converted, shape_dims, static_shape
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,10 @@ def _as_bias_add(value: relax.Expr, values: dict, uses: Counter, conv1d: bool) -
         if not is_converted(conv, conv1d) or uses[conv_var] != 1:
             continue
         try:
-            channels = static_shape(conv, "the output")[1]
+            channels = shape_dims(conv, "the output")[1]
         except Unsupported:
+            continue
+        if not isinstance(channels, int):
             continue
         bias = per_channel_bias(other, values, channels, dtype_of(conv))
         if bias is not None:

@@ -20,10 +20,11 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..build import schedule
-from ..params import OP, Workload
+from ..build import schedule, schedule_symbolic
+from ..lengths import range_for
+from ..params import OP, SymbolicWorkload, Workload
 from ..target import TargetLike, resolve_target
-from .calls import Unsupported, call_workload, is_converted, transposed_weight
+from .calls import Unsupported, call_workload, is_converted, output_shape, shape_dims, transposed_weight
 from .fuse import BiasAdd, bias_adds
 
 logger = logging.getLogger("tvm_convt.relax")
@@ -33,20 +34,36 @@ OPAQUE = 8
 # The PrimFuncs' name prefix: CUDA kernels are named after it (``<name>_kernel``).
 FUNC_PREFIX = "tvm_convt_conv_transpose1d"
 SCHEDULE_ATTR = "tvm_convt.schedule"
+# A symbolic call runs one function for every length (Relax's call_tir cannot pick one per call):
+# the one a symbolic module plans for inputs of this many samples.
+RELAX_PLANNED_LENGTH = 128
 
 
-def func_name(workload: Workload) -> str:
+def func_name(workload: Workload | SymbolicWorkload) -> str:
     p = workload.params
     return (f"{FUNC_PREFIX}_{p.in_channels}x{p.out_channels}_k{p.kernel_size}_s{p.stride}"
-            f"{'_bias' if p.bias else ''}")
+            f"{'_bias' if p.bias else ''}{'_any' if workload.symbolic else ''}")
 
 
-def kernel_func(workload: Workload, target: tvm.target.Target, logs: str | Path | None) -> tuple[tvm.tirx.PrimFunc, str]:
+def _symbolic_main(workload: SymbolicWorkload, target: tvm.target.Target) -> tuple[tvm.tirx.PrimFunc, str]:
+    """The function of a symbolic module that serves :data:`RELAX_PLANNED_LENGTH` (correct at every
+    batch and length, as each of its functions is)."""
+    mod, source, ranges = schedule_symbolic(workload, target)
+    length = max(RELAX_PLANNED_LENGTH, workload.params.min_length)
+    return mod[range_for(ranges, length).function], source
+
+
+def kernel_func(workload: Workload | SymbolicWorkload, target: tvm.target.Target,
+                logs: str | Path | None) -> tuple[tvm.tirx.PrimFunc, str]:
     """The scheduled PrimFunc for ``workload`` on ``target``, ready to live in a Relax module
     (no global symbol of its own), and where its schedule came from (also its attribute
     ``tvm_convt.schedule``: ``tuned:<folder>`` or ``default:<rule>``)."""
-    mod, source = schedule(workload, target, logs=logs)
-    func = mod["main"].without_attr("global_symbol")
+    if workload.symbolic:
+        main, source = _symbolic_main(workload, target)
+    else:
+        mod, source = schedule(workload, target, logs=logs)
+        main = mod["main"]
+    func = main.without_attr("global_symbol")
     attrs = {"tirx.is_scheduled": True, "op_pattern": OPAQUE, SCHEDULE_ATTR: source}
     return func.with_attrs(attrs), source
 
@@ -60,7 +77,7 @@ class _Legalizer(PyExprMutator):
                  conv1d: bool) -> None:
         super().__init__(mod)
         self.target, self.logs, self.conv1d = target, logs, conv1d
-        self.kernels: dict[Workload, relax.GlobalVar] = {}
+        self.kernels: dict[Workload | SymbolicWorkload, relax.GlobalVar] = {}
         self.where = ""
         self.fused: dict[relax.Var, BiasAdd] = {}
         self.dropped: set[relax.Var] = set()
@@ -76,7 +93,7 @@ class _Legalizer(PyExprMutator):
         self.dropped = {add.conv_var for add in self.fused.values()}
         return relax.analysis.remove_all_unused(self.visit_expr(func))
 
-    def gvar(self, workload: Workload) -> relax.GlobalVar:
+    def gvar(self, workload: Workload | SymbolicWorkload) -> relax.GlobalVar:
         if workload not in self.kernels:
             func, _ = kernel_func(workload, self.target, self.logs)
             self.kernels[workload] = self.builder_.add_func(func, func_name(workload))
@@ -86,7 +103,8 @@ class _Legalizer(PyExprMutator):
         workload = call_workload(conv, bias=bias is not None, target_kind=self.target.kind.name)
         weight = transposed_weight(conv, workload.params.groups)
         args = [conv.args[0], weight] + ([bias] if bias is not None else [])
-        return relax.call_tir(self.gvar(workload), args, relax.TensorType(workload.output_shape, workload.dtype))
+        shape = output_shape(workload, shape_dims(conv.args[0], "the input"))
+        return relax.call_tir(self.gvar(workload), args, relax.TensorType(shape, workload.dtype))
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if binding.var in self.dropped:

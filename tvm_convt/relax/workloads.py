@@ -35,7 +35,8 @@ def _function_workloads(func: relax.Function, kind: str | None, conv1d: bool) ->
             found.append(fused.get(var) or call_workload(value, bias=False, target_kind=kind))
         except Unsupported:
             pass  # use_tvm_convt logs these
-    return found
+    # Tuning records are per static shape: a symbolic call has nothing to tune.
+    return [w for w in found if not w.symbolic]
 
 
 def workloads(mod: tvm.IRModule, target: TargetLike | None = None, *, conv1d: bool = False) -> list[Workload]:

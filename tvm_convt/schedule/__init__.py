@@ -91,24 +91,31 @@ def default_schedule(
     raise AssertionError(f"the fallback rule for {kind} in form {form} did not apply")
 
 
-def symbolic_schedule(workload: Workload, target: Target, *, rule: str | None = None,
-                      weight_block: int | None = None) -> tuple[s_tir.Schedule, str]:
-    """The schedule of a function symbolic in batch and length, planned for ``workload`` (the
-    static workload of a length range): the first rule of :func:`schedule_form`'s formulation
-    (or the one named ``rule``) that schedules symbolic functions for it. With ``weight_block``,
-    ``main`` reads the weight packed (``rule`` must then be one of :data:`PREPACKABLE`)."""
+def symbolic_choice(workload: Workload, target: Target, rule: str | None = None
+                    ) -> tuple[ScheduleRule, str, SymbolicLayout, tuple]:
+    """The rule that schedules a function symbolic in batch and length, planned for ``workload``
+    (the static workload of a length range): the first rule of :func:`schedule_form`'s formulation
+    (or the one named ``rule``) that schedules symbolic functions for it; with its formulation,
+    layout and plan key (equal choices give the same function)."""
     kind = target.kind.name
     form = schedule_form(workload, target, rule)
     candidates = [_named_rule(kind, rule)] if rule is not None else [r for r in RULES[kind] if r.form == form]
     for candidate in candidates:
         layout = getattr(candidate, "symbolic_layout", lambda *_: None)(workload, target)
-        if layout is None:
-            continue
-        sch = candidate.apply(prim_func(workload, form, weight_block, layout), workload, target)
-        if sch is not None:
-            return sch, candidate.name
+        if layout is not None:
+            return candidate, form, layout, candidate.plan_key(workload, target)
     raise ValueError(f"{OP}: no schedule rule for {kind} schedules this layer at any length, got "
                      f"rule={rule!r} for {workload.params}; compile it for a static length instead")
+
+
+def symbolic_schedule(workload: Workload, target: Target, *, rule: str | None = None,
+                      weight_block: int | None = None) -> tuple[s_tir.Schedule, str]:
+    """The schedule of :func:`symbolic_choice`'s rule and its name. With ``weight_block``,
+    ``main`` reads the weight packed (the rule must then be one of :data:`PREPACKABLE`)."""
+    chosen, form, layout, _ = symbolic_choice(workload, target, rule)
+    sch = chosen.apply(prim_func(workload, form, weight_block, layout), workload, target)
+    assert sch is not None, (chosen.name, workload)
+    return sch, chosen.name
 
 
 def prepacked_schedule(workload: Workload, target: Target,
@@ -133,4 +140,4 @@ def prepacked_schedule(workload: Workload, target: Target,
 
 
 __all__ = ["PREPACKABLE", "RULES", "ScheduleRule", "SymbolicLayout", "default_schedule", "prepacked_schedule",
-           "schedule_form", "symbolic_schedule"]
+           "schedule_form", "symbolic_choice", "symbolic_schedule"]

@@ -31,6 +31,11 @@ class ScheduleRule(Protocol):
         with the same ``workload``."""
         ...
 
+    def plan_key(self, workload: Workload, target: Target) -> tuple:
+        """What the symbolic function's schedule takes from ``workload``'s length beyond its layout:
+        two lengths with equal keys (and layouts) get the same function."""
+        ...
+
 
 def is_symbolic(sch: s_tir.Schedule) -> bool:
     """Whether the scheduled function takes any batch and length (its input's shape is not constant)."""

@@ -349,6 +349,11 @@ class CpuGemmRule:
             return None
         return C.SymbolicLayout(col_rows=plan.rows, positions=_gather_rows(workload, cpu_arch(target)) or 1)
 
+    def plan_key(self, workload: Workload, target: Target) -> tuple:
+        """What a symbolic function's schedule takes from the length: the register tile and the
+        operand outside (the input's pack and sample blocks are a static function's only)."""
+        return (gemm_plan(workload, target), _gather_rows(workload, cpu_arch(target)))
+
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         plan = gemm_plan(workload, target) if target.kind.name == "llvm" else None
         if plan is None:
@@ -566,6 +571,9 @@ class CpuFallbackRule:
         if target.kind.name != "llvm":
             return None
         return C.SymbolicLayout(col_rows=cpu_vector_lanes(target, workload.dtype))
+
+    def plan_key(self, workload: Workload, target: Target) -> tuple:
+        return ()  # a symbolic function's schedule is the same at every length
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         if target.kind.name != "llvm":

@@ -92,6 +92,9 @@ class CpuBlockedRule:
             return None
         return C.SymbolicLayout(block_rows=C.block_rows(workload))
 
+    def plan_key(self, workload: Workload, target: Target) -> tuple:
+        return (blocked_plan(workload, target),)
+
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         plan = blocked_plan(workload, target)
         if plan is None:

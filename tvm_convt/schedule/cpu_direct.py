@@ -145,6 +145,11 @@ class CpuDirectRule:
         # full's positions to whole tiles: no tail loop, no predicate in a tile.
         return C.SymbolicLayout(positions=direct_plan(workload, target).width)
 
+    def plan_key(self, workload: Workload, target: Target) -> tuple:
+        """The plan without its positions, which a symbolic function takes from its arguments."""
+        plan = direct_plan(workload, target)
+        return (plan.rows, plan.vectors, plan.lanes, plan.samples_outer)
+
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         if target.kind.name != "llvm":
             return None

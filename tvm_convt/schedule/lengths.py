@@ -2,11 +2,13 @@
 
 A rule's plan depends on the length (rows per register tile, which operand the parallel loop
 walks, the blocked form for long inputs, gather tiles), so a symbolic module holds one function
-per range of input lengths where the plans differ. The ranges are found by planning the layer at
-the probe lengths :data:`PROBES` (powers of two from the layer's shortest input up): the
-function scheduled for a probe serves the lengths from just above the probe before it up to the
-probe itself, and consecutive probes whose scheduled functions are the same program make one
-range. Lengths past the last probe take its function, whose plan no longer changes with length.
+per range of input lengths where the plans differ. Each rule says what of its plan a symbolic
+function takes from the length (:func:`tvm_convt.schedule.symbolic_choice`'s key, pure Python and
+cheap); the layer's keys are read at the probe lengths :data:`PROBES` (powers of two from its
+shortest input up) and, between two probes whose keys differ, bisected to the exact length where
+the plan changes, the length a static module's rule would change it at. Each range is scheduled
+once; neighbours whose functions come out the same program are merged. Lengths past the last
+probe take its function, whose plan no longer changes with length.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from tvm.target import Target
 from ..compute import COL_ROW_ALIGN
 from ..lengths import LengthRange
 from ..params import OP, ConvTranspose1dParams, Workload
-from . import PREPACKABLE, symbolic_schedule
+from . import PREPACKABLE, symbolic_choice, symbolic_schedule
 from .cpu import packed_weight_block
 
 # Lengths at which a layer is planned: beyond 2**16 input samples no rule's plan changes
@@ -56,43 +58,71 @@ def _probe_workloads(params: ConvTranspose1dParams, dtype: str) -> list[Workload
     return found
 
 
-def plan_lengths(params: ConvTranspose1dParams, dtype: str, target: Target, *, rule: str | None = None,
-                 prepack_weight: bool = False) -> SymbolicPlan:
-    """Schedule the layer at every probe length and merge the probes whose functions agree.
+def _key(w: Workload, target: Target, rule: str | None) -> tuple:
+    chosen, form, layout, key = symbolic_choice(w, target, rule)
+    return (chosen.name, form, layout, key)
 
-    With ``prepack_weight``, every function reads the weight packed by one column block when every
-    range's rule is one of :data:`PREPACKABLE` (and all pack alike); otherwise none does.
-    """
+
+def plan_segments(params: ConvTranspose1dParams, dtype: str, target: Target,
+                  rule: str | None = None) -> list[tuple[int, int | None]]:
+    """The lengths ``(first, last)`` (last None: no end) over which the plan stays the same."""
     workloads = _probe_workloads(params, dtype)
     if not workloads:
         raise ValueError(f"{OP}: a symbolic module needs at least one length whose tensors 32-bit indices reach, "
                          f"got none for {params}")
-    block = _common_weight_block(workloads, target, rule) if prepack_weight else None
-    scheduled = [symbolic_schedule(w, target, rule=rule, weight_block=block) for w in workloads]
-    groups: list[tuple[int, int, s_tir.Schedule, str]] = []  # (first, last probe, schedule, rule)
-    previous_last = 0
-    for w, (sch, name) in zip(workloads, scheduled):
-        func = sch.mod["main"]
-        if groups and tvm_ffi.structural_equal(groups[-1][2].mod["main"], func):
-            first, _, kept, kept_name = groups[-1]
-            groups[-1] = (first, w.length, kept, kept_name)
+
+    def key(length: int) -> tuple:
+        return _key(Workload(params, 1, length, dtype), target, rule)
+
+    keys = [key(w.length) for w in workloads]
+    segments, first = [], workloads[0].length
+    for (a, key_a), (b, key_b) in zip(zip([w.length for w in workloads], keys),
+                                      zip([w.length for w in workloads[1:]], keys[1:])):
+        if key_a == key_b:
+            continue
+        lo, hi = a, b  # key(lo) == key_a != key(hi): bisect to the first length of the new plan
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if key(mid) == key_a else (lo, mid)
+        segments.append((first, lo))
+        first = hi
+    segments.append((first, None))
+    return segments
+
+
+def plan_lengths(params: ConvTranspose1dParams, dtype: str, target: Target, *, rule: str | None = None,
+                 prepack_weight: bool = False) -> SymbolicPlan:
+    """Schedule the layer once per range of :func:`plan_segments` and merge neighbours that agree.
+
+    With ``prepack_weight``, every function reads the weight packed by one column block when every
+    range's rule is one of :data:`PREPACKABLE` (and all pack alike); otherwise none does.
+    """
+    segments = plan_segments(params, dtype, target, rule)
+    # Each range planned at its longest length (the open last one at the longest probe).
+    longest = _probe_workloads(params, dtype)[-1].length
+    reps = [Workload(params, 1, last if last is not None else max(first, longest), dtype) for first, last in segments]
+    block = _common_weight_block(reps, target, rule) if prepack_weight else None
+    merged: list[tuple[int, int | None, s_tir.Schedule, str]] = []
+    for (first, last), rep in zip(segments, reps):
+        sch, name = symbolic_schedule(rep, target, rule=rule, weight_block=block)
+        if merged and tvm_ffi.structural_equal(merged[-1][2].mod["main"], sch.mod["main"]):
+            merged[-1] = (merged[-1][0], last, merged[-1][2], merged[-1][3])
         else:
-            groups.append((previous_last + 1 if groups else params.min_length, w.length, sch, name))
-        previous_last = w.length
+            merged.append((first, last, sch, name))
     ranges, functions = [], {}
-    for index, (first, last, sch, _) in enumerate(groups):
+    for index, (first, last, sch, _) in enumerate(merged):
         name = f"main_{index}"
         functions[name] = sch.mod["main"].with_attr("global_symbol", name)
-        ranges.append(LengthRange(first, last if index < len(groups) - 1 else None, name, buffer_sizes(sch)))
-    return SymbolicPlan(tuple(ranges), functions, tuple(g[3] for g in groups), block)
+        ranges.append(LengthRange(first, last, name, buffer_sizes(sch)))
+    return SymbolicPlan(tuple(ranges), functions, tuple(m[3] for m in merged), block)
 
 
-def _common_weight_block(workloads: list[Workload], target: Target, rule: str | None) -> int | None:
-    """The packed weight's column block when every probe's rule packs it and all by one block."""
+def _common_weight_block(reps: list[Workload], target: Target, rule: str | None) -> int | None:
+    """The packed weight's column block when every range's rule packs it and all by one block."""
     blocks = set()
-    for w in workloads:
-        _, name = symbolic_schedule(w, target, rule=rule)
-        if name not in PREPACKABLE:
+    for w in reps:
+        chosen, _, _, _ = symbolic_choice(w, target, rule)
+        if chosen.name not in PREPACKABLE:
             return None
         blocks.add(packed_weight_block(w, target))
     return blocks.pop() if len(blocks) == 1 and None not in blocks else None
