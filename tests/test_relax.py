@@ -492,3 +492,17 @@ def test_relax_vocoder_example_runs():
     assert re.search(r"whole generator: TVM default legalization [\d.]+ ms, TVM with tvm_convt [\d.]+ ms, "
                      r"TVM with tvm_convt, conv1d too [\d.]+ ms, conv1d too \+ cpu_pipeline [\d.]+ ms, "
                      r"PyTorch eager [\d.]+ ms", result.stdout), result.stdout
+
+
+def test_onnx_vocoder_example_converts_every_layer_at_every_length():
+    """An ONNX graph with a dynamic length axis: every ConvTranspose computed by tvm_convt, and the
+    outputs within float32 tolerance of the float64 reference at each length."""
+    env = {**os.environ, "TVM_THREAD_POOL_SPIN_COUNT": "0", "OMP_WAIT_POLICY": "PASSIVE"}
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "onnx_vocoder.py"), "--frames", "1,9,40",
+                             "--rounds", "1"], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "4 ConvTranspose calls computed by tvm_convt, 0 left to TVM" in result.stdout, result.stdout
+    errors = [float(e) for e in re.findall(r"tvm_convt \(Relax\)\s+[\d.]+ ms\s+max rel\. error vs float64 (\S+)",
+                                           result.stdout)]
+    assert len(errors) == 3 and max(errors) <= 1e-5, result.stdout
+    assert result.stdout.rstrip().endswith("OK")

@@ -338,16 +338,27 @@ def _gemm_full(w: Workload, x: te.Tensor, weight_at, layout: SymbolicLayout | No
 
 
 def _symbolic_gemm_full(w: _SymbolicShape, x: te.Tensor, weight_at, layout: SymbolicLayout) -> te.Tensor:
-    """The GEMM form at any length: ``col`` holds whole tiles of ``layout.col_rows`` samples,
-    read from ``x_tiles``, a copy of ``x`` by tiles (zero past the input), and ``full`` runs to
-    a multiple of ``layout.positions``."""
+    """The GEMM form at any length, with no bounds check in the gather.
+
+    ``col`` holds whole tiles of ``layout.col_rows`` rows, read from ``x_tiles``, a copy of ``x`` by
+    tiles that starts ``halo`` samples before the input and is zero outside it: row ``j`` is sample
+    ``j - halo``. ``halo`` reaches the farthest tap any phase reads (dead taps included, whose loads
+    a vectorised gather may still issue), and the rows run to the last sample the gather's positions
+    (to a multiple of ``layout.positions``) read, so every row the gather reads exists and needs no
+    clamp or condition: a static function's gather checks both ends of the input instead.
+    """
     p = w.params
     cig, rows = p.in_per_group, layout.col_rows
-    tiles = (w.length + rows - 1) // rows
+    plan = TapPlan.of(p)
+    halo = -((-(plan.taps * plan.step - 1) * p.dilation) // p.stride)
+    q_first, n_q = w.phase_range
+    positions = ceil_to(n_q, layout.positions)
+    tiles = (q_first + positions + halo + rows - 1) // rows
 
     def sample(n, t, ci, jj):
-        i = t * rows + jj
-        return tirx.if_then_else(i < w.length, x[n, ci, tirx.min(i, w.length - 1)], tirx.const(0, w.dtype))
+        i = t * rows + jj - halo
+        inside = tirx.all(i >= 0, i < w.length)
+        return tirx.if_then_else(inside, x[n, ci, tirx.max(tirx.min(i, w.length - 1), 0)], tirx.const(0, w.dtype))
 
     x_tiles = te.compute((w.batch, tiles, p.in_channels, rows), sample, name=X_TILES)
     c = te.reduce_axis((0, cig), name="c")
@@ -358,7 +369,11 @@ def _symbolic_gemm_full(w: _SymbolicShape, x: te.Tensor, weight_at, layout: Symb
             * _widen(w, weight_at(g, c, m)), axis=c),
         name=COL,
     )
-    return _gather(w, col, positions=ceil_to(w.phase_range[1], layout.positions))
+
+    def col_row(n, g, q, d, m):
+        return [], col[n, g, q + q_first + d + halo, m]
+
+    return _tap_sums(w, col_row, positions=positions)
 
 
 def _blocked_full(w: Workload, x: te.Tensor, weight_at, layout: SymbolicLayout | None = None) -> te.Tensor:

@@ -99,6 +99,8 @@ def symbolic_choice(workload: Workload, target: Target, rule: str | None = None
     layout and plan key (equal choices give the same function)."""
     kind = target.kind.name
     form = schedule_form(workload, target, rule)
+    if rule is None and form == GEMM and _narrow_groups_direct(workload, target):
+        form = DIRECT
     candidates = [_named_rule(kind, rule)] if rule is not None else [r for r in RULES[kind] if r.form == form]
     for candidate in candidates:
         layout = getattr(candidate, "symbolic_layout", lambda *_: None)(workload, target)
@@ -106,6 +108,20 @@ def symbolic_choice(workload: Workload, target: Target, rule: str | None = None
             return candidate, form, layout, candidate.plan_key(workload, target)
     raise ValueError(f"{OP}: no schedule rule for {kind} schedules this layer at any length, got "
                      f"rule={rule!r} for {workload.params}; compile it for a static length instead")
+
+
+def _narrow_groups_direct(workload: Workload, target: Target) -> bool:
+    """Grouped layers too narrow for the GEMM rule's register tile (fewer than 16 input channels a
+    group: depthwise and the like) take the direct form in a symbolic module, where the GEMM form's
+    fallback would write ``col`` (kernel_size times the input) and gather it back: 1.1-1.5x faster
+    on mimi_depthwise and groups of 1-8 channels (docs/performance.md). Static modules keep the
+    fallback until it is measured on the other CPU classes."""
+    return (kind_is_cpu(target) and workload.params.groups > 1 and direct_applies(workload)
+            and cpu.gemm_plan(workload, target) is None)
+
+
+def kind_is_cpu(target: Target) -> bool:
+    return target.kind.name == "llvm"
 
 
 def symbolic_schedule(workload: Workload, target: Target, *, rule: str | None = None,

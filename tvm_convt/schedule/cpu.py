@@ -87,7 +87,9 @@ def _schedule_epilogue_cpu(sch: s_tir.Schedule, workload: Workload, gather_rows:
             sch.reorder(q, r)
         outer = sch.fuse(n, co)
     sch.parallel(outer)
-    if vector_phases and gather_rows is None:
+    if vector_phases and gather_rows is None and not is_symbolic(sch):
+        # (Symbolic: the output's bound is not known, and its predicate would make every vector
+        # of phases scalar; the output stays a stage of its own, a contiguous copy.)
         _gather_writes_output(sch, outer)
         return
     if vector_phases:
@@ -585,12 +587,17 @@ class CpuFallbackRule:
             # to whole tiles and kept channel-major, as col walks it.
             x_tiles = sch.get_sblock(C.X_TILES)
             sch.transform_layout(x_tiles, ("write", 0), lambda n, t, ci, jj: (n, ci, t, jj))
-            copy_tiles_partitioned(sch, C.X_TILES)
         col = sch.get_sblock(C.COL)
         sch.transform_layout(col, ("write", 0), lambda n, g, j, m: (n, g, m, j))
         n, g, j, m, c = sch.get_loops(col)
         sch.reorder(n, g, m, c, j)
-        sch.parallel(sch.fuse(n, g, m))
+        if symbolic:
+            # Each (batch, group) copies its own channels just before it reads them, in cache.
+            outer = sch.fuse(n, g)
+            sch.parallel(outer)
+            sch.compute_at(x_tiles, outer)
+        else:
+            sch.parallel(sch.fuse(n, g, m))
         lanes = cpu_vector_lanes(target, workload.dtype)
         if symbolic or workload.length >= lanes:
             _, ji = sch.split(j, [None, lanes])

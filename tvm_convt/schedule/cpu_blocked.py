@@ -17,6 +17,7 @@ from tvm.target import Target
 
 from .. import compute as C
 from ..params import Workload
+from .common import is_symbolic
 from .cpu import (GemmPlan, _gather_writes_output, _pack_weight, _read_buffer, _register_tile, col_row_bytes,
                   cpu_arch, full_in_output_order, gemm_plan, schedule_fold_cpu)
 
@@ -103,10 +104,14 @@ class CpuBlockedRule:
         output_order = workload.params.dilation == 1 and full_in_output_order(sch, workload)
         outer = _block_loop(sch, workload, output_order)
         _block_gemm(sch, workload, plan, outer)
-        if output_order:
+        if output_order and not is_symbolic(sch):
             _gather_writes_output(sch, outer)
-        else:
-            schedule_fold_cpu(sch)
+            return sch
+        if output_order:
+            # A symbolic output's bound would make the phases scalar inside the gather (see
+            # cpu._schedule_epilogue_cpu): the gather keeps them in vectors, the output is a copy.
+            sch.vectorize(sch.get_loops(sch.get_sblock(C.FULL))[-1])
+        schedule_fold_cpu(sch)
         return sch
 
 
