@@ -440,12 +440,35 @@ def test_torch_compile_fullgraph_forward_and_backward():
     assert rel_err(grad, grad_eager) <= 1e-6
 
 
-def test_torch_compile_with_dynamic_lengths():
+@pytest.mark.parametrize("backend", ["eager", "inductor"])
+def test_torch_compile_with_dynamic_lengths(backend):
+    from tvm_convt.runtime import _MODULES
+
     model = tt.convert(torch.nn.Sequential(torch.nn.ConvTranspose1d(2, 3, 4, stride=2, padding=1), torch.nn.ReLU()))
-    compiled = torch.compile(model, backend="eager", fullgraph=True, dynamic=True)
-    for length in (5, 7):  # one graph, one module compiled per length at its first call
-        x = torch.randn(2, 2, length)
-        assert rel_err(compiled(x), model(x)) <= 1e-6
+    compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=True)
+    before = len(_MODULES._modules)
+    for batch, length in ((2, 5), (2, 7), (3, 61)):  # one graph, one module for every length
+        x = torch.randn(batch, 2, length)
+        expected = torch.nn.functional.conv_transpose1d(x.double(), model[0].weight.double(), model[0].bias.double(),
+                                                        stride=2, padding=1).relu()
+        assert rel_err(compiled(x), expected) <= 1e-6
+    assert len(_MODULES._modules) - before <= 1
+
+
+def test_torch_export_with_a_dynamic_length_runs_every_length_on_one_module():
+    from tvm_convt.runtime import _MODULES
+
+    torch.manual_seed(0)
+    model = tt.convert(torch.nn.Sequential(torch.nn.ConvTranspose1d(4, 3, 6, stride=3, padding=1)).eval())
+    exported = torch.export.export(model, (torch.randn(1, 4, 9),),
+                                   dynamic_shapes={"input": {2: torch.export.Dim("length", min=1, max=4096)}})
+    before = len(_MODULES._modules)
+    for length in (1, 9, 100):
+        x = torch.randn(1, 4, length)
+        expected = torch.nn.functional.conv_transpose1d(x.double(), model[0].weight.double(), model[0].bias.double(),
+                                                        stride=3, padding=1)
+        assert rel_err(exported.module()(x), expected) <= 1e-6
+    assert len(_MODULES._modules) - before <= 1
 
 
 def test_torch_export_records_the_custom_op():

@@ -345,7 +345,7 @@ def _symbolic_gemm_full(w: _SymbolicShape, x: te.Tensor, weight_at, layout: Symb
     ``j - halo``. ``halo`` reaches the farthest tap any phase reads (dead taps included, whose loads
     a vectorised gather may still issue), and the rows run to the last sample the gather's positions
     (to a multiple of ``layout.positions``) read, so every row the gather reads exists and needs no
-    clamp or condition: a static function's gather checks both ends of the input instead.
+    clamp: the sample's bounds are a select, not a branch around the load.
     """
     p = w.params
     cig, rows = p.in_per_group, layout.col_rows
@@ -371,7 +371,10 @@ def _symbolic_gemm_full(w: _SymbolicShape, x: te.Tensor, weight_at, layout: Symb
     )
 
     def col_row(n, g, q, d, m):
-        return [], col[n, g, q + q_first + d + halo, m]
+        # Rows outside the input hold 0 * weight, not 0 when the weight has an inf: the sample's
+        # own bounds decide, in a select (the load stays in the halo either way).
+        i = q + q_first + d
+        return [i >= 0, i < w.length], col[n, g, i + halo, m]
 
     return _tap_sums(w, col_row, positions=positions)
 
@@ -478,6 +481,11 @@ def _tap_sums(w: Workload, col_row, sample_term=None, positions: int | None = No
         live = tirx.all(k < kern, *exists)
         if plan.gcd > 1:
             live = tirx.all(live, tirx.indexmod(r, plan.gcd) == 0)
+        if w.symbolic:
+            # Every row a symbolic gather reads exists (its col has the halo), so a select that
+            # loads first is safe; an if_then_else on the phase made TVM 0.27 size col by a
+            # region that still named the phase ("variable r has been used before definition").
+            return tirx.Select(live, value, tirx.const(0, acc))
         return tirx.if_then_else(live, value, tirx.const(0, acc))
 
     if plan.taps <= MAX_UNROLLED_TAPS:

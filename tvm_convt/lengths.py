@@ -23,11 +23,16 @@ _BINARY: dict[type, Callable[[int, int], int]] = {
     ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
 }
 _CALLS: dict[str, Callable[[int, int], int]] = {"min": min, "max": max}
+_COMPARE: dict[type, Callable[[int, int], bool]] = {
+    ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+    ast.Eq: operator.eq, ast.NotEq: operator.ne,
+}
 
 
 def _size_function(text: str) -> Callable[[int, int], int]:
-    """``text`` (integer arithmetic in ``n`` and ``l``: + - * // %, min, max) as a function of
-    (n, l); anything else is refused, so a sidecar can never run code."""
+    """``text`` (integer arithmetic in ``n`` and ``l``: + - * // %, min, max, comparisons, and, or,
+    not, ``select(condition, a, b)``) as a function of (n, l); anything else is refused, so a sidecar
+    can never run code."""
     tree = ast.parse(text, mode="eval").body
 
     def build(node: ast.AST) -> Callable[[int, int], int]:
@@ -46,6 +51,21 @@ def _size_function(text: str) -> Callable[[int, int], int]:
                 and len(node.args) == 2 and not node.keywords):
             op, a, b = _CALLS[node.func.id], build(node.args[0]), build(node.args[1])
             return lambda n, l: op(a(n, l), b(n, l))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "select"
+                and len(node.args) == 3 and not node.keywords):
+            cond, a, b = (build(arg) for arg in node.args)
+            return lambda n, l: a(n, l) if cond(n, l) else b(n, l)
+        if (isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _COMPARE):
+            op, a, b = _COMPARE[type(node.ops[0])], build(node.left), build(node.comparators[0])
+            return lambda n, l: op(a(n, l), b(n, l))
+        if isinstance(node, ast.BoolOp) and len(node.values) == 2:
+            a, b = build(node.values[0]), build(node.values[1])
+            if isinstance(node.op, ast.And):
+                return lambda n, l: a(n, l) and b(n, l)
+            return lambda n, l: a(n, l) or b(n, l)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            inner = build(node.operand)
+            return lambda n, l: not inner(n, l)
         raise ValueError(f"{OP}: a size in a module's length ranges must be integer arithmetic in n and l, "
                          f"got {text!r}")
 

@@ -463,7 +463,10 @@ def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
     tiles, any number of them: no tail, and no blocks of tiles (their count would not divide)."""
     col = sch.get_sblock(C.COL)
     n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
-    sch.reorder(n, g, jo, mo, c, ji, mi)
+    if symbolic:
+        sch.reorder(n, jo, g, mo, c, ji, mi)  # see the parallel loop below
+    else:
+        sch.reorder(n, g, jo, mo, c, ji, mi)
     if pack:
         # The weight is the smaller operand: pack all of it once, before the loops.
         _pack_weight(sch, col, None, workload.params.kernel_size, plan.width)
@@ -477,7 +480,12 @@ def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
         *_, tiles, mo, _, _, _ = sch.get_loops(sch.get_sblock(main))
         jo, jt = sch.split(tiles, [None, block_tiles])
         sch.reorder(jo, mo, jt)
-    if ragged and workload.batch * workload.params.groups == 1:
+    if symbolic:
+        # Tiles outside the groups, fused with them: no division by a symbolic extent per tile
+        # (fusing the batch too made TVM 0.27 overflow a bound while lowering). The batch is a loop.
+        outer = sch.fuse(jo, g)
+        sch.parallel(outer)
+    elif ragged and workload.batch * workload.params.groups == 1:
         # The tail tile runs after the parallel loop, on one thread: it is one tile.
         # With more than one (batch, group) this would start the thread pool once
         # per pair (512 times for a depthwise layer): they go parallel instead.

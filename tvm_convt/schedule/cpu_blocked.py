@@ -43,7 +43,8 @@ def _block_loop(sch: s_tir.Schedule, workload: Workload, output_order: bool) -> 
         sch.reorder(n, b, co, qq, r)
     else:
         sch.reorder(n, b, co, r, qq)
-    outer = sch.fuse(n, b)
+    # A symbolic block count stays unfused: a fused (batch, block) loop divides by it per block.
+    outer = b if is_symbolic(sch) else sch.fuse(n, b)
     sch.parallel(outer)
     return outer
 
@@ -54,8 +55,11 @@ def _block_gemm(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan, outer: 
     col = sch.get_sblock(C.COL)
     sch.compute_at(col, outer)
     sch.compute_at(sch.get_sblock(C.X_BLOCKS), outer)
-    # Under the (batch, block) loop: the groups (where there are more than one), rows, m, c.
-    *groups, j, m, c = sch.get_loops(col)[1:]
+    # Under the (batch, block) loop (the block loop, in a batch loop, when symbolic): the groups
+    # (where there are more than one), rows, m, c.
+    loops = sch.get_loops(col)
+    below = [sch.get(lp).same_as(sch.get(outer)) for lp in loops].index(True) + 1
+    *groups, j, m, c = loops[below:]
     mo, mi = sch.split(m, [None, plan.width])
     jo, ji = sch.split(j, [None, plan.rows])
     sch.reorder(*groups, mo, jo, c, ji, mi)

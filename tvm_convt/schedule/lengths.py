@@ -140,7 +140,9 @@ def buffer_sizes(sch: s_tir.Schedule) -> tuple[str, ...]:
     return tuple(sorted(set(sizes)))
 
 
-_OPS = {tirx.Add: "+", tirx.Sub: "-", tirx.Mul: "*", tirx.FloorDiv: "//", tirx.FloorMod: "%"}
+_OPS = {tirx.Add: "+", tirx.Sub: "-", tirx.Mul: "*", tirx.FloorDiv: "//", tirx.FloorMod: "%",
+        tirx.LT: "<", tirx.LE: "<=", tirx.GT: ">", tirx.GE: ">=", tirx.EQ: "==", tirx.NE: "!=",
+        tirx.And: "and", tirx.Or: "or"}
 
 
 def python_expr(e) -> str:
@@ -152,6 +154,10 @@ def python_expr(e) -> str:
         return e.name
     if isinstance(e, tirx.Cast):
         return python_expr(e.value)
+    if isinstance(e, tirx.Select):
+        return f"select({python_expr(e.condition)}, {python_expr(e.true_value)}, {python_expr(e.false_value)})"
+    if isinstance(e, tirx.Not):
+        return f"(not {python_expr(e.a)})"
     if isinstance(e, (tirx.Min, tirx.Max)):
         return f"{'min' if isinstance(e, tirx.Min) else 'max'}({python_expr(e.a)}, {python_expr(e.b)})"
     for kind, op in _OPS.items():
