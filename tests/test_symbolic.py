@@ -250,3 +250,24 @@ def test_cache_keeps_within_its_bound_dropping_the_least_recently_used(tmp_path,
     monkeypatch.setenv("TVM_CONVT_CACHE_MAX_BYTES", "lots")
     with pytest.raises(ValueError, match="TVM_CONVT_CACHE_MAX_BYTES must be a non-negative integer"):
         tvm_convt.compile(P(4, 4, 3), batch=1, length=9)
+
+
+def test_cli_compiles_a_module_for_any_length(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "any.so"
+    result = subprocess.run([sys.executable, "-m", "tvm_convt", "compile", "--in-channels", "8", "--out-channels", "4",
+                             "--kernel-size", "4", "--stride", "2", "--padding", "1", "--any-length",
+                             "--prepack-weight", "-o", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "compiled any batch x 8 x any length (from 1) float32" in result.stdout
+    loaded = tvm_convt.CompiledConvTranspose1d.load(out)
+    assert loaded.symbolic
+    for length in (1, 33):
+        _check(loaded, loaded.params, 2, length)
+
+
+def test_size_expressions_may_select():
+    r = L.LengthRange(1, None, "main_0", ("select((l < 8) and (not (n == 0)), n * 8, n * l)",))
+    assert r.largest_size(2, 3) == 16 and r.largest_size(2, 100) == 200

@@ -155,10 +155,16 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     from .runtime import compile as compile_module
 
     w = _workload(args)
-    compiled = compile_module(w.params, batch=w.batch, length=w.length, dtype=w.dtype, target=args.target,
+    shape = {} if args.any_length else {"batch": w.batch, "length": w.length}
+    compiled = compile_module(w.params, **shape, dtype=w.dtype, target=args.target,
                               logs=args.logs, prepack_weight=args.prepack_weight)
     path = compiled.export(args.output)
-    print(f"compiled {w.input_shape} -> {w.output_shape} {w.dtype} for {compiled.metadata.target_key}")
+    if compiled.symbolic:
+        ranges = ", ".join(f"{r.first}-{'' if r.last is None else r.last}" for r in compiled.metadata.ranges)
+        print(f"compiled any batch x {w.params.in_channels} x any length (from {w.params.min_length}) {w.dtype} "
+              f"for {compiled.metadata.target_key}; functions by input length: {ranges}")
+    else:
+        print(f"compiled {w.input_shape} -> {w.output_shape} {w.dtype} for {compiled.metadata.target_key}")
     print(f"schedule: {compiled.metadata.schedule}")
     if compiled.weight_packed:
         print(f"main reads the weight packed as {list(compiled.metadata.main_weight_shape)}: "
@@ -477,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "writes FILE.so and its FILE.json metadata.")
     _add_layer_args(comp)
     comp.add_argument("-o", "--output", type=so_path, required=True, help="output library FILE.so")
+    comp.add_argument("--any-length", action="store_true",
+                      help="compile one module for every batch and input length (--batch and --length are "
+                           "then ignored; default rules, CPU targets)")
     comp.add_argument("--prepack-weight", action="store_true",
                       help="where the default schedule packs the weight in every call (cpu-gemm, "
                            "cpu-gemm-blocked), compile a main that reads it packed and a pack_weight "
