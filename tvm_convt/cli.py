@@ -109,18 +109,18 @@ def so_path(text: str) -> Path:
 
 
 def _add_layer_args(p: argparse.ArgumentParser, defaults: dict[str, Any] | None = None,
-                    required: bool = True) -> None:
+                    required: bool = True, unless: str = "--suite") -> None:
     d = defaults or {}
     req = defaults is None and required
 
-    def size(flag: str, what: str) -> None:
-        """A size with no generic default: required, defaulted (demo), or needed unless --suite (tune)."""
+    def size(flag: str, what: str, needed: bool = req, note_unless: str = unless) -> None:
+        """A size with no generic default: required, defaulted (demo), or needed unless another option."""
         key = flag.removeprefix("--").replace("-", "_")
         if defaults is not None:
             note = f" (default: {d.get(key)})"
         else:
-            note = "" if required else " (required without --suite)"
-        p.add_argument(flag, type=positive_int, required=req, default=d.get(key), help=what + note)
+            note = "" if needed else f" (required without {note_unless})"
+        p.add_argument(flag, type=positive_int, required=needed, default=d.get(key), help=what + note)
 
     size("--in-channels", "input channels")
     size("--out-channels", "output channels")
@@ -136,24 +136,33 @@ def _add_layer_args(p: argparse.ArgumentParser, defaults: dict[str, Any] | None 
                    help="padding mode (default: %(default)s)")
     p.add_argument("--no-bias", action="store_true", help="compile without a bias (default: with bias)")
     p.add_argument("--batch", type=positive_int, default=d.get("batch", 1), help="batch size (default: %(default)s)")
-    size("--length", "input length L_in")
+    # compile takes --any-length instead of a length.
+    size("--length", "input length L_in", needed=req and unless != "--any-length")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype (default: %(default)s)")
     p.add_argument("--target", type=target_arg, default="llvm",
                    help="'llvm' (this CPU), 'cuda' (this GPU) or a JSON target dict (default: %(default)s)")
     p.add_argument("--logs", type=Path, default=None, help=LOGS_HELP)
 
 
-def _workload(args: argparse.Namespace) -> Workload:
-    params = ConvTranspose1dParams(
+def _workload_params(args: argparse.Namespace) -> ConvTranspose1dParams:
+    return ConvTranspose1dParams(
         args.in_channels, args.out_channels, args.kernel_size, stride=args.stride,
         padding=args.padding, output_padding=args.output_padding, groups=args.groups,
         bias=not args.no_bias, dilation=args.dilation, padding_mode=args.padding_mode)
-    return Workload(params, args.batch, args.length, args.dtype)
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    return Workload(_workload_params(args), args.batch, args.length, args.dtype)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     from .runtime import compile as compile_module
 
+    if args.length is None and not args.any_length:
+        print("tvm-convt compile: error: --length is required without --any-length", file=sys.stderr)
+        return 2
+    if args.any_length:
+        args.length = _workload_params(args).min_length  # any length: a valid one for the checks
     w = _workload(args)
     shape = {} if args.any_length else {"batch": w.batch, "length": w.length}
     compiled = compile_module(w.params, **shape, dtype=w.dtype, target=args.target,
@@ -481,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser("compile", help="compile one layer for one input shape into a .so",
                           description="Compile the operator for a parameter set and input shape; "
                                       "writes FILE.so and its FILE.json metadata.")
-    _add_layer_args(comp)
+    _add_layer_args(comp, unless="--any-length")
     comp.add_argument("-o", "--output", type=so_path, required=True, help="output library FILE.so")
     comp.add_argument("--any-length", action="store_true",
                       help="compile one module for every batch and input length (--batch and --length are "

@@ -120,12 +120,16 @@ class SymbolicLayout:
     ``col_rows``: the GEMM form's ``col`` holds its samples to a multiple of this many, read from
     ``x_tiles`` (batch, tile, input channel, ``col_rows``), zero past the input; ``positions``:
     the GEMM and direct forms' ``full`` runs to a multiple of this many positions per phase;
-    ``block_rows``: the blocked form's rows per block (:func:`block_rows` of a static workload).
+    ``block_rows``: the blocked form's rows per block (:func:`block_rows` of a static workload);
+    ``halo``: the GEMM form's ``col`` holds rows for the samples before and after the input that
+    the gather reads, computed as zeros, so the gather needs no clamp (worth it where they are few
+    next to the input's: :func:`halo_pays`).
     """
 
     col_rows: int = 1
     positions: int = 1
     block_rows: int | None = None
+    halo: bool = True
 
 
 class _SymbolicShape:
@@ -337,23 +341,38 @@ def _gemm_full(w: Workload, x: te.Tensor, weight_at, layout: SymbolicLayout | No
     return _gather(w, col)
 
 
+def halo_pays(p: ConvTranspose1dParams, length: int, rows: int, positions: int) -> bool:
+    """Whether the GEMM form's symbolic ``col`` should hold the halo (:class:`SymbolicLayout`) at
+    inputs of ``length``: its extra rows (the halo, the cropped start, the padding to tiles) are then
+    under a tenth of the input's, and the clamps they save in the gather are worth their GEMM work."""
+    extra = gather_halo(p) + p.padding // p.stride + rows + positions
+    return 10 * extra <= length
+
+
+def gather_halo(p: ConvTranspose1dParams) -> int:
+    """Input samples before the first the gather of the output's first position can read (dead taps,
+    whose loads a vectorised gather may still issue, included)."""
+    plan = TapPlan.of(p)
+    return -((-(plan.taps * plan.step - 1) * p.dilation) // p.stride)
+
+
 def _symbolic_gemm_full(w: _SymbolicShape, x: te.Tensor, weight_at, layout: SymbolicLayout) -> te.Tensor:
-    """The GEMM form at any length, with no bounds check in the gather.
+    """The GEMM form at any length.
 
     ``col`` holds whole tiles of ``layout.col_rows`` rows, read from ``x_tiles``, a copy of ``x`` by
-    tiles that starts ``halo`` samples before the input and is zero outside it: row ``j`` is sample
-    ``j - halo``. ``halo`` reaches the farthest tap any phase reads (dead taps included, whose loads
-    a vectorised gather may still issue), and the rows run to the last sample the gather's positions
-    (to a multiple of ``layout.positions``) read, so every row the gather reads exists and needs no
-    clamp: the sample's bounds are a select, not a branch around the load.
+    tiles (zero outside the input). With ``layout.halo`` the copy starts ``halo`` samples before the
+    input (:func:`gather_halo`) and the rows run to the last sample the gather's positions (to a
+    multiple of ``layout.positions``) read: row ``j`` is sample ``j - halo`` and every row the gather
+    reads exists, so it needs no clamp. Without, the rows are the input's, to whole tiles, and the
+    gather clamps its row. Either way a sample's bounds are a select, not a branch around the load.
     """
     p = w.params
     cig, rows = p.in_per_group, layout.col_rows
-    plan = TapPlan.of(p)
-    halo = -((-(plan.taps * plan.step - 1) * p.dilation) // p.stride)
+    halo = gather_halo(p) if layout.halo else 0
     q_first, n_q = w.phase_range
     positions = ceil_to(n_q, layout.positions)
-    tiles = (q_first + positions + halo + rows - 1) // rows
+    needed = q_first + positions + halo if layout.halo else w.length
+    tiles = (needed + rows - 1) // rows
 
     def sample(n, t, ci, jj):
         i = t * rows + jj - halo
@@ -372,9 +391,10 @@ def _symbolic_gemm_full(w: _SymbolicShape, x: te.Tensor, weight_at, layout: Symb
 
     def col_row(n, g, q, d, m):
         # Rows outside the input hold 0 * weight, not 0 when the weight has an inf: the sample's
-        # own bounds decide, in a select (the load stays in the halo either way).
+        # own bounds decide, in a select (the load stays in col either way).
         i = q + q_first + d
-        return [i >= 0, i < w.length], col[n, g, i + halo, m]
+        row = i + halo if layout.halo else tirx.max(tirx.min(i, w.length - 1), 0)
+        return [i >= 0, i < w.length], col[n, g, row, m]
 
     return _tap_sums(w, col_row, positions=positions)
 

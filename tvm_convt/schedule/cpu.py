@@ -349,7 +349,9 @@ class CpuGemmRule:
         plan = gemm_plan(workload, target) if target.kind.name == "llvm" else None
         if plan is None:
             return None
-        return C.SymbolicLayout(col_rows=plan.rows, positions=_gather_rows(workload, cpu_arch(target)) or 1)
+        positions = _gather_rows(workload, cpu_arch(target)) or 1
+        halo = C.halo_pays(workload.params, workload.length, plan.rows, positions)
+        return C.SymbolicLayout(col_rows=plan.rows, positions=positions, halo=halo)
 
     def plan_key(self, workload: Workload, target: Target) -> tuple:
         """What a symbolic function's schedule takes from the length: the register tile and the
@@ -580,7 +582,8 @@ class CpuFallbackRule:
     def symbolic_layout(self, workload: Workload, target: Target) -> C.SymbolicLayout | None:
         if target.kind.name != "llvm":
             return None
-        return C.SymbolicLayout(col_rows=cpu_vector_lanes(target, workload.dtype))
+        lanes = cpu_vector_lanes(target, workload.dtype)
+        return C.SymbolicLayout(col_rows=lanes, halo=C.halo_pays(workload.params, workload.length, lanes, 1))
 
     def plan_key(self, workload: Workload, target: Target) -> tuple:
         return ()  # a symbolic function's schedule is the same at every length
