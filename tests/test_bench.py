@@ -139,3 +139,29 @@ def test_bench_cli_rejects_bad_arguments(args, message):
     result = run_cli("bench", *args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_bench_lengths_times_one_symbolic_module_per_layer(tiny_suite, tmp_path):
+    out, png = tmp_path / "lengths.json", tmp_path / "lengths.png"
+    result = run_cli("bench", "--suite", str(tiny_suite), "--lengths", "1,12,30", "--rounds", "1", "--threads", "1",
+                     "--json", str(out), "--plot", str(png))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    points = report["points"]
+    # Every layer at every length it takes (grouped: its shortest input is 1), in the suite's order.
+    assert [(p["name"], p["length"]) for p in points] == [(n, L) for n in TINY for L in (1, 12, 30)]
+    for p in points:
+        assert p["symbolic_ms"] > 0 and p["static_ms"] > 0
+        assert p["symbolic_vs_static"] == pytest.approx(p["static_ms"] / p["symbolic_ms"], rel=0.01)
+        assert p["max_error"] <= benchmark.CHECK_TOLERANCE["float32"]
+    assert all(p["torch_ms"] is None for p in points if p["name"] == "reflect")
+    # The dense layer's own length is 12: the summary at each layer's own length reads those points.
+    own = [p["symbolic_vs_static"] for p in points if p["length"] == TINY[p["name"]].length]
+    assert report["symbolic_vs_static_own_geomean"] == pytest.approx(np.exp(np.mean(np.log(own))), rel=0.01)
+    assert "symbolic / static at each layer's own length, geomean" in result.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_lengths_refuses_bad_lengths(tiny_suite):
+    result = run_cli("bench", "--suite", str(tiny_suite), "--lengths", "0,5")
+    assert result.returncode == 2 and "must be comma-separated positive integers" in result.stderr

@@ -57,6 +57,11 @@ def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 PACKED_MARK = "(packed w)"
 
 
+def as_ms(s: float | None) -> float | None:
+    """Seconds as milliseconds for a report, rounded to 0.1 us (None stays None)."""
+    return None if s is None else round(s * 1e3, 4)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One workload's medians; the PyTorch fields are None when it could not run."""
@@ -88,8 +93,7 @@ class Comparison:
         return self.torch_s / self.tvm_convt_s if self.torch_s else None
 
     def to_dict(self) -> dict[str, Any]:
-        def ms(s: float | None) -> float | None:
-            return None if s is None else round(s * 1e3, 4)
+        ms = as_ms
 
         def r(v: float | None) -> float | None:
             return None if v is None else round(v, 3)

@@ -290,6 +290,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
           "each is checked against PyTorch before it is timed", file=sys.stderr)
     report = run_bench(suite, target=args.target, threads=args.threads, rounds=args.rounds,
                        logs=args.logs, tuned=not args.default_schedule, progress=stream_progress)
+    return _print_report(args, report, plot)
+
+
+def _print_report(args: argparse.Namespace, report: Any, plot: Any) -> int:
+    """A bench report's machine line and table; its JSON and plot where asked for."""
     m = report.machine
     print(f"machine: {m['cpu']}, {m['target_key']} ({m['target']}), {m['threads']} threads, "
           f"tvm {m['tvm']}, torch {m['torch']}")
@@ -311,16 +316,7 @@ def _bench_lengths(args: argparse.Namespace, suite: dict) -> int:
           "per layer against the static module of each length and PyTorch", file=sys.stderr)
     report = run_length_sweep(suite, target=args.target, threads=args.threads, rounds=args.rounds,
                               lengths=lengths, progress=stream_point)
-    m = report.machine
-    print(f"machine: {m['cpu']}, {m['target_key']} ({m['target']}), {m['threads']} threads, "
-          f"tvm {m['tvm']}, torch {m['torch']}")
-    print(report.table())
-    if args.json is not None:
-        write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(report.to_dict(), indent=2) + "\n"))
-        print(f"wrote {args.json}")
-    if args.plot is not None:
-        print(f"wrote {plot_lengths(report, args.plot)}")
-    return 0
+    return _print_report(args, report, plot_lengths)
 
 
 def lengths_arg(text: str) -> list[int] | str:

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .benchmark import (CHECK_TOLERANCE, ResultMismatch, check_plotting, machine_info, module_call, relative_error,
-                        torch_call)
+from .benchmark import (CHECK_TOLERANCE, ResultMismatch, as_ms, check_plotting, machine_info, module_call,
+                        relative_error, torch_call)
 from .params import OP, Workload
 from .reference import conv_transpose1d_reference
 from .runtime import compile as compile_module
@@ -52,9 +52,7 @@ class LengthPoint:
         return self.torch_s / self.symbolic_s if self.torch_s else None
 
     def to_dict(self) -> dict[str, Any]:
-        def ms(s: float | None) -> float | None:
-            return None if s is None else round(s * 1e3, 4)
-
+        ms = as_ms
         return {"name": self.name, "batch": self.workload.batch, "length": self.workload.length,
                 "symbolic_ms": ms(self.symbolic_s), "static_ms": ms(self.static_s), "torch_ms": ms(self.torch_s),
                 "symbolic_vs_static": round(self.vs_static, 3),

@@ -131,13 +131,8 @@ def call_workload(call: relax.Call, *, bias: bool, target_kind: str | None = Non
         raise Unsupported(f"the input must be 3-D with static channels, got shape ({', '.join(map(str, x_shape))})")
     if not all(isinstance(d, int) for d in x_shape):
         return _symbolic_workload(call, x_shape, bias=bias, target_kind=target_kind)
-    w_shape = static_shape(call.args[1], "the weight")
-    fields = (_conv_transpose_fields if is_conv1d_transpose(call) else _conv1d_fields)(call, w_shape)
-    dtype = _dtype(call, target_kind)
+    params, dtype = _params_and_dtype(call, x_shape[1], bias=bias, target_kind=target_kind)
     try:
-        params = ConvTranspose1dParams(
-            in_channels=x_shape[1], kernel_size=w_shape[2], groups=int(call.attrs.groups), bias=bias,
-            dilation=tuple(int(d) for d in call.attrs.dilation), **fields)
         workload = Workload(params, x_shape[0], x_shape[2], dtype)
     except (TypeError, ValueError) as err:
         raise Unsupported(str(err).split(": ", 1)[-1]) from None
@@ -147,22 +142,29 @@ def call_workload(call: relax.Call, *, bias: bool, target_kind: str | None = Non
     return workload
 
 
+def _params_and_dtype(call: relax.Call, in_channels: int, *, bias: bool,
+                      target_kind: str | None) -> tuple[ConvTranspose1dParams, str]:
+    """The call's parameters (with a bias when ``bias``) and its one dtype; :class:`Unsupported`
+    for what the compute does not cover."""
+    w_shape = static_shape(call.args[1], "the weight")
+    fields = (_conv_transpose_fields if is_conv1d_transpose(call) else _conv1d_fields)(call, w_shape)
+    dtype = _dtype(call, target_kind)
+    try:
+        params = ConvTranspose1dParams(
+            in_channels=in_channels, kernel_size=w_shape[2], groups=int(call.attrs.groups), bias=bias,
+            dilation=tuple(int(d) for d in call.attrs.dilation), **fields)
+    except (TypeError, ValueError) as err:
+        raise Unsupported(str(err).split(": ", 1)[-1]) from None
+    return params, dtype
+
+
 def _symbolic_workload(call: relax.Call, x_shape: tuple[Any, ...], *, bias: bool,
                        target_kind: str | None) -> SymbolicWorkload:
     """:func:`call_workload` for an input of symbolic batch or length; the output's length must be
     PyTorch's expression of the input's."""
     if target_kind not in (None, "llvm"):
         raise Unsupported(f"a symbolic batch or length needs a CPU target here, got target={target_kind!r}")
-    w_shape = static_shape(call.args[1], "the weight")
-    fields = (_conv_transpose_fields if is_conv1d_transpose(call) else _conv1d_fields)(call, w_shape)
-    dtype = _dtype(call, target_kind)
-    try:
-        params = ConvTranspose1dParams(
-            in_channels=x_shape[1], kernel_size=w_shape[2], groups=int(call.attrs.groups), bias=bias,
-            dilation=tuple(int(d) for d in call.attrs.dilation), **fields)
-        workload = SymbolicWorkload(params, dtype)
-    except (TypeError, ValueError) as err:
-        raise Unsupported(str(err).split(": ", 1)[-1]) from None
+    workload = SymbolicWorkload(*_params_and_dtype(call, x_shape[1], bias=bias, target_kind=target_kind))
     out = shape_dims(call, "the output")
     expected = output_shape(workload, x_shape)
     analyzer = Analyzer()
