@@ -41,10 +41,25 @@ class SymbolicPlan:
     weight_block: int | None
 
 
+# A layer whose SMALL_LENGTH samples take fewer multiply-adds than this (a few microseconds) plans
+# every shorter input at SMALL_LENGTH: the functions that would fit their register tiles to 1, 2 or
+# 4 rows save less than they cost to compile (0.2-0.3 s each here).
+SMALL_LENGTH = 12
+SMALL_LAYER_MACS = 1 << 20
+
+
 def probe_lengths(params: ConvTranspose1dParams) -> list[int]:
     """The layer's shortest input, then every probe above it."""
     first = params.min_length
     return [first] + [p for p in PROBES if p > first]
+
+
+def planned_length(params: ConvTranspose1dParams, length: int) -> int:
+    """The length a function for inputs of ``length`` is planned at: the length itself, or for a
+    small layer at least :data:`SMALL_LENGTH`."""
+    if params.macs_per_sample * SMALL_LENGTH < SMALL_LAYER_MACS:
+        return max(length, SMALL_LENGTH)
+    return length
 
 
 def _probe_workloads(params: ConvTranspose1dParams, dtype: str) -> list[Workload]:
@@ -72,7 +87,7 @@ def plan_segments(params: ConvTranspose1dParams, dtype: str, target: Target,
                          f"got none for {params}")
 
     def key(length: int) -> tuple:
-        return _key(Workload(params, 1, length, dtype), target, rule)
+        return _key(Workload(params, 1, planned_length(params, length), dtype), target, rule)
 
     keys = [key(w.length) for w in workloads]
     segments, first = [], workloads[0].length
@@ -100,7 +115,8 @@ def plan_lengths(params: ConvTranspose1dParams, dtype: str, target: Target, *, r
     segments = plan_segments(params, dtype, target, rule)
     # Each range planned at its longest length (the open last one at the longest probe).
     longest = _probe_workloads(params, dtype)[-1].length
-    reps = [Workload(params, 1, last if last is not None else max(first, longest), dtype) for first, last in segments]
+    reps = [Workload(params, 1, planned_length(params, last if last is not None else max(first, longest)), dtype)
+            for first, last in segments]
     block = _common_weight_block(reps, target, rule) if prepack_weight else None
     merged: list[tuple[int, int | None, s_tir.Schedule, str]] = []
     for (first, last), rep in zip(segments, reps):

@@ -31,7 +31,8 @@ def backend_attributes(layer: torch.nn.ConvTranspose1d, target: TargetLike,
 
 class ConvTranspose1d(torch.nn.ConvTranspose1d):
     """``torch.nn.ConvTranspose1d`` with the same constructor, parameters and ``state_dict``,
-    whose forward runs a compiled TVM module (one per input shape, cached).
+    whose forward runs a compiled TVM module (on CPUs one for every batch and length; on CUDA one
+    per input shape; cached).
 
     The input is (batch, in_channels, length) or (in_channels, length), the output
     (batch, out_channels, output length) or (out_channels, output length); the weight is
