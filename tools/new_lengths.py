@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
-from hifigan_generator import Generator  # noqa: E402
+from hifigan_generator import V1, Generator  # noqa: E402
 
 import tvm_convt.torch as tt  # noqa: E402
 from tvm_convt import build  # noqa: E402
@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = tt.convert(copy.deepcopy(Generator().eval()))
+    model = tt.convert(copy.deepcopy(Generator(**V1).eval()))
     compiled: list[str] = []
     original = build._compile_into
 
