@@ -316,6 +316,8 @@ def _widen(w: Workload, v):
 
 def _gemm_full(w: Workload, x: te.Tensor, weight_at, layout: SymbolicLayout | None = None) -> te.Tensor:
     """``full`` as the gather of the ``col`` GEMM; ``weight_at(g, c, m)`` reads the weight."""
+    if layout is not None:
+        return _symbolic_gemm_full(w, x, weight_at, layout)
     p = w.params
     cig, cog, kern = p.in_per_group, p.out_per_group, p.kernel_size
 
@@ -324,8 +326,6 @@ def _gemm_full(w: Workload, x: te.Tensor, weight_at, layout: SymbolicLayout | No
         # half dtypes); only the output is cast back, once.
         return _widen(w, v)
 
-    if layout is not None:
-        return _symbolic_gemm_full(w, x, weight_at, layout)
     c = te.reduce_axis((0, cig), name="c")
     # (o, k) is one axis m = o*K + k: the weight is contiguous along it, and a
     # schedule's tiles of m stay contiguous (a tile of (o, k) would be a box).
@@ -502,8 +502,8 @@ def _tap_sums(w: Workload, col_row, sample_term=None, positions: int | None = No
         if plan.gcd > 1:
             live = tirx.all(live, tirx.indexmod(r, plan.gcd) == 0)
         if w.symbolic:
-            # Every row a symbolic gather reads exists (its col has the halo), so a select that
-            # loads first is safe; an if_then_else on the phase made TVM 0.27 size col by a
+            # Every row a symbolic gather reads is inside col (the halo, or a clamp), so a select
+            # that loads first is safe; an if_then_else on the phase made TVM 0.27 size col by a
             # region that still named the phase ("variable r has been used before definition").
             return tirx.Select(live, value, tirx.const(0, acc))
         return tirx.if_then_else(live, value, tirx.const(0, acc))

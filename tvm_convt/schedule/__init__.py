@@ -116,12 +116,8 @@ def _narrow_groups_direct(workload: Workload, target: Target) -> bool:
     fallback would write ``col`` (kernel_size times the input) and gather it back: 1.1-1.5x faster
     on mimi_depthwise and groups of 1-8 channels (docs/performance.md). Static modules keep the
     fallback until it is measured on the other CPU classes."""
-    return (kind_is_cpu(target) and workload.params.groups > 1 and direct_applies(workload)
+    return (target.kind.name == "llvm" and workload.params.groups > 1 and direct_applies(workload)
             and cpu.gemm_plan(workload, target) is None)
-
-
-def kind_is_cpu(target: Target) -> bool:
-    return target.kind.name == "llvm"
 
 
 def symbolic_schedule(workload: Workload, target: Target, *, rule: str | None = None,

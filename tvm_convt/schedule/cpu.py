@@ -32,8 +32,9 @@ def _gather_tiles(sch: s_tir.Schedule, rows: int, by_phase: bool) -> s_tir.sched
     else:
         sch.reorder(n, qo, co, qi, r)
     if is_symbolic(sch):
-        # Not partitioned where the input ends as the copies are (copy_tiles_partitioned): TVM 0.27's
-        # partition of a gather loop miscompiled it (wrong sums and writes out of bounds).
+        # A symbolic batch stays a loop of its own (a fused (batch, tile) loop divides by the symbolic
+        # tile count per tile). Unlike the copies (copy_tiles_partitioned), the tiles are not
+        # partitioned where the input ends: TVM 0.27's partition of a gather loop miscompiled it.
         return qo
     return sch.fuse(n, qo)
 
@@ -369,16 +370,14 @@ class CpuGemmRule:
         prepacked = len(weight.shape) == 4
         assert not prepacked or int(weight.shape[-1]) == plan.width, (weight.shape, plan)
         # A symbolic function's col holds whole tiles, read from its own copy of x by tiles.
-        symbolic = is_symbolic(sch)
-        if symbolic:
+        if is_symbolic(sch):
             copy_tiles_partitioned(sch, C.X_TILES)
         elif input_pack_fits(workload, plan.rows):
             _pack_input(sch, plan.rows, workload.length)
         if plan.samples_outer:
-            _gemm_samples_outer(sch, workload, plan, arch, pack=not prepacked, symbolic=symbolic)
+            _gemm_samples_outer(sch, workload, plan, arch, pack=not prepacked)
         else:
-            _gemm_weight_outer(sch, workload, plan, arch.gemm_channel_block, pack=not prepacked,
-                               symbolic=symbolic)
+            _gemm_weight_outer(sch, workload, plan, arch.gemm_channel_block, pack=not prepacked)
         _schedule_epilogue_cpu(sch, workload, _gather_rows(workload, arch))
         return sch
 
@@ -457,12 +456,13 @@ def _gemm_loops(sch: s_tir.Schedule, plan: GemmPlan) -> tuple[s_tir.schedule.Loo
 
 
 def _gemm_samples_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan, arch: CpuArch,
-                        pack: bool = True, symbolic: bool = False) -> None:
+                        pack: bool = True) -> None:
     """Parallel over tiles of samples; each walks all of the (packed) weight, or, when the
     weight is larger than ``arch.gemm_resident_weight_bytes``, blocks of tiles walk it
     one column block at a time (see :func:`_sample_block_tiles`). With ``pack``, the
-    function packs the weight itself, before the loops. A ``symbolic`` function has whole
+    function packs the weight itself, before the loops. A symbolic function has whole
     tiles, any number of them: no tail, and no blocks of tiles (their count would not divide)."""
+    symbolic = is_symbolic(sch)
     col = sch.get_sblock(C.COL)
     n, g, jo, ji, mo, mi, c = _gemm_loops(sch, plan)
     if symbolic:
@@ -517,7 +517,7 @@ def _sample_block_tiles(workload: Workload, plan: GemmPlan, arch: CpuArch) -> in
 
 
 def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
-                       channel_block: int | None, pack: bool = True, symbolic: bool = False) -> None:
+                       channel_block: int | None, pack: bool = True) -> None:
     """Parallel over the weight's column blocks; each is packed (with ``pack``; else it
     comes packed), then met by every sample.
 
@@ -548,7 +548,8 @@ def _gemm_weight_outer(sch: s_tir.Schedule, workload: Workload, plan: GemmPlan,
     if blocks > 1:
         # Before the partition, which would split col's block in two.
         _channel_blocked_tile(sch, col, plan.lanes, co)
-    if not symbolic and workload.length % plan.rows:
+    # A symbolic function's samples run to whole tiles: no tail to partition off.
+    if not is_symbolic(sch) and workload.length % plan.rows:
         sch.loop_partition(jo, [workload.length // plan.rows, None])
     if blocks == 1:
         for name in blocks_writing(sch, outer, C.COL):

@@ -92,7 +92,7 @@ def _register_tiles(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> None:
 
 
 def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan,
-                          output_inside: bool, symbolic: bool = False) -> s_tir.schedule.LoopRV:
+                          output_inside: bool) -> s_tir.schedule.LoopRV:
     """Parallel over (batch, channel block, phase); each walks the positions in tiles, the
     last one (fewer vectors) in a loop of its own. Returns the parallel loop.
 
@@ -109,12 +109,12 @@ def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan,
         # region under the loop would then be all of it.
         sch.reverse_compute_at(sch.get_sblock(C.OUT), outer)
     # A symbolic function's positions run to whole tiles.
-    if not symbolic and plan.positions % plan.width and plan.positions > plan.width:
+    if not is_symbolic(sch) and plan.positions % plan.width and plan.positions > plan.width:
         sch.loop_partition(tile, [plan.positions // plan.width, None])
     return outer
 
 
-def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan, symbolic: bool = False) -> s_tir.schedule.LoopRV:
+def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan) -> s_tir.schedule.LoopRV:
     """Parallel over the tiles of positions of each (batch, phase); every channel block
     passes over a tile while its window of the input is in cache. The last tile is a
     loop of its own, parallel over its channel blocks. Returns the (batch, phase) loop."""
@@ -122,7 +122,8 @@ def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan, symbolic: bool 
     sch.reorder(n, r, tile, cob, c, t, row, vector, lane)
     outer = sch.fuse(n, r)
     whole = plan.positions // plan.width
-    if not symbolic and plan.positions % plan.width and whole:
+    # A symbolic function's positions run to whole tiles.
+    if not is_symbolic(sch) and plan.positions % plan.width and whole:
         main, tail = sch.loop_partition(tile, [whole, None])
         sch.parallel(main)
         *_, tail_cob, _, _, _, _, _ = sch.get_loops(sch.get_sblock(blocks_writing(sch, tail, C.FULL)[0]))
@@ -155,7 +156,6 @@ class CpuDirectRule:
             return None
         plan = direct_plan(workload, target)
         sch = s_tir.Schedule(func)
-        symbolic = is_symbolic(sch)
         full = sch.get_sblock(C.FULL)
         _pack_weight(sch, full, plan.rows)
         n, co, r, q, c, t = sch.get_loops(full)
@@ -164,15 +164,15 @@ class CpuDirectRule:
         loops = (n, cob, r, tile, c, t, row, vector, lane)
         output_inside = not plan.samples_outer and _output_follows_blocks(workload)
         if plan.samples_outer:
-            outer = _samples_outer(sch, loops, plan, symbolic)
+            outer = _samples_outer(sch, loops, plan)
         else:
-            outer = _channel_blocks_outer(sch, loops, plan, output_inside, symbolic)
+            outer = _channel_blocks_outer(sch, loops, plan, output_inside)
         _register_tiles(sch, outer)
         # After the tiles' register caches are made, so that those stay compact.
         full_in_output_order(sch, workload)
         parallel_outer(sch, sch.get_sblock(C.X_PAD), 2)
         if output_inside:
-            if not symbolic:
+            if not is_symbolic(sch):  # a symbolic output's length is no known multiple of the lanes
                 _vectorize_output(sch, workload, plan.lanes)
         else:
             schedule_fold_cpu(sch)

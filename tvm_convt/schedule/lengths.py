@@ -78,10 +78,11 @@ def _key(w: Workload, target: Target, rule: str | None) -> tuple:
     return (chosen.name, form, layout, key)
 
 
-def plan_segments(params: ConvTranspose1dParams, dtype: str, target: Target,
-                  rule: str | None = None) -> list[tuple[int, int | None]]:
-    """The lengths ``(first, last)`` (last None: no end) over which the plan stays the same."""
-    workloads = _probe_workloads(params, dtype)
+def plan_segments(params: ConvTranspose1dParams, dtype: str, target: Target, rule: str | None = None,
+                  workloads: list[Workload] | None = None) -> list[tuple[int, int | None]]:
+    """The lengths ``(first, last)`` (last None: no end) over which the plan stays the same, read at
+    ``workloads`` (default: :func:`_probe_workloads`)."""
+    workloads = _probe_workloads(params, dtype) if workloads is None else workloads
     if not workloads:
         raise ValueError(f"{OP}: a symbolic module needs at least one length whose tensors 32-bit indices reach, "
                          f"got none for {params}")
@@ -112,9 +113,10 @@ def plan_lengths(params: ConvTranspose1dParams, dtype: str, target: Target, *, r
     With ``prepack_weight``, every function reads the weight packed by one column block when every
     range's rule is one of :data:`PREPACKABLE` (and all pack alike); otherwise none does.
     """
-    segments = plan_segments(params, dtype, target, rule)
+    probes = _probe_workloads(params, dtype)
+    segments = plan_segments(params, dtype, target, rule, probes)
     # Each range planned at its longest length (the open last one at the longest probe).
-    longest = _probe_workloads(params, dtype)[-1].length
+    longest = probes[-1].length
     reps = [Workload(params, 1, planned_length(params, last if last is not None else max(first, longest)), dtype)
             for first, last in segments]
     block = _common_weight_block(reps, target, rule) if prepack_weight else None
