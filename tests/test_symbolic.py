@@ -271,3 +271,18 @@ def test_cli_compiles_a_module_for_any_length(tmp_path):
 def test_size_expressions_may_select():
     r = L.LengthRange(1, None, "main_0", ("select((l < 8) and (not (n == 0)), n * 8, n * l)",))
     assert r.largest_size(2, 3) == 16 and r.largest_size(2, 100) == 200
+
+
+@pytest.mark.parametrize("length", [2, 40])  # without and with the halo rows (halo_pays)
+def test_an_inf_weight_reaches_only_the_outputs_that_use_it(length):
+    """Rows of col outside the input hold 0 * weight: with an inf weight that is NaN, which the
+    gather must leave out, as the reference (and PyTorch) never adds those terms."""
+    p = P(2, 3, 3, stride=2)
+    compiled = tvm_convt.compile(p, dtype="float64")
+    x, w, b = random_inputs(p, 2, length, "float64", 3)
+    w[1, 2, 0] = np.inf
+    y, expected = compiled(x, w, b), conv_transpose1d_reference(x, w, b, p)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(y[finite], expected[finite], rtol=1e-12)
+    np.testing.assert_array_equal(y[~finite], expected[~finite])
