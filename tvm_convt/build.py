@@ -251,25 +251,56 @@ def schedule(
 
 def schedule_symbolic(
     workload: SymbolicWorkload, target: Target, *, rule: str | None = None, prepack_weight: bool = False,
+    logs: str | Path | None = None, tuned: bool = True, fields: dict[str, Any] | None = None,
 ) -> tuple[tvm.IRModule, str, tuple[LengthRange, ...]]:
     """The module of a :class:`SymbolicWorkload`: one function per length range
     (:func:`tvm_convt.schedule.lengths.plan_lengths`), plus ``pack_weight`` where they read the weight
-    packed; where its schedule came from (``default:<rule>[,<rule>...]``); and the ranges.
+    packed; where its schedule came from (``tuned:<folder>`` or ``default:<rule>[,<rule>...]``); and
+    the ranges.
 
-    Tuning records are kept per static shape and are not used here.
+    The layer's tuned record (:func:`tvm_convt.layer_records.find_layer_record`, in ``logs`` then the
+    shipped ``schedules/``) sets the rules' fields on CPU targets, unless ``tuned=False`` or a ``rule``
+    is forced; ``fields`` gives them instead (the tuner's candidates). MetaSchedule's records are kept
+    per static shape and are not used here.
     """
     from .compute import weight_pack_func
-    from .schedule.cpu import schedule_weight_pack
+    from .schedule.cpu import schedule_weight_pack, tuned_fields
     from .schedule.lengths import plan_lengths
 
     check_dtype_for_target(workload.dtype, target.kind.name)
-    plan = plan_lengths(workload.params, workload.dtype, target, rule=rule, prepack_weight=prepack_weight)
+    origin = None
+    if fields is None and tuned and rule is None:
+        fields, origin = _layer_fields(workload, target, logs)
+    with tuned_fields(fields):
+        plan = plan_lengths(workload.params, workload.dtype, target, rule=rule, prepack_weight=prepack_weight)
     functions = dict(plan.functions)
     if plan.weight_block is not None:
         pack = weight_pack_func(workload.params, workload.dtype, plan.weight_block)
         functions[PACK_WEIGHT] = schedule_weight_pack(pack).mod["main"]
-    source = "default:" + ",".join(dict.fromkeys(plan.rules))
+    source = f"tuned:{origin}" if origin else "default:" + ",".join(dict.fromkeys(plan.rules))
     return tvm.IRModule(functions), source, plan.ranges
+
+
+def _layer_fields(workload: SymbolicWorkload, target: Target,
+                  logs: str | Path | None) -> tuple[dict[str, Any] | None, Path | None]:
+    """The checked fields of the layer's tuned record on a CPU target and its folder; (None, None)
+    without one. A record whose fields this version cannot use is warned about and skipped."""
+    from .layer_records import find_layer_record
+    from .records import TuningLogWarning
+    from .schedule.cpu import base_cpu_arch
+    from .schedule.cpu_space import checked_fields
+
+    if target.kind.name != "llvm":
+        return None, None
+    found = find_layer_record(workload.params, workload.dtype, target, logs=logs)
+    if found is None:
+        return None, None
+    record, directory = found
+    try:
+        return checked_fields(base_cpu_arch(target), record.fields), directory
+    except ValueError as err:
+        warnings.warn(f"{OP}: the layer record in {directory} is skipped: {err}", TuningLogWarning, stacklevel=3)
+        return None, None
 
 
 def weight_block_of(mod: tvm.IRModule) -> int | None:
@@ -498,7 +529,8 @@ def build_library(
     """
     tgt = resolve_target(target)
     if workload.symbolic:
-        mod, source, ranges = schedule_symbolic(workload, tgt, rule=rule, prepack_weight=prepack_weight)
+        mod, source, ranges = schedule_symbolic(workload, tgt, rule=rule, prepack_weight=prepack_weight,
+                                                 logs=logs, tuned=tuned)
     else:
         if tgt.kind.name == "llvm":
             check_fits_in_memory(workload)

@@ -412,6 +412,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             raise ValueError(f"{OP}: tune needs --suite FILE or the layer's {', '.join(missing)}, "
                              f"got neither")
         workloads = {"layer": _workload(args)}
+    if args.any_length:
+        return _tune_any_length(workloads, args)
     _, report = tune(workloads, target=args.target, trials=args.trials, logs=args.logs,
                      work_dir=args.work_dir, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
                      build_only=args.build_only, seed=args.seed, trials_per_iter=args.trials_per_iter)
@@ -436,6 +438,35 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print("tvm-convt tune: error: no candidate ran successfully; see the logs in the work dir",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def _tune_any_length(workloads: dict[str, Workload], args: argparse.Namespace) -> int:
+    """Tune each layer's module for every length at :func:`~tvm_convt.layer_tuning.tuning_lengths` of
+    its length, on this machine; the records go to the tuning logs (and --schedules)."""
+    from .layer_records import write_layer_record
+    from .layer_tuning import tune_layer, tuning_lengths
+    from .records import default_logs_dir
+    from .target import resolve_target
+
+    refused = [flag for flag, given in (("--rpc-tracker", args.rpc_tracker), ("--build-only", args.build_only))
+               if given]
+    if refused:
+        raise ValueError(f"{OP}: tune --any-length times candidates on this machine, got {', '.join(refused)}")
+    logs = args.logs if args.logs is not None else default_logs_dir()
+    tgt = resolve_target(args.target)
+    for name, w in workloads.items():
+        lengths = tuning_lengths(w.params, w.length)
+        print(f"{name}: tuning for every length at lengths {', '.join(map(str, lengths))}", flush=True)
+        found = tune_layer(w.params, lengths, dtype=w.dtype, target=tgt, rounds=args.rounds,
+                           log=lambda line: print("  " + line, flush=True))
+        times = ", ".join(f"{n}: {d:.3f} -> {t:.3f} ms" for n, d, t in zip(lengths, found.default_ms, found.tuned_ms))
+        if not found.fields:
+            print(f"  the default won ({times}); no record")
+            continue
+        print(f"  tuned {found.speedup:.2f}x the default ({times}): {found.fields}")
+        for root in [logs] + ([args.schedules] if args.schedules is not None else []):
+            print(f"  record: {write_layer_record(root, tgt, found.record(str(tgt)))}")
     return 0
 
 
@@ -520,6 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "nothing recorded (default: off)")
     tune.add_argument("--seed", type=non_negative_int, default=None,
                       help="random seed of the search (default: random)")
+    tune.add_argument("--any-length", action="store_true",
+                      help="tune the module that serves every batch and length (what the layer uses): the "
+                           "schedule rules' tile and cache sizes, timed here at a quarter, one and four times "
+                           "--length, kept when 5%% faster than the default (default: MetaSchedule, for the "
+                           "static module of --batch and --length)")
+    tune.add_argument("--rounds", type=positive_int, default=9,
+                      help="with --any-length: interleaved rounds per measurement, medians (default: %(default)s)")
     tune.add_argument("--schedules", type=Path, default=None,
                       help="also write the best record per workload to SCHEDULES/<hardware class>/; "
                            "measured locally, the best few records and the default schedule are first "

@@ -45,10 +45,12 @@ def func_name(workload: Workload | SymbolicWorkload) -> str:
             f"{'_bias' if p.bias else ''}{'_any' if workload.symbolic else ''}")
 
 
-def _symbolic_main(workload: SymbolicWorkload, target: tvm.target.Target) -> tuple[tvm.tirx.PrimFunc, str]:
-    """The function of a symbolic module that serves :data:`RELAX_PLANNED_LENGTH` (correct at every
-    batch and length, as each of its functions is)."""
-    mod, source, ranges = schedule_symbolic(workload, target)
+def _symbolic_main(workload: SymbolicWorkload, target: tvm.target.Target,
+                   logs: str | Path | None) -> tuple[tvm.tirx.PrimFunc, str]:
+    """The function of a symbolic module (tuned by the layer's record in ``logs`` where there is one)
+    that serves :data:`RELAX_PLANNED_LENGTH` (correct at every batch and length, as each of its
+    functions is)."""
+    mod, source, ranges = schedule_symbolic(workload, target, logs=logs)
     length = max(RELAX_PLANNED_LENGTH, workload.params.min_length)
     return mod[range_for(ranges, length).function], source
 
@@ -59,7 +61,7 @@ def kernel_func(workload: Workload | SymbolicWorkload, target: tvm.target.Target
     (no global symbol of its own), and where its schedule came from (also its attribute
     ``tvm_convt.schedule``: ``tuned:<folder>`` or ``default:<rule>``)."""
     if workload.symbolic:
-        main, source = _symbolic_main(workload, target)
+        main, source = _symbolic_main(workload, target, logs)
     else:
         mod, source = schedule(workload, target, logs=logs)
         main = mod["main"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,11 +201,35 @@ CPU_ARCHS_BY_MCPU: dict[tuple[str, str], CpuArch] = {
 GENERIC = CpuArch(vector_bits=128, registers=16, gemm_blockings=((2, 6), (1, 12)))
 
 
-def cpu_arch(target: Target) -> CpuArch:
+def base_cpu_arch(target: Target) -> CpuArch:
     """The :class:`CpuArch` of an LLVM target's instruction set (and core, where measured)."""
     isa = cpu_isa(target)[1]
     mcpu = str(target.attrs.get("mcpu", ""))
     return CPU_ARCHS_BY_MCPU.get((isa, mcpu)) or CPU_ARCHS.get(isa, GENERIC)
+
+
+# The fields of a layer's tuned record (tvm_convt.layer_records) while its symbolic module is scheduled:
+# a context variable, so the rules keep one signature and concurrent compiles do not see each other's.
+_TUNED_FIELDS: ContextVar[Mapping[str, Any] | None] = ContextVar("tvm_convt_tuned_fields", default=None)
+
+
+@contextmanager
+def tuned_fields(fields: Mapping[str, Any] | None) -> Iterator[None]:
+    """Within the block, :func:`cpu_arch` returns the target's arch with ``fields`` replaced (values
+    from :func:`tvm_convt.schedule.cpu_space.checked_fields`); None or empty: the arch as it is."""
+    token = _TUNED_FIELDS.set(dict(fields) if fields else None)
+    try:
+        yield
+    finally:
+        _TUNED_FIELDS.reset(token)
+
+
+def cpu_arch(target: Target) -> CpuArch:
+    """The :class:`CpuArch` the rules plan with: :func:`base_cpu_arch`, with a tuned layer's fields
+    inside :func:`tuned_fields`."""
+    arch = base_cpu_arch(target)
+    fields = _TUNED_FIELDS.get()
+    return dataclasses.replace(arch, **fields) if fields else arch
 
 
 def cpu_vector_lanes(target: Target, dtype: str) -> int:

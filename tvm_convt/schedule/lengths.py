@@ -135,6 +135,17 @@ def plan_lengths(params: ConvTranspose1dParams, dtype: str, target: Target, *, r
     return SymbolicPlan(tuple(ranges), functions, tuple(m[3] for m in merged), block)
 
 
+def functions_at(params: ConvTranspose1dParams, dtype: str, target: Target, lengths: list[int], *,
+                 prepack_weight: bool = False) -> tuple[dict[int, tirx.PrimFunc], int | None]:
+    """The function a symbolic module of the layer runs at each of ``lengths`` (the one its range's
+    plan gives: equal plan keys schedule equal functions) and the packed weight's column block, without
+    planning the other lengths: what tuning compares candidates by."""
+    reps = [Workload(params, 1, planned_length(params, n), dtype) for n in lengths]
+    block = _common_weight_block(reps, target, None) if prepack_weight else None
+    return {n: symbolic_schedule(w, target, weight_block=block)[0].mod["main"]
+            for n, w in zip(lengths, reps)}, block
+
+
 def _common_weight_block(reps: list[Workload], target: Target, rule: str | None) -> int | None:
     """The packed weight's column block when every range's rule packs it and all by one block."""
     blocks = set()
