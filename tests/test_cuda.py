@@ -10,8 +10,9 @@ import pytest
 import tvm
 
 import tvm_convt
-from tvm_convt.build import device_source, schedule
-from tvm_convt.params import ConvTranspose1dParams, Workload
+from tvm_convt.build import device_source, schedule, schedule_symbolic
+from tvm_convt.lengths import range_for
+from tvm_convt.params import ConvTranspose1dParams, SymbolicWorkload, Workload
 from tvm_convt.reference import conv_transpose1d_reference
 from tvm_convt.schedule import default_schedule
 from tvm_convt.suite import default_suite
@@ -57,6 +58,16 @@ SUITE_RULES = {
     "grouped_g8": "gpu-gemm",
 }
 ARCHS = ("sm_80", "sm_90")
+# Modules for every length: gpu-gemm through groups, dilation, output_padding, every padding mode,
+# many taps (a gather that is a reduction), one tap with stride, and depthwise (gpu-direct's per shape).
+SYMBOLIC_LAYERS = [
+    P(20, 6, 5, stride=3, padding=2, groups=2),
+    P(17, 9, 16, stride=8, padding=4, padding_mode="replicate"),
+    P(6, 6, 4, stride=2, padding=1, groups=6, padding_mode="reflect"),
+    P(32, 16, 40, stride=1, padding=3),
+    P(24, 12, 4, stride=2, padding=3, dilation=3, output_padding=1, padding_mode="circular", bias=False),
+    P(2, 8, 1, stride=5, output_padding=3),
+]
 has_gpu = tvm.cuda(0).exist
 
 
@@ -79,6 +90,8 @@ def _sources(arch: str) -> dict[str, str]:
         sources[f"layer{i}"] = device_source(Workload(p, 2, 9), target=target)
     for i, (rule, p, batch, length) in enumerate(RULE_CASES):
         sources[f"{rule}{i}"] = device_source(Workload(p, batch, length), target=target, rule=rule)
+    for i, p in enumerate(SYMBOLIC_LAYERS[:4]):
+        sources[f"any_length{i}"] = device_source(SymbolicWorkload(p), target=target)
     return sources
 
 
@@ -102,7 +115,8 @@ def _translation_units(sources: dict[str, str]) -> dict[str, str]:
     groups: dict[str, list[str]] = {}
     for name, source in sources.items():
         start = source.index(KERNEL_START)
-        kernels = re.sub(r"\bmain_kernel", _kernel_prefix(name), source[start:])
+        # main_kernel, or main_<range>_kernel in a module for every length.
+        kernels = re.sub(r"\bmain(_\d+)?_kernel", lambda m: _kernel_prefix(name) + (m.group(1) or ""), source[start:])
         groups.setdefault(source[:start], []).append(kernels)
     return {f"unit{i}": preamble + "\n".join(kernels) for i, (preamble, kernels) in enumerate(groups.items())}
 
@@ -139,7 +153,7 @@ def test_cuda_sources_compile_with_nvcc(arch, tmp_path):
 def _threads_as_loops(mod: tvm.IRModule) -> tvm.IRModule:
     """The scheduled program with every thread binding a plain loop and every buffer in
     ordinary memory: what the CPU runs is then the schedule's TIR semantics."""
-    text = re.sub(r'T\.thread_binding\((\d+), thread="[^"]+"', r"T.serial(\1", mod.script())
+    text = re.sub(r', thread="[^"]+"', "", mod.script().replace("T.thread_binding(", "T.serial("))
     text = text.replace(', scope="shared"', "").replace(', scope="local"', "")
     return tvm.script.from_source(text)
 
@@ -157,6 +171,38 @@ def test_cuda_rules_compute_the_reference_on_cpu(case):
     out = tvm.runtime.empty(w.output_shape, "float32")
     executable["main"](*args, out)
     assert_close(out.numpy(), conv_transpose1d_reference(x, weight, b, p), "float32")
+
+
+@pytest.mark.parametrize("p,arch", [(p, "sm_80") for p in SYMBOLIC_LAYERS] + [(SYMBOLIC_LAYERS[1], "sm_90")],
+                         ids=lambda v: v if isinstance(v, str) else _case_id(("", v, "", "")))
+def test_cuda_modules_for_every_length_compute_the_reference_on_cpu(p, arch):
+    """Without a GPU: each length range's program, threads run as loops, matches the reference at
+    lengths across the ranges, their boundaries and batches."""
+    mod, source, ranges = schedule_symbolic(SymbolicWorkload(p), _cuda(arch), tuned=False)
+    assert source == "default:gpu-gemm"
+    executable = tvm.compile(_threads_as_loops(mod), target="llvm")
+    lengths = {p.min_length, 7, 97, 1000} | {r.last + d for r in ranges[:-1] for d in (0, 1)}
+    for i, length in enumerate(sorted(n for n in lengths if n >= p.min_length)):
+        batch = 1 + i % 3
+        x, weight, b = random_inputs(p, batch, length, "float32", seed=i)
+        args = [tvm.runtime.tensor(a) for a in (x, weight, b) if a is not None]
+        out = tvm.runtime.empty((batch, p.out_channels, p.output_length(length)), "float32")
+        executable[range_for(ranges, length).function](*args, out)
+        assert_close(out.numpy(), conv_transpose1d_reference(x, weight, b, p), "float32")
+
+
+def test_cuda_module_for_every_length_refuses_a_batch_its_grid_cannot_hold():
+    from tvm_convt.runtime import module_workload
+
+    p = SYMBOLIC_LAYERS[0]
+    target = {"kind": "cuda", "arch": "sm_80"}
+    assert module_workload(p, 65535, 9, "float32", target).symbolic
+    with pytest.raises(ValueError, match="at most 65535 batch rows a call .* got batch=65536"):
+        module_workload(p, 65536, 9, "float32", target)
+    compiled = tvm_convt.compile(p, target=target)
+    assert compiled.symbolic and compiled.metadata.schedule == "default:gpu-gemm"
+    with pytest.raises(ValueError, match="got batch=70000"):
+        compiled.shape_for(70000, 9)
 
 
 def test_cuda_module_exports_without_gpu(tmp_path):

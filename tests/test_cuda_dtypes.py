@@ -10,8 +10,9 @@ import pytest
 import tvm
 
 import tvm_convt
-from tvm_convt.build import device_source
-from tvm_convt.params import ConvTranspose1dParams, Workload, check_dtype, numpy_dtype
+from tvm_convt.build import device_source, schedule_symbolic
+from tvm_convt.lengths import range_for
+from tvm_convt.params import ConvTranspose1dParams, SymbolicWorkload, Workload, check_dtype, numpy_dtype
 from tvm_convt.reference import conv_transpose1d_reference
 from tvm_convt.schedule import default_schedule
 from tvm_convt.schedule.cuda import GemmConfig, _gemm_tiles
@@ -19,7 +20,7 @@ from tvm_convt.suite import default_suite
 from tvm_convt.target import resolve_target
 
 from conftest import TOLERANCES, assert_close, random_inputs, torch
-from test_cuda import RULE_CASES, SUITE_RULES, _case_id, _threads_as_loops, check_with_nvcc
+from test_cuda import RULE_CASES, SUITE_RULES, SYMBOLIC_LAYERS, _case_id, _threads_as_loops, check_with_nvcc
 
 P = ConvTranspose1dParams
 HALF = ("float16", "bfloat16")
@@ -147,6 +148,18 @@ def test_cuda_rules_compute_the_reference_on_cpu_in_half_dtypes(case, dtype):
     assert_close(y, conv_transpose1d_reference(x, weight, b, p), dtype)
 
 
+@pytest.mark.parametrize("dtype", HALF)
+def test_cuda_module_for_every_length_computes_the_reference_on_cpu_in_half_dtypes(dtype):
+    p = SYMBOLIC_LAYERS[0]
+    mod, _, ranges = schedule_symbolic(SymbolicWorkload(p, dtype), _cuda(), tuned=False)
+    executable = tvm.compile(_threads_as_loops(mod), target="llvm")
+    for batch, length in ((1, 1), (2, 70), (1, 300)):
+        x, weight, b = random_inputs(p, batch, length, dtype)
+        out = tvm.runtime.empty((batch, p.out_channels, p.output_length(length)), dtype)
+        executable[range_for(ranges, length).function](*[tvm.runtime.tensor(a) for a in (x, weight, b)], out)
+        assert_close(out.numpy(), conv_transpose1d_reference(x, weight, b, p), dtype)
+
+
 def _cancelling(kind: str, dtype: str):
     """A layer and inputs whose sums lose everything in a 16-bit accumulator: +1000, then
     small terms that 1000 absorbs, then -1000. ``channels``: the terms come from the input
@@ -213,6 +226,8 @@ def _half_sources(arch: str) -> dict[str, tuple[str, str]]:
         for i, (rule, p, batch, length) in enumerate(HALF_RULE_CASES):
             w = Workload(p, batch, length, dtype)
             sources[f"{dtype}_{rule}{i}"] = (dtype, device_source(w, target=target, rule=rule))
+        sources[f"{dtype}_any_length"] = (dtype, device_source(SymbolicWorkload(SYMBOLIC_LAYERS[1], dtype),
+                                                               target=target))
     return sources
 
 
@@ -231,7 +246,7 @@ def _check_kernel_types(name: str, dtype: str, source: str) -> None:
 def test_half_sources_compile_with_nvcc(arch, tmp_path):
     """Every source's types checked, then all compiled in one nvcc call (one file a dtype)."""
     sources = _half_sources(arch)
-    assert len(sources) == 2 * (len(SUITE_RULES) + len(HALF_RULE_CASES))
+    assert len(sources) == 2 * (len(SUITE_RULES) + len(HALF_RULE_CASES) + 1)
     for name, (dtype, source) in sources.items():
         _check_kernel_types(name, dtype, source)
     check_with_nvcc({name: source for name, (_, source) in sources.items()}, arch, tmp_path)

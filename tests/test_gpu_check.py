@@ -204,3 +204,20 @@ def test_cuda_modules_compile_for_shipping_and_are_skipped_on_cpu(tmp_path):
     results = json.loads((tmp_path / "r" / "gpu_check.json").read_text())["cases"]
     assert [r["status"] for r in results] == [
         "skipped: the module targets cuda-sm_90, not --device cpu", "skipped: dtype float16 is not in --dtypes"]
+
+
+@needs_torch
+def test_modules_for_every_length_are_checked_at_the_suites_shapes_and_found_again(tmp_path):
+    suite = write_suite(tmp_path / "two.json", {"dense": TINY["dense"], "reflect": TINY["reflect"]})
+    out = tmp_path / "out"
+    assert gc.main(["--device", "cpu", "--suite", str(suite), "--out", str(out), "--any-length",
+                    "--repeat", "1", "--warmup", "1", "--default-schedules"]) == 0
+    cases = json.loads((out / "gpu_check.json").read_text())["cases"]
+    assert [(c["name"], c["status"]) for c in cases] == [("dense-float32", "ok"), ("reflect-float32", "ok")]
+    found, left_out = gc.discover_modules(out / "modules")
+    assert not left_out and [c.name for c in found] == [
+        f"{stem}@{b}x{n}" for stem in ("00_dense-float32", "01_reflect-float32") for b, n in gc.ANY_LENGTH_SHAPES]
+    assert gc.main(["--modules", str(out / "modules"), "--device", "cpu", "--out", str(tmp_path / "again"),
+                    "--repeat", "1", "--warmup", "1"]) == 0
+    again = json.loads((tmp_path / "again" / "gpu_check.json").read_text())["cases"]
+    assert [c["status"] for c in again] == ["ok"] * 4

@@ -8,6 +8,8 @@
     python tools/gpu_check.py --modules shipped/modules --out results/
     # the whole pipeline on this CPU, on a tiny suite (what the tests run)
     python tools/gpu_check.py --device cpu --suite tiny.json --out results/
+    # the same with one module per layer for every length (--modules runs its functions at 1x97, 2x1000)
+    python tools/gpu_check.py --any-length --compile-only --target '{"kind": "cuda", "arch": "sm_90"}' --out any/
 
 Each case (a workload in one dtype) runs on random input and is compared with PyTorch's answer
 in float64 on the same device (F.conv_transpose1d; for the other padding modes the adjoint of
@@ -98,6 +100,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=_target, help="target to compile for (default: this GPU's arch; "
                    "llvm with --device cpu)")
     p.add_argument("--default-schedules", action="store_true", help="ignore tuning records")
+    p.add_argument("--any-length", action="store_true", help="compile each layer once for every batch and "
+                   "length (what the layer uses), and run it at the suite's shapes (default: a module per shape)")
     p.add_argument("--compile-only", action="store_true", help="write the modules to OUT/modules and stop")
     p.add_argument("--write-suite", type=Path, metavar="FILE", help="write the cases as a suite file and stop")
     p.add_argument("--dry-run", action="store_true", help="print the cases and their modules and stop")
@@ -113,8 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.dtypes is None:
         args.dtypes = ("float32", "float16") if args.device == "cuda" else ("float32",)
-    if args.modules is not None and (args.suite or args.target or args.compile_only):
-        p.error("--modules runs modules already compiled: it takes no --suite, --target or --compile-only")
+    if args.modules is not None and (args.suite or args.target or args.compile_only or args.any_length):
+        p.error("--modules runs modules already compiled: it takes no --suite, --target, --compile-only "
+                "or --any-length")
     if args.modules is not None and not args.modules.is_dir():
         p.error(f"--modules must be a folder, got {str(args.modules)!r}")
     half = [d for d in args.dtypes if d in ("float16", "bfloat16")]
@@ -153,10 +158,14 @@ def _manifest_names(folder: Path) -> dict[Path, str]:
     return {}
 
 
+# The shapes a module for every length found in --modules runs at: (batch, length).
+ANY_LENGTH_SHAPES = ((1, 97), (2, 1000))
+
+
 def discover_modules(folder: Path) -> tuple[list[Case], list[str]]:
     """The modules under ``folder``: each ``.so`` with its ``.json`` sidecar, the two checked against
-    each other, named by a bundle's manifest when there is one, else by file. Also returns what was
-    left out, and why."""
+    each other, named by a bundle's manifest when there is one, else by file (a module for every
+    length once per :data:`ANY_LENGTH_SHAPES`). Also returns what was left out, and why."""
     from tvm_convt.build import read_library, read_sidecar
 
     names = _manifest_names(folder)
@@ -172,7 +181,10 @@ def discover_modules(folder: Path) -> tuple[list[Case], list[str]]:
             left_out.append(f"{library}: {err}")
             continue
         name = names.get(library.resolve(), library.stem)
-        cases.append(Case(name, metadata.workload, library, metadata.schedule, metadata.target_key))
+        w = metadata.workload
+        shapes = ([(f"{name}@{b}x{n}", w.at(b, max(n, w.params.min_length))) for b, n in ANY_LENGTH_SHAPES]
+                  if w.symbolic else [(name, w)])
+        cases += [Case(label, at, library, metadata.schedule, metadata.target_key) for label, at in shapes]
     return cases, left_out
 
 
@@ -199,8 +211,11 @@ def compile_module(workload: Workload, tgt: Any, path: Path, *, tuned: bool, fat
     return write_module(workload, resolve_target(tgt), path, kernels=kernels, tuned=tuned).schedule
 
 
-def compile_cases(cases: list[Case], target: Any, folder: Path, *, tuned: bool) -> list[Case]:
-    """Each case compiled into ``folder`` (CUDA kernels as fatbins where nvcc is on PATH)."""
+def compile_cases(cases: list[Case], target: Any, folder: Path, *, tuned: bool,
+                  any_length: bool = False) -> list[Case]:
+    """Each case compiled into ``folder`` (CUDA kernels as fatbins where nvcc is on PATH); with
+    ``any_length``, its layer once for every batch and length."""
+    from tvm_convt.params import SymbolicWorkload
     from tvm_convt.target import resolve_target, target_key
 
     tgt = resolve_target(target)
@@ -209,7 +224,8 @@ def compile_cases(cases: list[Case], target: Any, folder: Path, *, tuned: bool) 
     done = []
     for index, case in enumerate(cases):
         path = folder / f"{index:02d}_{case.name}.so"
-        source = compile_module(case.workload, tgt, path, tuned=tuned, fatbin=fatbin)
+        w = SymbolicWorkload(case.workload.params, case.workload.dtype) if any_length else case.workload
+        source = compile_module(w, tgt, path, tuned=tuned, fatbin=fatbin)
         done.append(replace(case, library=path, schedule=source, target_key=target_key(tgt)))
         progress(f"compiled {case.name} ({source})")
     return done
@@ -310,10 +326,15 @@ def relative_error(actual: Any, expected: Any) -> float:
 
 
 def module_call(library: Path, x: Any, weight: Any, bias: Any, y: Any) -> Callable[[], Any]:
-    """The module's ``main`` on the tensors, shared through DLPack (no copies)."""
+    """The module's ``main`` (a module for every length: its function for x's length) on the tensors,
+    shared through DLPack (no copies)."""
     import tvm
+    from tvm_convt.build import read_metadata
+    from tvm_convt.lengths import range_for
 
-    func = tvm.runtime.load_module(str(library))["main"]
+    ranges = read_metadata(library).ranges
+    name = "main" if ranges is None else range_for(ranges, int(x.shape[-1])).function
+    func = tvm.runtime.load_module(str(library))[name]
     args = [tvm.runtime.from_dlpack(t) for t in (x, weight, bias, y) if t is not None]
     return lambda: func(*args)
 
@@ -568,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.modules is None:
         try:
             target = args.target if args.target is not None else default_target(args.device)
-            cases = compile_cases(cases, target, args.out / "modules", tuned=not args.default_schedules)
+            cases = compile_cases(cases, target, args.out / "modules", tuned=not args.default_schedules,
+                                  any_length=args.any_length)
         except (ValueError, TypeError) as err:
             print(f"gpu_check.py: error: {err}", file=sys.stderr)
             return 2

@@ -311,9 +311,9 @@ def weight_block_of(mod: tvm.IRModule) -> int | None:
     return int(mod[PACK_WEIGHT].params[1].shape[-1])
 
 
-def device_source(workload: Workload, *, target: TargetLike, rule: str | None = None) -> str:
+def device_source(workload: Workload | SymbolicWorkload, *, target: TargetLike, rule: str | None = None) -> str:
     """The generated device code (CUDA C++ for a CUDA target) of the default schedule,
-    or of the default rule named ``rule``.
+    or of the default rule named ``rule`` (every length range's kernels for a symbolic workload).
 
     TVM 0.27 keeps CUDA kernels as source inside the library and compiles them
     when the library is loaded; this returns that source, so it can be checked
@@ -322,7 +322,10 @@ def device_source(workload: Workload, *, target: TargetLike, rule: str | None = 
     tgt = resolve_target(target)
     if tgt.kind.name != "cuda":
         raise ValueError(f"{OP}: device_source needs a CUDA target, got kind={tgt.kind.name!r}")
-    mod, _ = schedule(workload, tgt, rule=rule, tuned=False)
+    if workload.symbolic:
+        mod = schedule_symbolic(workload, tgt, rule=rule, tuned=False)[0]
+    else:
+        mod = schedule(workload, tgt, rule=rule, tuned=False)[0]
     executable = tvm.compile(mod, target=tgt)
     return "\n".join(m.inspect_source("cuda") for m in executable.mod.imports if m.kind == "cuda")
 

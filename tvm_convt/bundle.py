@@ -34,8 +34,8 @@ from typing import Any
 import tvm
 
 from . import __version__
-from .build import ModuleMetadata, module_metadata, schedule, write_library
-from .params import OP, Workload
+from .build import ModuleMetadata, module_metadata, schedule, schedule_symbolic, write_library
+from .params import OP, SymbolicWorkload, Workload
 from .target import TargetLike, resolve_target, target_json, target_key
 
 MANIFEST_FORMAT = 1
@@ -266,17 +266,21 @@ def _file_stem(index: int, name: str) -> str:
     return f"{index:02d}_{slug}" if slug else f"{index:02d}"
 
 
-def write_fatbin_module(workload: Workload, target: tvm.target.Target, path: Path, *,
+def write_fatbin_module(workload: Workload | SymbolicWorkload, target: tvm.target.Target, path: Path, *,
                         logs: Path | None = None, tuned: bool = True) -> ModuleMetadata:
-    """Compile ``workload`` for a CUDA target and write it to ``path`` with its sidecar, its
-    kernels packed as an nvcc fatbin (:class:`FatbinExport`)."""
-    mod, source = schedule(workload, target, logs=logs, tuned=tuned)
-    metadata = module_metadata(workload, target, source)
+    """Compile ``workload`` (one shape, or every one) for a CUDA target and write it to ``path`` with
+    its sidecar, its kernels packed as an nvcc fatbin (:class:`FatbinExport`)."""
+    if workload.symbolic:
+        mod, source, ranges = schedule_symbolic(workload, target, logs=logs, tuned=tuned)
+        metadata = module_metadata(workload, target, source, ranges=ranges)
+    else:
+        mod, source = schedule(workload, target, logs=logs, tuned=tuned)
+        metadata = module_metadata(workload, target, source)
     write_library(FatbinExport(tvm.compile(mod, target=target), target), metadata, path)
     return metadata
 
 
-def write_module(workload: Workload, target: tvm.target.Target, path: Path, *, kernels: str,
+def write_module(workload: Workload | SymbolicWorkload, target: tvm.target.Target, path: Path, *, kernels: str,
                  logs: Path | None = None, tuned: bool = True) -> ModuleMetadata:
     """Compile ``workload`` and write it to ``path`` with its sidecar; CUDA kernels as fatbins
     when ``kernels`` is "fatbin", else as the source TVM compiles at load time."""

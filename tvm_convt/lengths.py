@@ -124,6 +124,17 @@ def range_for(ranges: tuple[LengthRange, ...], length: int) -> LengthRange:
     raise ValueError(f"{OP}: input length must be at least {ranges[0].first} for this layer, got L_in={length}")
 
 
+# A CUDA symbolic module's functions run the batch on blockIdx.y, whose grid extent CUDA limits to this.
+CUDA_MAX_BATCH = 65535
+
+
+def check_batch(target_key: str, batch: int) -> None:
+    """Refuse a batch a symbolic module of the hardware class ``target_key`` cannot launch."""
+    if target_key.startswith("cuda") and batch > CUDA_MAX_BATCH:
+        raise ValueError(f"{OP}: a CUDA module for every length runs at most {CUDA_MAX_BATCH} batch rows a call "
+                         f"(its grid's y extent), got batch={batch}; split the batch into smaller calls")
+
+
 def check_sizes(r: LengthRange, batch: int, length: int) -> None:
     """Refuse a call whose padded intermediates would reach 2**31 elements, naming the longest
     length this batch can take."""

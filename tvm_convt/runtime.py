@@ -32,10 +32,10 @@ from .build import (ModuleMetadata, build_library, copy_library, discard, load_l
 from ._host_pool import pooled_empty
 from ._runtime_only import compiler_available, load_cuda_runtime, missing_isa
 from .errors import ModuleFileError
-from .lengths import check_sizes, range_for
+from .lengths import check_batch, check_sizes, range_for
 from .params import (OP, PACK_WEIGHT, ConvTranspose1dParams, SymbolicWorkload, Workload, check_dtype,
                      check_dtype_for_target, numpy_dtype)
-from .target import TargetLike, check_linkable, missing_cpu_support, resolve_target
+from .target import TargetLike, check_linkable, missing_cpu_support, resolve_target, target_key
 
 
 def as_array(value: Any, name: str) -> np.ndarray:
@@ -330,6 +330,7 @@ class CompiledConvTranspose1d:
         call = w.at(batch, length)  # every check of a static workload of this shape
         r = range_for(self.metadata.ranges, length)
         check_sizes(r, batch, length)
+        check_batch(self.metadata.target_key, batch)
         found = (r.function, call.output_shape)
         if len(self._shapes) >= _SHAPES_KEPT:
             self._shapes.clear()
@@ -561,8 +562,9 @@ def compile(  # noqa: A001 - mirrors tvm.compile
 
     ``batch`` and ``length`` are the input's batch size and L_in; None (either) compiles a
     module that takes any batch and length (:attr:`CompiledConvTranspose1d.symbolic`), one
-    function per range of lengths, with the default rules (tuning records are per static shape;
-    CPU targets only for now). The schedule
+    function per range of lengths, with the default rules set by the layer's record of
+    ``tvm-convt tune --any-length`` where there is one (:mod:`tvm_convt.layer_records`; CPU targets).
+    For one shape, the schedule
     is the best tuned record for the target's hardware class in ``logs`` (default
     ``$TVM_CONVT_TUNING_LOGS``) or the shipped ``schedules/``, else the default
     schedule; ``metadata.schedule`` says which. ``rule`` forces a named default
@@ -633,10 +635,10 @@ def module_workload(params: ConvTranspose1dParams, batch: int, length: int, dtyp
                     lengths: str = "any") -> Workload | SymbolicWorkload:
     """What the layer, the function and the PyTorch op compile for a call of ``batch`` x ``length``:
     the call's static workload, checked (so a bad shape fails before anything compiles), or with
-    ``lengths="any"`` on a CPU target the layer's symbolic workload, one module for every call.
-    CUDA targets compile per shape until the GPU rules schedule symbolic functions."""
+    ``lengths="any"`` the layer's symbolic workload, one module for every call."""
     call = Workload(params, batch, length, dtype)
-    if lengths == "any" and resolve_target(target).kind.name == "llvm":
+    if lengths == "any":
+        check_batch(target_key(resolve_target(target)), batch)
         return SymbolicWorkload(params, dtype)
     return call
 
@@ -856,7 +858,8 @@ def conv_transpose1d(
     bias must match it.
     Tuning records are looked up in ``logs`` (default ``$TVM_CONVT_TUNING_LOGS``),
     then in the shipped ``schedules/``, for ``lengths="exact"`` (a module per input shape); with
-    ``"any"`` (the default) a CPU target compiles one module per layer for every batch and length.
+    ``"any"`` (the default) one module per layer serves every batch and length (on CUDA, batches of at
+    most :data:`~tvm_convt.lengths.CUDA_MAX_BATCH`).
     """
     lengths = _check_lengths(lengths)
     out = Output.like(x)

@@ -9,7 +9,7 @@ package's compute does not express (another layout, a symbolic weight, mixed
 dtypes, unequal padding) is refused with :class:`Unsupported`, whose message
 is the reason logged for the skipped call. An input whose batch or length is symbolic (a
 dynamic axis of ``torch.export`` or ONNX) gives a :class:`SymbolicWorkload`, computed by one
-function for every batch and length on CPU targets.
+function for every batch and length (on CUDA, for a static batch).
 
 A stride-1 ``relax.nn.conv1d`` (opt-in) is the same operator: ``conv1d(x, W, padding=p,
 dilation=d, groups=g)`` equals the transposed convolution with ``padding = d*(K-1) - p`` and
@@ -26,6 +26,7 @@ import tvm
 from tvm.sym.analyzer import Analyzer
 from tvm import relax, tirx
 
+from ..lengths import CUDA_MAX_BATCH
 from ..params import ConvTranspose1dParams, SymbolicWorkload, Workload, check_dtype_for_target
 
 OP_NAME = "relax.nn.conv1d_transpose"
@@ -122,8 +123,8 @@ def call_workload(call: relax.Call, *, bias: bool, target_kind: str | None = Non
     a bias when ``bias`` (one fused into it): a :class:`SymbolicWorkload` when the input's batch
     or length is symbolic.
 
-    ``target_kind`` ("llvm", "cuda") also refuses dtypes the target's rules lack, and symbolic
-    shapes on targets whose rules take none (CUDA, for now).
+    ``target_kind`` ("llvm", "cuda") also refuses dtypes the target's rules lack, and on CUDA a
+    symbolic or too large batch with a symbolic length.
     Raises :class:`Unsupported` for what the compute does not cover.
     """
     x_shape = shape_dims(call.args[0], "the input")
@@ -162,8 +163,10 @@ def _symbolic_workload(call: relax.Call, x_shape: tuple[Any, ...], *, bias: bool
                        target_kind: str | None) -> SymbolicWorkload:
     """:func:`call_workload` for an input of symbolic batch or length; the output's length must be
     PyTorch's expression of the input's."""
-    if target_kind not in (None, "llvm"):
-        raise Unsupported(f"a symbolic batch or length needs a CPU target here, got target={target_kind!r}")
+    if target_kind == "cuda" and not (isinstance(x_shape[0], int) and x_shape[0] <= CUDA_MAX_BATCH):
+        # A call_tir cannot check its batch before the launch: the grid's y extent must hold it.
+        raise Unsupported(f"a CUDA call for every length needs a static batch of at most {CUDA_MAX_BATCH}, got "
+                          f"batch {x_shape[0]}")
     workload = SymbolicWorkload(*_params_and_dtype(call, x_shape[1], bias=bias, target_kind=target_kind))
     out = shape_dims(call, "the output")
     expected = output_shape(workload, x_shape)

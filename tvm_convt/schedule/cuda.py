@@ -18,7 +18,9 @@ from tvm.target import Target
 
 from .. import compute as C
 from ..params import Workload
-from .common import has_block, read_index
+from .common import has_block, is_symbolic, read_index
+
+
 
 
 def _arch(target: Target) -> str:
@@ -105,9 +107,32 @@ def _bind_flat(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_spatial: i
     """Fuse the first ``n_spatial`` loops of ``block`` and bind them to (block, thread):
     the last loop varies fastest across threads, so its accesses coalesce."""
     loops = sch.get_loops(block)[:n_spatial]
+    if is_symbolic(sch):
+        _bind_symbolic(sch, loops, threads)
+        return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     bx, tx = sch.split(fused, [None, threads])
     sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+
+
+def _bind_symbolic(sch: s_tir.Schedule, loops: list, threads: int) -> None:
+    """:func:`_bind_flat` of a symbolic function's loops (batch first, one other symbolic extent among
+    the rest): the batch on ``blockIdx.y`` (at most :data:`tvm_convt.lengths.CUDA_MAX_BATCH`, which a call checks) and the rest fused
+    with the symbolic loop outermost, so that every index divides by constants only (divided by a
+    symbolic extent, TVM 0.27's bound analysis overflows or fails to prove a padding)."""
+    n, *rest = loops
+    sch.bind(n, "blockIdx.y")
+    symbolic = [not isinstance(sch.get(lp).extent, tirx.IntImm) for lp in rest]
+    if symbolic[-1]:
+        # The samples: split into thread tiles first, so the threads stay along them.
+        bx, tx = sch.split(rest[-1], [None, threads])
+        sch.reorder(bx, *rest[:-1], tx)
+        sch.bind(sch.fuse(bx, *rest[:-1]) if len(rest) > 1 else bx, "blockIdx.x")
+    else:
+        assert not any(symbolic[1:]), symbolic
+        bx, tx = sch.split(sch.fuse(*rest) if len(rest) > 1 else rest[0], [None, threads])
+        sch.bind(bx, "blockIdx.x")
     sch.bind(tx, "threadIdx.x")
 
 
@@ -149,6 +174,12 @@ def _cooperative_load(sch: s_tir.Schedule, col: s_tir.schedule.SBlockRV, buffer:
     the block with the contiguous axis innermost, so a warp reads consecutive addresses.
     ``depth`` is the number of loops down to ``k_loop``."""
     shared = sch.cache_read(col, read_index(sch, col, buffer), "shared")
+    if buffer == "weight" and is_symbolic(sch):
+        # The weight's tile as (channel, m), a plain box: as (channel, o, k) a tile of m that does not
+        # start at a kernel row is a box TVM 0.27 cannot size when the tile's start is symbolic.
+        kernel_size = int(sch.get(shared).writes[0].source.shape[2])
+        sch.transform_layout(shared, ("write", 0), lambda c, o, k: (c, o * kernel_size + k))
+        sch.transform_block_layout(shared, lambda c, o, k: (c, o * kernel_size + k))
     sch.compute_at(shared, k_loop)
     inner = sch.get_loops(shared)[depth:]
     if not inner:  # a one-element tile (one channel, one sample): nothing to share out
@@ -170,14 +201,22 @@ def _schedule_col_gemm(sch: s_tir.Schedule, cfg: GemmConfig) -> None:
     mo, ty, mv = sch.split(m, [None, threads[0], cfg.tm])
     jo, tx, jv = sch.split(j, [None, threads[1], cfg.tn])
     ko, ki = sch.split(c, [None, cfg.bk])
-    sch.reorder(n, g, mo, jo, ty, tx, ko, ki, mv, jv)
-    sch.bind(sch.fuse(n, g, mo, jo), "blockIdx.x")
+    grid = 1
+    if is_symbolic(sch):
+        # As _bind_symbolic: the batch on a grid axis of its own, the sample tiles outermost.
+        sch.reorder(n, jo, g, mo, ty, tx, ko, ki, mv, jv)
+        sch.bind(n, "blockIdx.y")
+        sch.bind(sch.fuse(jo, g, mo), "blockIdx.x")
+        grid = 2
+    else:
+        sch.reorder(n, g, mo, jo, ty, tx, ko, ki, mv, jv)
+        sch.bind(sch.fuse(n, g, mo, jo), "blockIdx.x")
     sch.bind(ty, "threadIdx.y")
     sch.bind(tx, "threadIdx.x")
     acc = sch.cache_write(col, 0, "local")
     sch.reverse_compute_at(acc, tx)
-    for buffer in ("x", "weight"):
-        _cooperative_load(sch, col, buffer, ko, 4, threads)
+    for buffer in (C.X_TILES if grid == 2 else "x", "weight"):
+        _cooperative_load(sch, col, buffer, ko, grid + 3, threads)
     if cfg.unroll:
         sch.annotate(tx, "pragma_auto_unroll_max_step", cfg.unroll)
         sch.annotate(tx, "pragma_unroll_explicit", 1)
@@ -204,22 +243,38 @@ class GpuGemmRule:
     name: str = "gpu-gemm"
     form: str = C.GEMM
 
-    def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
+    def _config(self, workload: Workload, target: Target) -> GemmConfig | None:
         if not _is_cuda(target):
             return None
         cfg = _gemm_tiles(get_gemm_config(target), workload, target)
-        if cfg.threads > _max_threads(target):
+        return None if cfg.threads > _max_threads(target) else cfg
+
+    def symbolic_layout(self, workload: Workload, target: Target) -> C.SymbolicLayout | None:
+        """``col``'s samples to whole tiles of ``bn``, read from ``x_tiles``: a tile split of a symbolic
+        extent would leave a predicate that keeps TVM from sizing the shared and register tiles."""
+        cfg = self._config(workload, target)
+        return None if cfg is None else C.SymbolicLayout(col_rows=cfg.bn, halo=False)
+
+    def plan_key(self, workload: Workload, target: Target) -> tuple:
+        """The tiles, fitted to the length (a short input gives its threads to the weight's axis)."""
+        return (self._config(workload, target),)
+
+    def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
+        cfg = self._config(workload, target)
+        if cfg is None:
             return None
         sch = s_tir.Schedule(func)
+        if has_block(sch, C.X_TILES):
+            _bind_flat(sch, sch.get_sblock(C.X_TILES), 4, cfg.epilogue_threads)
         _schedule_col_gemm(sch, cfg)
         _schedule_full(sch, cfg.epilogue_threads)
         _schedule_epilogue(sch, cfg.epilogue_threads)
         return sch
 
 
-def _schedule_direct(sch: s_tir.Schedule, q_tile: int, threads: int, length: int) -> int:
+def _schedule_direct(sch: s_tir.Schedule, q_tile: int, threads: int, length: int) -> tuple[int, int]:
     """Schedule ``col`` and ``full`` for :class:`GpuDirectRule` on an input of ``length``
-    samples; return the block's ``col`` tile size in elements (taps x window)."""
+    samples; return the block's ``col`` tile, (taps, window)."""
     col = sch.get_sblock(C.COL)
     sch.set_scope(col, 0, "shared")
     n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))[:4]
@@ -246,7 +301,7 @@ def _schedule_direct(sch: s_tir.Schedule, q_tile: int, threads: int, length: int
     # length (a huge dilation) is the whole input, which needs no wrapping.
     window = min(window, length)
     sch.transform_layout(acc, ("write", 0), lambda n, g, j, m: (n, g, m, j % window))
-    return window * taps
+    return taps, window
 
 
 @dataclass(frozen=True)
@@ -266,7 +321,7 @@ class GpuDirectRule:
     name: str = "gpu-direct"
     form: str = C.GEMM
 
-    def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
+    def _config(self, workload: Workload, target: Target) -> DirectConfig | None:
         if not _is_cuda(target):
             return None
         cfg = get_direct_config(target)
@@ -277,12 +332,29 @@ class GpuDirectRule:
                 # make a col tile TVM 0.27 refuses to bind (ScheduleError in bind).
                 or (p.kernel_size == 1 and p.stride > 1)):
             return None
+        return cfg
+
+    def _fits(self, workload: Workload, target: Target, taps: int, window: int) -> bool:
+        # The shared tile is of col, held in the accumulator dtype (float32 for the half ones).
+        return taps * window * _itemsize(workload.accumulator) <= _max_shared_bytes(target)
+
+    def symbolic_layout(self, workload: Workload, target: Target) -> C.SymbolicLayout | None:
+        """Not for symbolic functions: a block's col window is clamped at the input's ends, and TVM 0.27
+        refuses to bind the threads of the reduction block that clamp leaves (ScheduleError: not a
+        local complete or reduction block). Symbolic narrow groups take gpu-gemm."""
+        return None
+
+    def plan_key(self, workload: Workload, target: Target) -> tuple:
+        return ()
+
+    def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
+        cfg = self._config(workload, target)
+        if cfg is None:
+            return None
         q_tile = cfg.q_tile
         while q_tile >= cfg.min_q_tile:
             sch = s_tir.Schedule(func)
-            tile = _schedule_direct(sch, q_tile, cfg.threads, workload.length)
-            # The shared tile is of col, held in the accumulator dtype (float32 for the half ones).
-            if tile * _itemsize(workload.accumulator) <= _max_shared_bytes(target):
+            if self._fits(workload, target, *_schedule_direct(sch, q_tile, cfg.threads, workload.length)):
                 _schedule_epilogue(sch, cfg.threads)
                 return sch
             q_tile //= 2
@@ -295,6 +367,14 @@ class GpuFallbackRule:
 
     name: str = "gpu-fallback"
     form: str = C.GEMM
+
+    def symbolic_layout(self, workload: Workload, target: Target) -> C.SymbolicLayout | None:
+        """Not for symbolic functions: dlight's fallback fails on them in TVM 0.27 (decompose-reduction:
+        "not a reduction block"); gpu-gemm, which takes any layer its threads fit, schedules them."""
+        return None
+
+    def plan_key(self, workload: Workload, target: Target) -> tuple:
+        return ()
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
         if "gpu" not in target.keys:
