@@ -142,9 +142,16 @@ def test_bench_cli_rejects_bad_arguments(args, message):
 
 
 def test_bench_lengths_times_one_symbolic_module_per_layer(tiny_suite, tmp_path):
-    out, png = tmp_path / "lengths.json", tmp_path / "lengths.png"
+    from tvm_convt.layer_records import LayerRecord, write_layer_record
+    from tvm_convt.target import resolve_target
+
+    out, png, logs = tmp_path / "lengths.json", tmp_path / "lengths.png", tmp_path / "logs"
+    # The first layer has a record of tune --any-length: its tuned module is timed beside the default.
+    first = next(iter(TINY))
+    write_layer_record(logs, resolve_target("llvm"), LayerRecord(TINY[first].params, "float32",
+                                                                 {"gemm_blockings": [[1, 12], [2, 6]]}))
     result = run_cli("bench", "--suite", str(tiny_suite), "--lengths", "1,12,30", "--rounds", "1", "--threads", "1",
-                     "--json", str(out), "--plot", str(png))
+                     "--json", str(out), "--plot", str(png), "--logs", str(logs))
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     points = report["points"]
@@ -155,6 +162,11 @@ def test_bench_lengths_times_one_symbolic_module_per_layer(tiny_suite, tmp_path)
         assert p["symbolic_vs_static"] == pytest.approx(p["static_ms"] / p["symbolic_ms"], rel=0.01)
         assert p["max_error"] <= benchmark.CHECK_TOLERANCE["float32"]
     assert all(p["torch_ms"] is None for p in points if p["name"] == "reflect")
+    for p in points:
+        if p["name"] == first:
+            assert p["tuned_ms"] > 0 and p["tuned_vs_default"] == pytest.approx(p["symbolic_ms"] / p["tuned_ms"], rel=0.01)
+        else:
+            assert p["tuned_ms"] is None and p["tuned_vs_default"] is None
     # The dense layer's own length is 12: the summary at each layer's own length reads those points.
     own = [p["symbolic_vs_static"] for p in points if p["length"] == TINY[p["name"]].length]
     assert report["symbolic_vs_static_own_geomean"] == pytest.approx(np.exp(np.mean(np.log(own))), rel=0.01)

@@ -313,9 +313,10 @@ def _bench_lengths(args: argparse.Namespace, suite: dict) -> int:
     lengths = None if args.lengths == "default" else args.lengths
     print(f"sweeping {len(suite)} layer(s) over input lengths "
           f"({'each layer: 1, 7, 97, L-1, L, L+1, 3L' if lengths is None else lengths}): one symbolic module "
-          "per layer against the static module of each length and PyTorch", file=sys.stderr)
+          "per layer against the static module of each length and PyTorch (and the layer's tuned module "
+          "where --logs holds its record of tune --any-length)", file=sys.stderr)
     report = run_length_sweep(suite, target=args.target, threads=args.threads, rounds=args.rounds,
-                              lengths=lengths, progress=stream_point)
+                              lengths=lengths, logs=args.logs, progress=stream_point)
     return _print_report(args, report, plot_lengths)
 
 

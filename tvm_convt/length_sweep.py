@@ -19,8 +19,9 @@ from .benchmark import (CHECK_TOLERANCE, ResultMismatch, as_ms, check_plotting, 
                         relative_error, torch_call)
 from .params import OP, Workload
 from .reference import conv_transpose1d_reference
+from .runtime import CompiledConvTranspose1d
 from .runtime import compile as compile_module
-from .target import TargetLike, host_cores, set_cpu_threads
+from .target import TargetLike, host_cores, resolve_target, set_cpu_threads
 from .timing import interleaved_medians, layer_inputs
 
 
@@ -33,7 +34,8 @@ def default_lengths(workload: Workload) -> list[int]:
 
 @dataclass(frozen=True)
 class LengthPoint:
-    """One layer at one length: medians (s) of the symbolic module, the static one and PyTorch."""
+    """One layer at one length: medians (s) of the symbolic module, the static one and PyTorch; and of
+    the symbolic module tuned by the layer's record (:mod:`tvm_convt.layer_records`) where it has one."""
 
     name: str
     workload: Workload
@@ -41,6 +43,7 @@ class LengthPoint:
     static_s: float
     torch_s: float | None
     max_error: float
+    tuned_s: float | None = None
 
     @property
     def vs_static(self) -> float:
@@ -51,12 +54,19 @@ class LengthPoint:
     def vs_torch(self) -> float | None:
         return self.torch_s / self.symbolic_s if self.torch_s else None
 
+    @property
+    def tuned_vs_default(self) -> float | None:
+        """Speed of the tuned symbolic module relative to the default one (above 1: faster)."""
+        return self.symbolic_s / self.tuned_s if self.tuned_s else None
+
     def to_dict(self) -> dict[str, Any]:
         ms = as_ms
         return {"name": self.name, "batch": self.workload.batch, "length": self.workload.length,
                 "symbolic_ms": ms(self.symbolic_s), "static_ms": ms(self.static_s), "torch_ms": ms(self.torch_s),
                 "symbolic_vs_static": round(self.vs_static, 3),
                 "symbolic_vs_torch": None if self.vs_torch is None else round(self.vs_torch, 3),
+                "tuned_ms": ms(self.tuned_s),
+                "tuned_vs_default": None if self.tuned_vs_default is None else round(self.tuned_vs_default, 3),
                 "gflops": round(self.workload.flops / self.symbolic_s / 1e9, 2), "max_error": self.max_error}
 
 
@@ -95,8 +105,9 @@ class LengthReport:
         for p in self.points:
             torch_ms = f"{p.torch_s * 1e3:9.3f}" if p.torch_s else f"{'-':>9s}"
             vs_torch = f"{p.vs_torch:8.2f}x" if p.vs_torch else f"{'-':>9s}"
+            tuned = f" tuned {p.tuned_s * 1e3:.3f} ms ({p.tuned_vs_default:.2f}x)" if p.tuned_s else ""
             lines.append(f"{p.name:18s} {p.workload.batch:5d} {p.workload.length:6d} {p.symbolic_s * 1e3:11.3f} "
-                         f"{p.static_s * 1e3:10.3f} {torch_ms} {p.vs_static:8.2f}x {vs_torch}")
+                         f"{p.static_s * 1e3:10.3f} {torch_ms} {p.vs_static:8.2f}x {vs_torch}{tuned}")
         labels = {"symbolic_vs_static_own_geomean": "symbolic / static at each layer's own length, geomean",
                   "symbolic_vs_static_own_min": "symbolic / static at each layer's own length, lowest",
                   "symbolic_vs_torch_geomean": "symbolic over PyTorch, geomean of every point",
@@ -108,10 +119,21 @@ class LengthReport:
         return "\n".join(lines)
 
 
+def _tuned_module(workload: Workload, target: TargetLike, logs: str | Path | None) -> CompiledConvTranspose1d | None:
+    """The layer's symbolic module tuned by its record in ``logs``; None without one."""
+    from .layer_records import find_layer_record
+
+    if logs is None or find_layer_record(workload.params, workload.dtype, resolve_target(target), logs=logs) is None:
+        return None
+    return compile_module(workload.params, dtype=workload.dtype, target=target, logs=logs, prepack_weight=True)
+
+
 def sweep_layer(name: str, workload: Workload, lengths: list[int], *, target: TargetLike, threads: int,
-                rounds: int) -> list[LengthPoint]:
-    """One layer's symbolic module (compiled once) against the static one and PyTorch at each length."""
+                rounds: int, logs: str | Path | None = None) -> list[LengthPoint]:
+    """One layer's symbolic module (compiled once) against the static one and PyTorch at each length; and
+    the symbolic module tuned by the layer's record in ``logs``, where there is one."""
     symbolic = compile_module(workload.params, dtype=workload.dtype, target=target, tuned=False, prepack_weight=True)
+    tuned = _tuned_module(workload, target, logs)
     points = []
     for length in lengths:
         w = Workload(workload.params, workload.batch, length, workload.dtype)
@@ -120,23 +142,28 @@ def sweep_layer(name: str, workload: Workload, lengths: list[int], *, target: Ta
         x, weight, bias = layer_inputs(w)
         rival, label = torch_call(w, x, weight, bias, threads)
         expected = rival() if rival is not None else conv_transpose1d_reference(x, weight, bias, w.params)
-        error = relative_error(symbolic(x, weight, bias), expected)
-        if not error <= CHECK_TOLERANCE[w.dtype]:
-            raise ResultMismatch(f"{OP}: {name} at L_in={length}: the symbolic module differs from "
-                                 f"{label if rival else 'the reference'} by a relative {error:.2e}; not timed")
-        fns: dict[str, Callable[[], object]] = {"symbolic": module_call(symbolic, x, weight, bias),
-                                                "static": module_call(static, x, weight, bias)}
+        modules = {"symbolic": symbolic, "static": static, **({"tuned": tuned} if tuned is not None else {})}
+        error = 0.0
+        for kind in ("symbolic", "tuned"):
+            if kind in modules:
+                error = max(error, relative_error(modules[kind](x, weight, bias), expected))
+            if not error <= CHECK_TOLERANCE[w.dtype]:
+                raise ResultMismatch(f"{OP}: {name} at L_in={length}: the {kind} symbolic module differs from "
+                                     f"{label if rival else 'the reference'} by a relative {error:.2e}; not timed")
+        fns: dict[str, Callable[[], object]] = {k: module_call(m, x, weight, bias) for k, m in modules.items()}
         if rival is not None:
             fns["torch"] = rival
         times = interleaved_medians(fns, rounds=rounds)
-        points.append(LengthPoint(name, w, times["symbolic"], times["static"], times.get("torch"), error))
+        points.append(LengthPoint(name, w, times["symbolic"], times["static"], times.get("torch"), error,
+                                  times.get("tuned")))
     return points
 
 
 def run_length_sweep(suite: dict[str, Workload], *, target: TargetLike = "llvm", threads: int | None = None,
-                     rounds: int = 7, lengths: list[int] | None = None,
+                     rounds: int = 7, lengths: list[int] | None = None, logs: str | Path | None = None,
                      progress: Callable[[LengthPoint], None] | None = None) -> LengthReport:
-    """:func:`sweep_layer` for every layer of ``suite``, at ``lengths`` or each layer's :func:`default_lengths`."""
+    """:func:`sweep_layer` for every layer of ``suite``, at ``lengths`` or each layer's :func:`default_lengths`
+    (with ``logs``, also the layers' tuned symbolic modules)."""
     threads = host_cores() if threads is None else threads
     set_cpu_threads(threads)
     report = LengthReport(machine_info(target, threads))
@@ -144,7 +171,7 @@ def run_length_sweep(suite: dict[str, Workload], *, target: TargetLike = "llvm",
         report.own_lengths[name] = workload.length
         chosen = lengths if lengths is not None else default_lengths(workload)
         for point in sweep_layer(name, workload, [n for n in chosen if n >= workload.params.min_length],
-                                 target=target, threads=threads, rounds=rounds):
+                                 target=target, threads=threads, rounds=rounds, logs=logs):
             report.points.append(point)
             if progress is not None:
                 progress(point)
@@ -153,8 +180,9 @@ def run_length_sweep(suite: dict[str, Workload], *, target: TargetLike = "llvm",
 
 def stream_point(point: LengthPoint, stream=None) -> None:
     rival = f", PyTorch {point.torch_s * 1e3:.3f} ms" if point.torch_s else ""
+    tuned = f", tuned {point.tuned_s * 1e3:.3f} ms" if point.tuned_s else ""
     print(f"  {point.name} L_in={point.workload.length}: symbolic {point.symbolic_s * 1e3:.3f} ms, "
-          f"static {point.static_s * 1e3:.3f} ms{rival}", file=stream or sys.stderr, flush=True)
+          f"static {point.static_s * 1e3:.3f} ms{rival}{tuned}", file=stream or sys.stderr, flush=True)
 
 
 def plot_lengths(report: LengthReport, path: str | Path) -> Path:
