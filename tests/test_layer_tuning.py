@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -152,3 +153,18 @@ def test_cli_tune_any_length_refuses_remote_measurement():
 
     assert main(["tune", "--any-length", "--in-channels", "4", "--out-channels", "4", "--kernel-size", "2",
                  "--length", "8", "--build-only"]) == 2
+
+
+def test_shipped_layer_records_are_valid_for_their_class():
+    from tvm_convt.records import shipped_schedules_dir
+
+    found = sorted(shipped_schedules_dir().glob(f"*/{LAYER_RECORDS}"))
+    for path in found:
+        isa = path.parent.name.rsplit("-", 1)[-1]  # llvm-x86_64-avx2 -> avx2
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", TuningLogWarning)
+            records = read_layer_records(path.parent)
+        assert records, path
+        for record in records.values():
+            checked_fields(CPU_ARCHS[isa], record.fields)
+            assert len(record.tuned_at) == len(record.default_ms) == len(record.tuned_ms) == 3

@@ -187,6 +187,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     from . import __version__
     from .build import cache_dir
+    from .layer_records import read_layer_records
     from .records import WORKLOAD_FILE, default_logs_dir, shipped_schedules_dir
     from .target import resolve_target, target_key
 
@@ -196,7 +197,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     def records(root: Path) -> str:
         found = root / host_key / WORKLOAD_FILE
         count = sum(1 for line in found.read_text().splitlines() if line.strip()) if found.exists() else 0
-        return f"{root} ({count} tuned workload(s) for {host_key})"
+        layers = len(read_layer_records(root / host_key))
+        return f"{root} ({count} tuned workload(s), {layers} layer(s) tuned for every length, for {host_key})"
 
     info: dict[str, Any] = {
         "tvm_convt": __version__,

@@ -6,10 +6,10 @@ coordinate descent from the target's own arch: for each tunable field in turn, e
 :func:`~tvm_convt.schedule.cpu_space.tuning_space` that changes the program at the tuning lengths
 is compiled (only the functions serving those lengths) and timed interleaved with the best so far
 (medians, in this process), and the fastest is kept when it beats the best by :data:`STEP_MARGIN`
-(geometric mean over the lengths). The space has a few tens of candidates, most scheduling a
+(geometric mean over the lengths) without losing more than that at any of them. The space has a few tens of candidates, most scheduling a
 program already seen, so every one is measured and no cost model is needed. Finally the tuned
 fields are timed against the default, interleaved, and stored (:mod:`tvm_convt.layer_records`)
-only when they beat it by :data:`~tvm_convt.remeasure.DEFAULT_MARGIN`.
+only when they beat it by :data:`~tvm_convt.remeasure.DEFAULT_MARGIN` and lose at no length.
 """
 
 from __future__ import annotations
@@ -141,6 +141,11 @@ def _geomeans(times: dict[tuple[int, int], float], count: int, lengths: Sequence
     return [math.exp(sum(math.log(times[(i, n)]) for n in lengths) / len(lengths)) for i in range(count)]
 
 
+def _slower_somewhere(times: dict[tuple[int, int], float], i: int, than: int, lengths: Sequence[int]) -> bool:
+    """Whether candidate ``i`` is slower than candidate ``than`` by more than :data:`STEP_MARGIN` at a length."""
+    return any(times[(i, n)] > times[(than, n)] * (1 + STEP_MARGIN) for n in lengths)
+
+
 def _measure(candidates: list[_Candidate], inputs: _Inputs, rounds: int) -> dict[tuple[int, int], float]:
     """Median seconds of each candidate (by index) at each tuning length, interleaved per length."""
     times: dict[tuple[int, int], float] = {}
@@ -198,8 +203,12 @@ def tune_layer(params: ConvTranspose1dParams, lengths: Sequence[int], *, dtype: 
             continue
         measured += len(variants)
         pool = [best] + variants
-        means = _geomeans(_measure(pool, inputs, rounds), len(pool), lengths)
-        winner = min(range(len(pool)), key=means.__getitem__)
+        times = _measure(pool, inputs, rounds)
+        means = _geomeans(times, len(pool), lengths)
+        # A threshold moved (of the blocked form, of the operand outside) can win at one length and lose
+        # at another: a candidate must be no slower than the best so far at any tuning length.
+        eligible = [i for i in range(len(pool)) if not _slower_somewhere(times, i, 0, lengths)]
+        winner = min(eligible, key=means.__getitem__)
         kept = winner != 0 and means[winner] < means[0] * (1 - STEP_MARGIN)
         if kept:
             best = pool[winner]
@@ -213,7 +222,7 @@ def tune_layer(params: ConvTranspose1dParams, lengths: Sequence[int], *, dtype: 
     tuned_ms = tuple(final[(1, n)] * 1e3 for n in lengths) if final else default_ms
     fields = best.fields
     gain = math.exp(sum(math.log(d / t) for d, t in zip(default_ms, tuned_ms)) / len(lengths))
-    if gain < 1 / (1 - DEFAULT_MARGIN):
+    if gain < 1 / (1 - DEFAULT_MARGIN) or any(t > d * (1 + STEP_MARGIN) for d, t in zip(default_ms, tuned_ms)):
         fields, tuned_ms = {}, default_ms  # the default kept its place
     return LayerTuning(params, workload.dtype, lengths, fields, default_ms, tuned_ms, measured, steps)
 
