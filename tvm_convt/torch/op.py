@@ -243,7 +243,7 @@ def _make_plan(input, weight, bias, conv, padding_mode, backend) -> _Plan:
     shape = (input.shape[0], workload.params.out_channels, workload.out_length)
     if input.shape[0] == 0:  # PyTorch's answer to a batch of 0: an empty output, nothing compiled
         return _Plan(shape)
-    # One module per layer on CPUs, for every batch and length (module_workload).
+    # One module per layer, for every batch and length (module_workload).
     module = module_workload(workload.params, workload.batch, workload.length, workload.dtype, target)
     compiled = _MODULES.get(module, target, logs, prepack_weight=prepack_weight)
     func, _ = compiled.function_for(workload.batch, workload.length)
