@@ -75,9 +75,33 @@ def set_cpu_threads(threads: int) -> None:
     if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
         raise ValueError(f"{OP}: threads must be an int from 1 to this machine's {limit} logical CPUs, "
                          f"got threads={threads!r}")
+    if _FORKED and threads > 1:
+        raise ValueError(f"{OP}: a process made by fork runs TVM's kernels on one thread (the parent's "
+                         f"worker threads do not exist in it), got threads={threads}; start it with the "
+                         "'spawn' method to use more")
     os.environ["TVM_NUM_THREADS"] = str(threads)
     # mode 1: the "big" cores, which on a machine without big.LITTLE are all of them.
     tvm_ffi.get_global_func("runtime.config_threadpool")(1, threads)
+
+
+# Whether this process was made by os.fork from one that had imported tvm_convt.
+_FORKED = False
+
+
+def _one_thread_after_fork() -> None:
+    """In a forked child, TVM's thread pool (per calling thread) still lists the parent's worker
+    threads, which fork did not copy: the first parallel kernel would wait for them forever. With
+    one thread the calling thread runs every task itself and no worker is waited for."""
+    global _FORKED
+    _FORKED = True
+    import tvm_ffi
+
+    os.environ["TVM_NUM_THREADS"] = "1"
+    tvm_ffi.get_global_func("runtime.config_threadpool")(1, 1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_thread_after_fork)
 
 
 def host_cpu_config() -> dict[str, Any]:
