@@ -275,6 +275,47 @@ def test_prepack_weight_packs_once_per_change_and_sees_updates(dtype):
     assert rel_err(xg.grad, expected) <= GRAD_TOL[dtype]
 
 
+OPTIMIZERS = {
+    "adam-fused": lambda ps: torch.optim.Adam(ps, lr=0.1, fused=True),
+    "adam-foreach": lambda ps: torch.optim.Adam(ps, lr=0.1, foreach=True),
+    "sgd-foreach": lambda ps: torch.optim.SGD(ps, lr=0.1, foreach=True),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.1, foreach=False),
+}
+
+
+@pytest.mark.parametrize("prepack", [True, False], ids=["prepacked", "shared"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_optimizer_steps_are_seen_by_every_kind_of_optimizer(name, prepack):
+    """A fused optimizer writes the parameters in its own kernel without moving their version
+    counters (issue #27, 2: the next output was off by up to 6.2); every step is seen."""
+    torch.manual_seed(0)
+    layer = tt.ConvTranspose1d(16, 8, 8, stride=4, padding=2, prepack_weight=prepack)
+    opt = OPTIMIZERS[name](layer.parameters())
+    x = torch.randn(2, 16, 50)
+    for _ in range(2):
+        layer(x).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 4, 2)) <= FORWARD_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("prepack", [True, False], ids=["prepacked", "shared"])
+def test_inference_tensors_are_accepted(prepack):
+    """Inference tensors have no version counter (issue #27, 4: RuntimeError): values made from them
+    are not kept, so an in-place change inside inference mode is seen too."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        layer = tt.ConvTranspose1d(16, 8, 8, stride=4, padding=2, prepack_weight=prepack)
+        x = torch.randn(2, 16, 40)
+        assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 4, 2)) <= 1e-5
+        layer.weight.mul_(-2.0)
+        assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 4, 2)) <= 1e-5
+        strided = torch.randn(8, 16, 8).transpose(0, 1)  # a non-contiguous inference weight
+        y = tt.conv_transpose1d(x, strided, None, stride=4, padding=2)
+        assert rel_err(y, F.conv_transpose1d(x, strided, None, 4, 2)) <= 1e-5
+
+
 def test_prepack_weight_through_convert_and_revert():
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.ConvTranspose1d(32, 16, 8, stride=4, padding=2),

@@ -13,6 +13,7 @@ import threading
 import weakref
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 import tvm
 
 from ..runtime import ALIGNMENT
@@ -56,18 +57,41 @@ def to_tvm(t: torch.Tensor) -> tvm.runtime.Tensor:
     return _import(t if shareable(t) else aligned_copy(t))
 
 
+# Optimizer steps taken in this process. A fused or foreach optimizer (Adam(fused=True)) writes the
+# parameters in its own kernels without moving their version counters: every step counts here.
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
+def _stamp(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """What must stay the same for a value made from ``t`` to stay valid: its version counter, its
+    data pointer and the optimizer steps taken; None for an inference tensor, which has no version
+    counter (and may change in place inside inference mode): values made from it are never kept."""
+    if t.is_inference():
+        return None
+    return (t._version, t.data_ptr(), _OPTIMIZER_STEPS[0])
+
+
 class _StampedCache:
     """Values made from torch tensors, kept per key and remade when the tensor's version
-    counter or data pointer moves. An entry holds the value, not the tensor, so it goes
-    when the tensor does."""
+    counter or data pointer moves, or an optimizer steps (:func:`_stamp`). An entry holds the
+    value, not the tensor, so it goes when the tensor does."""
 
     def __init__(self) -> None:
-        self._entries: dict[object, tuple[weakref.ref, tuple[int, int], tvm.runtime.Tensor]] = {}
+        self._entries: dict[object, tuple[weakref.ref, tuple[int, int, int], tvm.runtime.Tensor]] = {}
         self._lock = threading.Lock()
 
     def _cached(self, key: object, t: torch.Tensor, make) -> tvm.runtime.Tensor:
         """The value kept for ``key`` while ``t`` is unchanged, else ``make()``, kept."""
-        stamp = (t._version, t.data_ptr())
+        stamp = _stamp(t)
+        if stamp is None:
+            return make()
         with self._lock:
             entry = self._entries.get(key)
         if entry is not None and entry[0]() is t and entry[1] == stamp:
@@ -94,7 +118,8 @@ class ParameterCopies(_StampedCache):
     A shareable tensor is handed over as it is on every call (the module reads its
     memory, so in-place updates are seen). Any other gets an aligned copy, kept per
     tensor object and remade when the tensor's version counter or data pointer moves
-    (in-place ops, ``load_state_dict`` and ``.data =`` all move one of them).
+    (in-place ops, ``load_state_dict`` and ``.data =`` all move one of them) or an
+    optimizer steps.
     """
 
     def get(self, t: torch.Tensor) -> tvm.runtime.Tensor:
@@ -106,9 +131,11 @@ class ParameterCopies(_StampedCache):
 class PackedWeights(_StampedCache):
     """Packed copies of weights for modules that read the weight packed (``prepack_weight``),
     made once per change of the tensor: kept per (tensor object, block) and remade when its
-    version counter or data pointer moves, as :class:`ParameterCopies` does for its copies.
+    version counter or data pointer moves or an optimizer steps, as :class:`ParameterCopies` does
+    for its copies.
 
-    An edit through ``.data`` moves neither, so it is not seen: the reason this is opt-in.
+    An in-place edit through ``.data`` outside an optimizer moves none of them, so it is not seen:
+    the reason this is opt-in.
     """
 
     def get(self, t: torch.Tensor, compiled) -> tvm.runtime.Tensor:
