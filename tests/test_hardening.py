@@ -333,3 +333,28 @@ def test_layer_weights_are_read_only_on_every_target(target):
         layer.bias[:] = 0
     layer.weight = np.zeros((4, 6, 3), "float32")  # assignment is how to change them
     assert not layer.weight.any()
+
+
+def test_run_checks_the_callers_tensors_and_never_blames_the_file():
+    """Issue #27, 10: a wrong shape, dtype or count given to run() was a ModuleFileError about the
+    sidecar; the file is fine, and the message now names the tensor."""
+    import tvm
+
+    compiled = tvm_convt.compile(ConvTranspose1dParams(16, 8, 4, stride=2), prepack_weight=True)
+    x, w, b = random_inputs(compiled.params, 2, 20, "float32")
+    weights = compiled.prepare_weights(w, b)
+    xd = compiled.to_device(x, "input")
+    assert_close(compiled.run(xd, weights), conv_transpose1d_reference(x, w, b, compiled.params), "float32")
+    cases = [
+        ((xd, weights[:1]), ValueError, r"run takes the weights as prepare_weights returns them, \[weight, bias\]"),
+        ((xd, weights[0]), ValueError, "got Tensor"),
+        ((tvm.runtime.tensor(x.astype("float64")), weights), TypeError, "input must have dtype float32"),
+        ((tvm.runtime.tensor(x[:, :8]), weights), ValueError, r"input must have shape \(batch, 16, L_in\)"),
+        ((x, weights), TypeError, "run takes TVM tensors .* got input of type ndarray"),
+        ((xd, [weights[1], weights[0]]), ValueError, "weight must have shape"),
+        ((xd, [tvm.runtime.tensor(w), weights[1]]) if compiled.weight_packed else (xd, [weights[0], weights[0]]),
+         ValueError, "must have shape"),
+    ]
+    for args, kind, message in cases:
+        with pytest.raises(kind, match=message):
+            compiled.run(*args)

@@ -443,14 +443,42 @@ class CompiledConvTranspose1d:
         return packed
 
     def run(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor], out: Output | None = None) -> Any:
-        """Run on device tensors already checked: ``x`` batched, ``weights`` from
-        :meth:`prepare_weights`; return the output as ``out`` says (default: a NumPy array)."""
+        """Run on device tensors: ``x`` batched, ``weights`` from :meth:`prepare_weights`; return the
+        output as ``out`` says (default: a NumPy array). Their count, shapes, dtypes and device are
+        checked here (ValueError or TypeError naming the tensor), the values are not."""
+        self._check_run_tensors(x, weights)
+        return self._run_checked(x, weights, out)
+
+    def _run_checked(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor], out: Output | None = None) -> Any:
+        """:meth:`run` on tensors this module made (``to_device``, ``prepare_weights``) itself."""
         name, shape = self.shape_for(int(x.shape[0]), int(x.shape[2]))
         if out is None or not out.on_device:
             return (out or _NUMPY_OUTPUT).from_host(self._run_to_host(name, shape, x, weights))
         y_dev = tvm.runtime.empty(shape, self.workload.dtype, self.device)
         self._invoke(name, x, *weights, y_dev)
         return out.from_dlpack(y_dev)
+
+    def _check_run_tensors(self, x: Any, weights: Any) -> None:
+        """What :meth:`run` is given, against what the module's function takes."""
+        p, dtype = self.params, self.workload.dtype
+        expected = [("weight", self.metadata.main_weight_shape)] + ([("bias", (p.out_channels,))] if p.bias else [])
+        if not isinstance(weights, (list, tuple)) or len(weights) != len(expected):
+            raise ValueError(f"{OP}: run takes the weights as prepare_weights returns them, "
+                             f"[{', '.join(n for n, _ in expected)}], got {_describe(weights)}")
+        for name, t, shape in [("input", x, None)] + [(n, t, sh) for (n, sh), t in zip(expected, weights)]:
+            if not isinstance(t, tvm.runtime.Tensor):
+                raise TypeError(f"{OP}: run takes TVM tensors (to_device, prepare_weights), got {name} of type "
+                                f"{type(t).__name__}")
+            got = tuple(int(d) for d in t.shape)
+            if name == "input" and (len(got) != 3 or got[1] != p.in_channels):
+                raise ValueError(f"{OP}: input must have shape (batch, {p.in_channels}, L_in), got input.shape={got}")
+            if shape is not None and got != tuple(shape):
+                raise ValueError(f"{OP}: {name} must have shape {tuple(shape)} (as prepare_weights makes it), "
+                                 f"got {name}.shape={got}")
+            if str(t.dtype) != dtype:
+                raise TypeError(f"{OP}: {name} must have dtype {dtype}, got {name}.dtype={t.dtype}")
+            if t.device.dlpack_device_type() != self.device.dlpack_device_type():
+                raise ValueError(f"{OP}: {name} must be on {self.device}, got {t.device}")
 
     def _run_to_host(self, name: str, shape: tuple[int, int, int], x: tvm.runtime.Tensor,
                      weights: list[tvm.runtime.Tensor]) -> np.ndarray:
@@ -506,7 +534,7 @@ class CompiledConvTranspose1d:
     def call(self, x: Any, weight: Any, bias: Any, out: Output) -> Any:
         """The call, handing the output back as ``out`` says."""
         xb, unbatched = self.check_input(x)
-        y = self.run(self.to_device(xb, "input"), self.prepare_weights(weight, bias), out)
+        y = self._run_checked(self.to_device(xb, "input"), self.prepare_weights(weight, bias), out)
         return y[0] if unbatched else y
 
     # -- files ----------------------------------------------------------------------------
@@ -641,6 +669,12 @@ def module_workload(params: ConvTranspose1dParams, batch: int, length: int, dtyp
         check_batch(target_key(resolve_target(target)), batch)
         return SymbolicWorkload(params, dtype)
     return call
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of {len(value)}"
+    return type(value).__name__
 
 
 def _check_rank(x: np.ndarray) -> None:
@@ -784,7 +818,7 @@ class ConvTranspose1d:
         if weights is None:  # prepared once per assignment (and layout), not per call
             weights = compiled.prepare_weights(weight, bias)
             copies[key] = weights
-        y = compiled.run(compiled.to_device(xb, "input"), weights, out)
+        y = compiled._run_checked(compiled.to_device(xb, "input"), weights, out)
         return y[0] if unbatched else y
 
 
