@@ -594,3 +594,13 @@ def test_hifigan_example_runs_on_a_short_input():
     for name, (against_torch, ours_exact, _) in found.items():
         assert against_torch < limits[name] and ours_exact < limits[name], out.stdout
     assert "upsampling layers" in out.stdout
+
+
+@pytest.mark.parametrize("which", ["input", "weight", "bias"])
+def test_arrays_that_are_not_tensors_are_a_type_error(which):
+    """Issue #27, 9: a NumPy array gave AttributeError: 'numpy.ndarray' object has no attribute 'dim'."""
+    args = {"input": torch.randn(1, 4, 9), "weight": torch.randn(4, 2, 3), "bias": torch.randn(2)}
+    args[which] = args[which].numpy()
+    with pytest.raises(TypeError, match=f"takes torch tensors, got {which} of type ndarray; "
+                                        "tvm_convt.conv_transpose1d takes NumPy arrays"):
+        tt.conv_transpose1d(args["input"], args["weight"], args["bias"])

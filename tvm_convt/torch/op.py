@@ -120,6 +120,11 @@ def conv_transpose1d(
 def call(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], conv: list[int],
          padding_mode: str, backend: str) -> torch.Tensor:
     """The op on a batched or unbatched input, with its arguments already in the op's form."""
+    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor) and (t is not None or name != "bias"):
+            # NumPy arrays and the like: the package's own conv_transpose1d takes those.
+            raise TypeError(f"{OP}: tvm_convt.torch takes torch tensors, got {name} of type {type(t).__name__}; "
+                            "tvm_convt.conv_transpose1d takes NumPy arrays")
     if input.dim() not in (2, 3):
         raise ValueError(f"{OP}: expected a 2-D (unbatched) or 3-D (batched) input, "
                          f"got input.shape={tuple(input.shape)}")
