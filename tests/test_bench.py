@@ -177,3 +177,24 @@ def test_bench_lengths_times_one_symbolic_module_per_layer(tiny_suite, tmp_path)
 def test_bench_lengths_refuses_bad_lengths(tiny_suite):
     result = run_cli("bench", "--suite", str(tiny_suite), "--lengths", "0,5")
     assert result.returncode == 2 and "must be comma-separated positive integers" in result.stderr
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"--plot": "out.txt"}, "--plot must end in one of .png"),
+    ({"--json": "same.png", "--plot": "same.png"}, "--json and --plot must be different files"),
+    # As root /proc passes os.access, and making a file there is what fails; otherwise argparse refuses it.
+    ({"--json": "/proc/out.json"}, "'/proc/out.json'"),
+    ({"--plot": "/proc/out.png"}, "'/proc/out.png'"),
+])
+@pytest.mark.parametrize("lengths", [[], ["--lengths"]], ids=["bench", "lengths"])
+def test_bench_output_files_are_checked_before_anything_is_timed(files, message, lengths, tmp_path, monkeypatch,
+                                                                 capsys):
+    """Issue #27, 12: these failed after every layer had been timed (or overwrote the JSON)."""
+    from tvm_convt import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(benchmark, "run_bench", lambda *a, **k: pytest.fail("timed before checking"))
+    args = [part for flag, name in files.items() for part in (flag, name)]
+    assert cli.main(["bench", *lengths, *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

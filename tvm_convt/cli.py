@@ -274,10 +274,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# What matplotlib's savefig writes, by suffix (the plot's format is its file's).
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """bench's --json and --plot, refused before anything is timed: a plot format matplotlib cannot
+    write, one file for both, or a folder where no file can be made (/proc)."""
+    if args.plot is not None and args.plot.suffix.lower() not in PLOT_SUFFIXES:
+        raise ValueError(f"{OP}: --plot must end in one of {', '.join(PLOT_SUFFIXES)}, got {str(args.plot)!r}")
+    if args.plot is not None and args.json is not None and args.plot.resolve() == args.json.resolve():
+        raise ValueError(f"{OP}: --json and --plot must be different files, got {str(args.json)!r} for both")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is None:
+            continue
+        try:
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tvm-convt-check-"):
+                pass
+        except OSError as err:
+            raise ValueError(f"{OP}: {flag} must be in a folder where files can be made, got {str(path)!r} "
+                             f"({err.strerror or err})") from None
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .benchmark import check_plotting, plot, run_bench, stream_progress
     from .suite import default_suite, load_suite
 
+    _check_outputs(args)
     if args.plot is not None:
         try:
             check_plotting()
