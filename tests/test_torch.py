@@ -604,3 +604,53 @@ def test_arrays_that_are_not_tensors_are_a_type_error(which):
     with pytest.raises(TypeError, match=f"takes torch tensors, got {which} of type ndarray; "
                                         "tvm_convt.conv_transpose1d takes NumPy arrays"):
         tt.conv_transpose1d(args["input"], args["weight"], args["bias"])
+
+
+def test_convert_takes_weight_normalised_layers_and_names_what_it_leaves(caplog):
+    """Issue #27, 3: a layer under torch.nn.utils.parametrizations.weight_norm (HiFi-GAN, BigVGAN) was
+    silently left to PyTorch; it is converted, keeps its parametrization, and other subclasses are
+    named in a warning."""
+    import copy
+    import logging
+
+    from torch.nn.utils import parametrizations, parametrize
+
+    class Custom(torch.nn.ConvTranspose1d):
+        pass
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(parametrizations.weight_norm(torch.nn.ConvTranspose1d(32, 16, 8, stride=4, padding=2)),
+                                torch.nn.LeakyReLU(0.1), Custom(16, 8, 4, stride=2))
+    reference = copy.deepcopy(model)
+    with caplog.at_level(logging.WARNING, logger="tvm_convt.torch"):
+        tt.convert(model)
+    assert isinstance(model[0], tt.ConvTranspose1d) and parametrize.is_parametrized(model[0], "weight")
+    assert type(model[2]) is Custom
+    assert [r.getMessage() for r in caplog.records] == [
+        "conv_transpose1d: 2 (Custom) is left to PyTorch: a subclass of torch.nn.ConvTranspose1d, whose forward "
+        "may differ"]
+    x = torch.randn(2, 32, 20)
+    y, expected = model(x), reference(x)
+    assert rel_err(y, expected) <= FORWARD_TOL[torch.float32]
+    y.square().sum().backward()
+    expected.square().sum().backward()
+    for ours, theirs in zip(model[0].parameters(), reference[0].parameters()):
+        assert rel_err(ours.grad, theirs.grad) <= GRAD_TOL[torch.float32]
+    assert isinstance(copy.deepcopy(model)[0], tt.ConvTranspose1d)
+    with torch.no_grad():
+        model[0].parametrizations.weight.original0.mul_(2.0)  # g: the weight the forward reads changes
+        reference[0].parametrizations.weight.original0.mul_(2.0)
+        assert rel_err(model(x), reference(x)) <= FORWARD_TOL[torch.float32]
+    parametrize.remove_parametrizations(model[0], "weight")
+    assert type(model[0]) is tt.ConvTranspose1d
+    tt.revert(model)
+    assert type(model[0]) is torch.nn.ConvTranspose1d
+
+
+def test_revert_keeps_a_parametrization():
+    from torch.nn.utils import parametrizations, parametrize
+
+    layer = parametrizations.weight_norm(torch.nn.ConvTranspose1d(8, 4, 4, stride=2))
+    tt.revert(tt.convert(layer))
+    assert parametrize.is_parametrized(layer, "weight") and not isinstance(layer, tt.ConvTranspose1d)
+    assert isinstance(layer, torch.nn.ConvTranspose1d)

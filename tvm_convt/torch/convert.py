@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
+from torch.nn.utils.parametrize import is_parametrized
 
 from ..params import OP
 from ..target import TargetLike
@@ -14,9 +16,39 @@ from .module import ConvTranspose1d, backend_attributes
 __all__ = ["convert", "revert"]
 
 
+logger = logging.getLogger("tvm_convt.torch")
+
+
+def _base_class(m: torch.nn.Module) -> type:
+    """The class ``m`` had before ``torch.nn.utils.parametrize`` gave it a subclass of its own (whose
+    properties compute the parametrized tensors), or its class."""
+    return type(m).__bases__[0] if is_parametrized(m) else type(m)
+
+
 def _named_layers(model: torch.nn.Module, kind: type) -> list[tuple[str, torch.nn.Module]]:
-    """Every submodule (the model included) whose class is exactly ``kind``, once each."""
-    return [(name or "<model>", m) for name, m in model.named_modules() if type(m) is kind]
+    """Every submodule (the model included) whose class, before any parametrization, is exactly
+    ``kind``, once each."""
+    return [(name or "<model>", m) for name, m in model.named_modules() if _base_class(m) is kind]
+
+
+def _set_base(layer: torch.nn.Module, base: type) -> None:
+    """Give ``layer`` the class ``base``; a parametrized layer keeps its parametrized tensors' properties
+    in a subclass of ``base`` made as torch's own (what it removes when the parametrization goes)."""
+    if not is_parametrized(layer):
+        layer.__class__ = base
+        return
+    own = type(layer)
+    namespace = {k: v for k, v in own.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    layer.__class__ = type(f"Parametrized{base.__name__}", (base,), namespace)
+
+
+def _report_left(model: torch.nn.Module) -> None:
+    """One warning per transposed layer that stays PyTorch's, and why."""
+    for name, m in model.named_modules():
+        base = _base_class(m)
+        if isinstance(m, torch.nn.ConvTranspose1d) and base not in (torch.nn.ConvTranspose1d, ConvTranspose1d):
+            logger.warning("%s: %s (%s) is left to PyTorch: a subclass of torch.nn.ConvTranspose1d, whose forward "
+                           "may differ", OP, name or "<model>", base.__name__)
 
 
 def convert(model: torch.nn.Module, *, target: TargetLike = "llvm",
@@ -25,8 +57,10 @@ def convert(model: torch.nn.Module, *, target: TargetLike = "llvm",
 
     In place: each layer keeps its identity and so its parameters (the same Parameter
     objects), buffers, hooks (its own and its parents'), train/eval mode, device and dtype;
-    only its class changes. Subclasses of ``torch.nn.ConvTranspose1d`` (a parametrized
-    layer, say) are left as they are, since their own forward may differ. Every layer is
+    only its class changes. A parametrized layer (``torch.nn.utils.parametrizations.weight_norm``,
+    as vocoders ship) is converted and keeps its parametrizations: the forward reads the weight they
+    compute. Other subclasses of ``torch.nn.ConvTranspose1d`` are left as they are, since their own
+    forward may differ, each with a warning on the ``tvm_convt.torch`` logger. Every layer is
     checked (parameters, target) before any is changed. ``copy.deepcopy`` the model first
     to keep the original. ``prepack_weight`` is :class:`ConvTranspose1d`'s (for inference:
     in-place edits through ``.data`` are then not seen).
@@ -35,8 +69,9 @@ def convert(model: torch.nn.Module, *, target: TargetLike = "llvm",
     # Raises before any change.
     added = [backend_attributes(layer, target, logs, prepack_weight) for _, layer in layers]
     for (_, layer), attributes in zip(layers, added):
-        layer.__class__ = ConvTranspose1d
+        _set_base(layer, ConvTranspose1d)
         layer.__dict__.update(attributes)
+    _report_left(model)
     return model
 
 
@@ -56,5 +91,5 @@ def revert(model: torch.nn.Module) -> torch.nn.Module:
     for _, layer in layers:
         for attr in backend_attributes(layer, "llvm", None):
             layer.__dict__.pop(attr, None)
-        layer.__class__ = torch.nn.ConvTranspose1d
+        _set_base(layer, torch.nn.ConvTranspose1d)
     return model
