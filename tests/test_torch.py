@@ -654,3 +654,16 @@ def test_revert_keeps_a_parametrization():
     tt.revert(tt.convert(layer))
     assert parametrize.is_parametrized(layer, "weight") and not isinstance(layer, tt.ConvTranspose1d)
     assert isinstance(layer, torch.nn.ConvTranspose1d)
+
+
+def test_a_second_convert_takes_its_own_options(tmp_path):
+    """Issue #27, 8: a second convert(..., prepack_weight=True, logs=...) silently kept the first's."""
+    model = torch.nn.Sequential(torch.nn.ConvTranspose1d(32, 16, 8, stride=4, padding=2))
+    tt.convert(model)
+    layer = model[0]
+    assert layer._prepack_weight is False and layer.logs is None
+    assert tt.convert(model, prepack_weight=True, logs=tmp_path) is model and model[0] is layer
+    assert layer._prepack_weight is True and layer.logs == str(tmp_path)
+    x = torch.randn(1, 32, 12)
+    with torch.no_grad():
+        assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 4, 2)) <= FORWARD_TOL[torch.float32]

@@ -65,11 +65,13 @@ def convert(model: torch.nn.Module, *, target: TargetLike = "llvm",
     to keep the original. ``prepack_weight`` is :class:`ConvTranspose1d`'s (for inference:
     in-place edits through ``.data`` are then not seen).
     """
-    layers = _named_layers(model, torch.nn.ConvTranspose1d)
+    # Layers converted before take this call's options (a second convert does not keep the first's).
+    layers = _named_layers(model, torch.nn.ConvTranspose1d) + _named_layers(model, ConvTranspose1d)
     # Raises before any change.
     added = [backend_attributes(layer, target, logs, prepack_weight) for _, layer in layers]
     for (_, layer), attributes in zip(layers, added):
-        _set_base(layer, ConvTranspose1d)
+        if _base_class(layer) is not ConvTranspose1d:
+            _set_base(layer, ConvTranspose1d)
         layer.__dict__.update(attributes)
     _report_left(model)
     return model
