@@ -630,10 +630,15 @@ def test_rpc_errors_before_tuning(tmp_path):
 
 def test_cuda_build_only_without_gpu(tmp_path):
     target = {"kind": "cuda", "arch": "sm_90"}
+    import io
+
+    stream = io.StringIO()
     _, report = tune(SUITE["up"], target=target, trials=4, trials_per_iter=4, logs=tmp_path,
-                     build_only=True, seed=0, progress=False)
+                     build_only=True, seed=0, progress=stream)
     assert report.target_key == "cuda-sm_90"
-    assert report.trials == 4 and report.built == 4 and report.build_errors == 0
+    assert report.trials == 4 and report.built == 4 and report.build_errors == 0 and report.run_errors == 0
+    # Issue #27, 14: the progress line counted the unmeasured candidates as run failures.
+    assert "run failures" not in stream.getvalue() and "4 built, nothing measured (build-only)" in stream.getvalue()
     assert not (tmp_path / "cuda-sm_90" / RECORD_FILE).exists(), "a dry run records nothing"
     if not tvm.cuda(0).exist:
         with pytest.raises(ValueError, match="needs a GPU to measure on"):
@@ -714,3 +719,13 @@ def test_half_dtypes_are_refused_for_a_cpu_target_before_tuning(tmp_path):
     with pytest.raises(ValueError, match="dtype float16 needs a CUDA target, got dtype='float16', target='llvm'"):
         tune(half, trials=2, logs=tmp_path, progress=False)
     assert not any(tmp_path.iterdir()), "nothing is written"
+
+
+def test_tune_refuses_a_suite_and_a_layers_options_together(tmp_path, capsys):
+    """Issue #27, 14: --suite with --in-channels silently ignored the flag."""
+    from tvm_convt.cli import main
+
+    suite = tmp_path / "s.json"
+    suite.write_text("[]")
+    assert main(["tune", "--suite", str(suite), "--in-channels", "4", "--trials", "1"]) == 2
+    assert "tune takes --suite FILE or one layer's options, got both (--suite and --in-channels)" in capsys.readouterr().err

@@ -430,6 +430,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from .tuning import tune
 
     if args.suite is not None:
+        given = [f"--{n.replace('_', '-')}" for n in ("in_channels", "out_channels", "kernel_size", "length")
+                 if getattr(args, n) is not None]
+        if given:
+            raise ValueError(f"{OP}: tune takes --suite FILE or one layer's options, got both (--suite and "
+                             f"{', '.join(given)})")
         workloads = load_suite(args.suite)
     else:
         missing = [f"--{n.replace('_', '-')}" for n in ("in_channels", "out_channels", "kernel_size", "length")

@@ -58,8 +58,11 @@ class TuningReport:
 class _Progress:
     """One live line: trials done/total, best latency and GFLOP/s per task, elapsed, ETA."""
 
-    def __init__(self, report: TuningReport, names: list[str], total: int, stream, live: bool) -> None:
+    def __init__(self, report: TuningReport, names: list[str], total: int, stream, live: bool,
+                 build_only: bool = False) -> None:
         self.report, self.names, self.total = report, names, total
+        # Build-only runs measure nothing: their runner's empty results are not failures.
+        self.build_only = build_only
         self.stream, self.live = stream, live
         self.start = time.monotonic()
         self._last_print = 0.0
@@ -74,6 +77,8 @@ class _Progress:
                 r.build_errors += 1
                 continue
             r.built += 1
+            if self.build_only:
+                continue
             if res.error_msg is not None or not res.run_secs:
                 r.run_errors += 1
                 continue
@@ -90,8 +95,11 @@ class _Progress:
         best = ", ".join(
             f"{n}: {r.best_seconds[n] * 1e3:.3f} ms {r.best_gflops(n):.1f} GFLOP/s"
             for n in self.names if n in r.best_seconds) or "no measurement yet"
+        if self.build_only:
+            best = f"{r.built} built, nothing measured (build-only)"
         failed = f", {r.build_errors} build / {r.run_errors} run failures" if r.build_errors or r.run_errors else ""
-        return (f"tuning {done}/{self.total} trials | best {best}{failed} | "
+        head = "" if self.build_only else "best "
+        return (f"tuning {done}/{self.total} trials | {head}{best}{failed} | "
                 f"{r.elapsed:.0f}s elapsed, ETA {eta:.0f}s")
 
     def show(self, final: bool = False) -> None:
@@ -333,7 +341,7 @@ def tune(
                           flops={n: named[n].flops for n in names})
     stream = sys.stderr if progress is True else (progress or None)
     live = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
-    bar = _Progress(report, names, trials, stream, live)
+    bar = _Progress(report, names, trials, stream, live, build_only)
     if not build_only:
         _seed_default_schedules(named, mods, tgt, builder, runner, database, report)
     stop = threading.Event()
