@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 import textwrap
 
 import numpy as np
@@ -210,8 +211,13 @@ def test_output_size_matches_torch():
 def test_torch_tensors_via_dlpack():
     layer = ConvTranspose1d(4, 2, 3, stride=2, seed=0)
     xt = torch.randn(1, 4, 5, requires_grad=True)
-    y = layer(xt)
-    assert isinstance(y, torch.Tensor)  # torch in, torch out (no autograd: that is tvm_convt.torch)
+    # No autograd here (that is tvm_convt.torch): issue #27, 6, the output was detached silently.
+    with pytest.warns(UserWarning, match="records no gradient for input, which requires grad: its output is detached"):
+        y = layer(xt)
+    assert isinstance(y, torch.Tensor) and not y.requires_grad  # torch in, torch out
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(xt)  # nothing is recorded anyway: no warning
     assert_close(y.numpy(), torch_conv_transpose1d(xt.detach().numpy(), layer.weight, layer.bias, layer.params),
                  "float32")
     layer.weight = torch.from_numpy(layer.weight * 2)  # assignable from torch too

@@ -667,3 +667,29 @@ def test_a_second_convert_takes_its_own_options(tmp_path):
     x = torch.randn(1, 32, 12)
     with torch.no_grad():
         assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 4, 2)) <= FORWARD_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_forward_mode_ad_gives_the_tangent(mode, batched):
+    """Issue #27, 6: torch.autograd.forward_ad gave a None tangent. The op is linear in the input and
+    in the weight, so the tangent is the reference at (dx, w) plus at (x, dw) plus db."""
+    from torch.autograd import forward_ad as fwAD
+
+    from conftest import torch_conv_transpose1d
+
+    torch.manual_seed(0)
+    p = ConvTranspose1dParams(8, 4, 4, stride=2, padding=1, padding_mode=mode)
+    x, w, b = torch.randn(2, 8, 10, dtype=torch.float64), torch.randn(8, 4, 4, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    dx, dw, db = torch.randn_like(x), torch.randn_like(w), torch.randn_like(b)
+    if not batched:
+        x, dx = x[0], dx[0]
+    with fwAD.dual_level():
+        y = tt.conv_transpose1d(fwAD.make_dual(x, dx), fwAD.make_dual(w, dw), fwAD.make_dual(b, db),
+                                stride=2, padding=1, padding_mode=mode)
+        primal, tangent = fwAD.unpack_dual(y)
+    expected = (torch_conv_transpose1d(dx.numpy(), w.numpy(), None, p) + torch_conv_transpose1d(x.numpy(), dw.numpy(), None, p)
+                + (db.numpy()[:, None] if not batched else db.numpy()[None, :, None]))
+    assert tangent is not None
+    assert rel_err(tangent, torch.from_numpy(expected)) <= FORWARD_TOL[torch.float64]
+    assert rel_err(primal, torch.from_numpy(torch_conv_transpose1d(x.numpy(), w.numpy(), b.numpy(), p))) <= 1e-12

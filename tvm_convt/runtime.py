@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ def as_array(value: Any, name: str) -> np.ndarray:
         return _device_array(value, name)
     if hasattr(value, "__dlpack__"):
         if getattr(value, "requires_grad", False):
+            _warn_no_gradient(name)
             value = value.detach()
         try:
             return np.from_dlpack(value)
@@ -64,6 +66,15 @@ def as_array(value: Any, name: str) -> np.ndarray:
                              f"cannot read as an array ({err})") from None
     raise TypeError(f"{OP}: {name} must be a NumPy array or a DLPack-capable tensor, "
                     f"got {type(value).__name__}")
+
+
+def _warn_no_gradient(name: str) -> None:
+    """A tensor that requires grad, given where no graph is recorded, while autograd records."""
+    torch = sys.modules.get("torch")  # a tensor with requires_grad means torch is imported
+    if torch is not None and torch.is_grad_enabled():
+        warnings.warn(f"{OP}: this call records no gradient for {name}, which requires grad: its output is "
+                      "detached; tvm_convt.torch.conv_transpose1d (or the tvm_convt.torch layer) records "
+                      "them", stacklevel=4)
 
 
 def _bfloat16_copy(value: Any) -> np.ndarray | None:

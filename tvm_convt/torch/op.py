@@ -15,6 +15,7 @@ custom-op autograd costs time per call that grows with the square of their numbe
 
 # No ``from __future__ import annotations``: torch.library reads the schema from these annotations.
 
+import functools
 import json
 import threading
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 import tvm
 
 from ..params import OP, ConvTranspose1dParams, Workload, check_dtype
@@ -128,6 +130,14 @@ def call(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     if input.dim() not in (2, 3):
         raise ValueError(f"{OP}: expected a 2-D (unbatched) or 3-D (batched) input, "
                          f"got input.shape={tuple(input.shape)}")
+    if forward_ad._current_level >= 0 and not torch.compiler.is_compiling():
+        return _with_tangent(input, weight, bias, conv, padding_mode, backend)
+    return _dispatch(input, weight, bias, conv, padding_mode, backend)
+
+
+def _dispatch(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], conv: list[int],
+              padding_mode: str, backend: str) -> torch.Tensor:
+    """The op (or its eager shortcuts) on a batched or unbatched input."""
     op = _OP if torch.compiler.is_compiling() else _eager_route(input, weight, bias)
     if input.dim() == 2:
         return op(input.unsqueeze(0), weight, bias, conv, padding_mode, backend).squeeze(0)
@@ -135,6 +145,24 @@ def call(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
 
 
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _with_tangent(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], conv: list[int],
+                  padding_mode: str, backend: str) -> torch.Tensor:
+    """Forward-mode AD (``torch.autograd.forward_ad``): the op is linear in the input and in the weight
+    (the folds of every padding mode are linear), so the output's tangent is the op on the input's
+    tangent plus the op on the weight's, plus the bias's, each computed by the op itself."""
+    (x, dx), (w, dw) = forward_ad.unpack_dual(input), forward_ad.unpack_dual(weight)
+    b, db = forward_ad.unpack_dual(bias) if bias is not None else (None, None)
+    y = _dispatch(x, w, b, conv, padding_mode, backend)
+    tangents = [_dispatch(dx, w, None, conv, padding_mode, backend) if dx is not None else None,
+                _dispatch(x, dw, None, conv, padding_mode, backend) if dw is not None else None,
+                db[:, None].expand_as(y) if db is not None and y.dim() == 2 else
+                db[None, :, None].expand_as(y) if db is not None else None]
+    found = [t for t in tangents if t is not None]
+    if not found:
+        return y
+    return forward_ad.make_dual(y, functools.reduce(torch.add, found))
 
 
 def _eager_route(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Any:
