@@ -693,3 +693,19 @@ def test_forward_mode_ad_gives_the_tangent(mode, batched):
     assert tangent is not None
     assert rel_err(tangent, torch.from_numpy(expected)) <= FORWARD_TOL[torch.float64]
     assert rel_err(primal, torch.from_numpy(torch_conv_transpose1d(x.numpy(), w.numpy(), b.numpy(), p))) <= 1e-12
+
+
+def test_export_with_too_short_a_dim_suggests_the_layers_shortest_input():
+    """Issue #27, 7: Dim("L", min=1) on a layer whose shortest input is 3 failed with "AssertionError:
+    Expected op to be '==', got <=" from torch's solver; now as for PyTorch's own layer."""
+    from torch.export import Dim, export
+
+    layer = tt.ConvTranspose1d(4, 4, 4, stride=2, padding=3)
+    with pytest.raises(Exception, match=r"Dim\('L', min=3\)"):
+        export(layer, (torch.randn(1, 4, 8),), dynamic_shapes={"input": {2: Dim("L", min=1)}})
+    program = export(layer, (torch.randn(1, 4, 8),), dynamic_shapes={"input": {2: Dim("L", min=3)}})
+    for length in (3, 17):
+        x = torch.randn(1, 4, length)
+        with torch.no_grad():
+            expected = F.conv_transpose1d(x, layer.weight, layer.bias, 2, 3)
+            assert rel_err(program.module()(x), expected) <= FORWARD_TOL[torch.float32]

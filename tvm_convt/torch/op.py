@@ -332,6 +332,13 @@ def _conv_transpose1d_fake(input, weight, bias, conv, padding_mode, backend):
     """The output's shape; with static sizes, every check of a real call first."""
     if all(isinstance(s, int) for s in (*input.shape, *weight.shape)):
         _workload(input, weight, bias, conv, padding_mode)
+    elif all(isinstance(s, int) for s in weight.shape):
+        # A symbolic length: the layer's shortest input as an integer bound, which torch.export turns
+        # into a Dim suggestion as for PyTorch's own layer (the output length's own bound is a fraction
+        # its solver cannot state).
+        shortest = _params(weight, bias is not None, conv, padding_mode).min_length
+        torch._check(input.shape[2] >= shortest,
+                     lambda: f"{OP}: the input's length must be at least {shortest} for this layer")
     stride, padding, output_padding, groups, dilation = conv
     length = ((input.shape[2] - 1) * stride - 2 * padding + dilation * (weight.shape[2] - 1)
               + output_padding + 1)
