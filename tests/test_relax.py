@@ -507,3 +507,29 @@ def test_onnx_vocoder_example_converts_every_layer_at_every_length():
                                            result.stdout)]
     assert len(errors) == 3 and max(errors) <= 1e-5, result.stdout
     assert result.stdout.rstrip().endswith("OK")
+
+
+def test_a_converted_model_imports_with_the_packages_convert_map():
+    """Issue #27, 5: from_exported_program of a converted model failed (TypeError: Mismatched type on
+    argument #4): TVM looked the op up by its bare name, aten's. With torch_convert_map() it imports as
+    conv1d_transpose, which use_tvm_convt then replaces; aten's own op still imports as before."""
+    import tvm_convt.torch as tt
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.ConvTranspose1d(16, 8, 8, stride=4, padding=2), torch.nn.LeakyReLU(0.1),
+                                torch.nn.ConvTranspose1d(8, 4, 4, stride=2, padding=1)).eval()
+    x = torch.randn(1, 16, 20)
+    with torch.no_grad():
+        expected = model(x).double().numpy()
+    plain = from_exported_program(torch.export.export(model, (x,)), custom_convert_map=tr.torch_convert_map())
+    tt.convert(model)
+    mod = from_exported_program(torch.export.export(model, (x,)), custom_convert_map=tr.torch_convert_map())
+    for imported in (plain, mod):
+        assert op_names(imported["main"]).count("relax.nn.conv1d_transpose") == 2
+        converted = tr.use_tvm_convt(imported, CPU)
+        assert "relax.nn.conv1d_transpose" not in op_names(converted["main"])
+        (y,) = run_cpu(converted, x.numpy())
+        assert_close(y, expected, "float32")
+    model[0].padding_mode = "reflect"
+    with pytest.raises(ValueError, match="Relax's conv1d_transpose pads with zeros only, got padding_mode='reflect'"):
+        from_exported_program(torch.export.export(model, (x,)), custom_convert_map=tr.torch_convert_map())
