@@ -209,7 +209,28 @@ def test_library_errors_are_one_line(err, status, message, monkeypatch, capsys):
 def test_interrupt_exits_130(monkeypatch, capsys):
     monkeypatch.setattr("tvm_convt.target.resolve_target", _raise(KeyboardInterrupt()))
     assert main(["info"]) == 130
-    assert "tvm-convt info: interrupted" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == "tvm-convt info: interrupted"
+
+
+@pytest.mark.parametrize("command, args, said", [
+    ("compile", ["--in-channels", "4", "--out-channels", "4", "--kernel-size", "2", "--length", "8", "-o", "x.so"],
+     "a module file is written whole or not at all"),
+    ("bench", [], "nothing was written"),
+])
+def test_an_interrupt_says_what_each_command_leaves(command, args, said, monkeypatch, capsys, tmp_path):
+    """Issue #27, 13: compile and bench said tune's "every record already measured is kept"."""
+    import tvm_convt.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser, command, _raise(KeyboardInterrupt())))
+    assert main([command, *args]) == 130
+    assert capsys.readouterr().err.strip() == f"tvm-convt {command}: interrupted; {said}"
+
+
+def _with_func(parser, command, func):
+    parser._subparsers._group_actions[0].choices[command].set_defaults(func=func)
+    return parser
 
 
 def test_help_shows_usage_and_the_traceback_variable(capsys):

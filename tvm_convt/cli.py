@@ -706,6 +706,15 @@ def _exit_status(done: SystemExit) -> int:
     return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
 
 
+# What an interrupt leaves behind, by command (said after "interrupted").
+INTERRUPTED = {
+    "tune": "every record already measured is kept",
+    "compile": "a module file is written whole or not at all",
+    "bench": "nothing was written",
+    "bundle": "the bundle's folder may be incomplete: remove it",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     prog = parser.prog
@@ -720,7 +729,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # argparse: --help, or a usage error already printed
         return _exit_status(done)
     except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted; every record already measured is kept", file=sys.stderr)
+        after = INTERRUPTED.get(prog.removeprefix(parser.prog).strip())
+        print(f"\n{prog}: interrupted{'; ' + after if after else ''}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the one place every failure becomes one line
         return _report(err, prog)
