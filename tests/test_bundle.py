@@ -7,6 +7,7 @@ and checked by its bytes (no GPU here to load it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close, random_inputs, torch, torch_conv_transpose1d
+import tvm_convt
 from tvm_convt import cli
 from tvm_convt.bundle import FATBIN_MAGIC, fatbin_entries, library_imports, write_bundle
 from tvm_convt.params import ConvTranspose1dParams as P
@@ -192,3 +194,28 @@ def test_bundle_usage_errors(args, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("tvm-convt bundle: error: ") and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "b").exists()
+
+
+def test_bundle_run_script_fails_a_module_that_computes_something_else(cpu_bundle, tmp_path):
+    """Issue #26, 2: no test showed run.py --check ever reporting a failure. The "up" module is replaced
+    by one that computes replicate padding under a sidecar that says zeros (same shapes)."""
+    import tvm
+
+    from tvm_convt.build import ModuleMetadata, schedule, write_library
+    from tvm_convt.target import resolve_target, target_json, target_key
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(cpu_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = next(e for e in manifest["workloads"] if e["name"] == "up")
+    described = SUITE["up"]
+    built = Workload(dataclasses.replace(described.params, padding_mode="replicate"), described.batch,
+                     described.length, described.dtype)
+    tgt = resolve_target("llvm")
+    metadata = ModuleMetadata(described, target_json(tgt), target_key(tgt), "default:x", tvm.__version__,
+                              tvm_convt.__version__)
+    write_library(tvm.compile(schedule(built, tgt, tuned=False)[0], target=tgt), metadata, bundle / entry["library"])
+    done = _isolated([str(bundle / "run.py"), "--check"], bundle, _numpy_only(tmp_path / "np"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
+    assert lines["up"].endswith(": FAIL") and lines["grouped reflect"].endswith(": OK"), lines

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .benchmark import (CHECK_TOLERANCE, ResultMismatch, as_ms, check_plotting, machine_info, module_call,
-                        relative_error, torch_call)
-from .params import OP, Workload
+from .benchmark import (as_ms, check_against_reference, check_plotting, machine_info, module_call,
+                        torch_call)
+from .params import Workload
 from .reference import conv_transpose1d_reference
 from .runtime import CompiledConvTranspose1d
 from .runtime import compile as compile_module
@@ -140,16 +140,12 @@ def sweep_layer(name: str, workload: Workload, lengths: list[int], *, target: Ta
         static = compile_module(w.params, batch=w.batch, length=length, dtype=w.dtype, target=target,
                                 tuned=False, prepack_weight=True)
         x, weight, bias = layer_inputs(w)
-        rival, label = torch_call(w, x, weight, bias, threads)
-        expected = rival() if rival is not None else conv_transpose1d_reference(x, weight, bias, w.params)
+        rival, _ = torch_call(w, x, weight, bias, threads)
+        expected = conv_transpose1d_reference(x, weight, bias, w.params)
         modules = {"symbolic": symbolic, "static": static, **({"tuned": tuned} if tuned is not None else {})}
-        error = 0.0
-        for kind in ("symbolic", "tuned"):
-            if kind in modules:
-                error = max(error, relative_error(modules[kind](x, weight, bias), expected))
-            if not error <= CHECK_TOLERANCE[w.dtype]:
-                raise ResultMismatch(f"{OP}: {name} at L_in={length}: the {kind} symbolic module differs from "
-                                     f"{label if rival else 'the reference'} by a relative {error:.2e}; not timed")
+        error = max(check_against_reference(f"{name} at L_in={length}", modules[kind](x, weight, bias), expected,
+                                            w.dtype, f"the {kind} module")
+                    for kind in ("symbolic", "tuned") if kind in modules)
         fns: dict[str, Callable[[], object]] = {k: module_call(m, x, weight, bias) for k, m in modules.items()}
         if rival is not None:
             fns["torch"] = rival
