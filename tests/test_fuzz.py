@@ -251,3 +251,16 @@ def test_zen_code_still_runs_on_intel():
     missing = missing_cpu_support(resolve_target({"kind": "llvm", "mcpu": "znver3"})) or ""
     exempt = ("sse4a", "clzero", "mwaitx", "rdpru", "pku", "wbnoinvd", "shstk")
     assert not any(feature in missing for feature in exempt), missing
+
+
+@pytest.mark.parametrize("mutant, says", [
+    ("refuse", "too few cases ran: function: 0 of"),
+    ("off", "wrong-result: relative error"),
+])
+def test_a_broken_operator_fails_the_fuzz_run(mutant, says):
+    """Issue #26, 1: with the function and the layer refusing every call the run reported "bad
+    outcomes: 0" (a refused valid call counted as rejected). Each mutant now fails it."""
+    result = fuzz("--cases", "60", "--seed", "2026", "--jobs", "2", "--only", "function", "--only", "layer",
+                  "--mutant", mutant)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert says in result.stdout, result.stdout
