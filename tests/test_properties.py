@@ -284,7 +284,14 @@ def test_output_size_out_of_range_raises_before_compiling(stride, length, size, 
         size = low + stride  # just past the largest valid size
     layer = tvm_convt.ConvTranspose1d(2, 3, 3, stride=stride, padding=1)
     x = np.zeros((1, 2, length) if batched else (2, length), "float32")
-    with pytest.raises(ValueError, match=r"valid sizes range from|must fit in a 64-bit") as info:
+
+    def must_not_compile(*args, **kwargs):
+        raise AssertionError("compiled before refusing output_size")
+
+    # Issue #26, 6: refusing after compiling passed this test; nothing may compile first.
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(ValueError, match=r"valid sizes range from|must fit "
+                                                                            r"in a 64-bit") as info:
+        mp.setattr("tvm_convt.runtime.build_library", must_not_compile)
         layer(x, output_size=[size])
     _assert_operator_error(info.value)
     assert p.output_padding_for(length, low) == 0
