@@ -481,6 +481,26 @@ def test_torch_compile_fullgraph_forward_and_backward():
     assert rel_err(grad, grad_eager) <= 1e-6
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_default_backend_against_pytorchs_own_layer(dynamic):
+    """Issue #26, 4: the default backend (inductor, what the README shows), forward and backward,
+    against PyTorch's own nn.ConvTranspose1d, not this package's eager path."""
+    import copy
+
+    torch.manual_seed(0)
+    theirs = torch.nn.Sequential(torch.nn.ConvTranspose1d(8, 4, 4, stride=2, padding=1), torch.nn.Tanh())
+    ours = tt.convert(copy.deepcopy(theirs))
+    compiled = torch.compile(ours, dynamic=dynamic)
+    for length in (9, 23):
+        x = torch.randn(2, 8, length, requires_grad=True)
+        y, expected = compiled(x), theirs(x)
+        assert rel_err(y, expected) <= FORWARD_TOL[torch.float32]
+        grads = torch.autograd.grad(y.square().sum(), [x, *ours.parameters()])
+        expected_grads = torch.autograd.grad(expected.square().sum(), [x, *theirs.parameters()])
+        for got, want in zip(grads, expected_grads):
+            assert rel_err(got, want) <= GRAD_TOL[torch.float32]
+
+
 @pytest.mark.parametrize("backend", ["eager", "inductor"])
 def test_torch_compile_with_dynamic_lengths(backend):
     from tvm_convt.runtime import _MODULES
