@@ -191,6 +191,37 @@ def test_cuda_modules_for_every_length_compute_the_reference_on_cpu(p, arch):
         assert_close(out.numpy(), conv_transpose1d_reference(x, weight, b, p), "float32")
 
 
+SUITE_CPU_CASES = ([(name, "float32") for name in SUITE_RULES]
+                   + [(name, dtype) for name in ("hifigan_v1_up0", "mimi_depthwise") for dtype in ("float16", "bfloat16")])
+
+
+@pytest.mark.parametrize("name, dtype", SUITE_CPU_CASES, ids=[f"{n}-{d}" for n, d in SUITE_CPU_CASES])
+def test_default_suite_cuda_programs_compute_the_reference_on_cpu(name, dtype):
+    """Issue #26, 3: what a user of each default-suite layer gets on a GPU, run as CPU loops: the module
+    for every length (gpu-gemm) at its shortest input, 13 and the first length of its last range, and
+    the per-shape module (its default rule: gpu-gemm, gpu-direct for mimi) at length 13. The lengths
+    are shrunk from the suite's; the programs keep their structure (ragged tiles, the ranges' tiles).
+    Threads run one after another here, so races, missing barriers and occupancy are not tested."""
+    from tvm_convt.params import check_dtype
+
+    w = default_suite()[name]
+    p, target = w.params, _cuda("sm_80")
+    mod, _, ranges = schedule_symbolic(SymbolicWorkload(p, dtype), target, tuned=False)
+    lengths = sorted({p.min_length, 13, ranges[-1].first})
+    functions = {n: range_for(ranges, n).function for n in lengths}
+    static = Workload(p, 1, 13, dtype)
+    static_sch, rule = default_schedule(static, target)
+    assert rule == SUITE_RULES[name], rule  # the rule the suite's own length gets
+    programs = {f: mod[f] for f in set(functions.values())}
+    programs["static"] = static_sch.mod["main"].with_attr("global_symbol", "static")
+    executable = tvm.compile(_threads_as_loops(tvm.IRModule(programs)), target="llvm")
+    for function, length in [(functions[n], n) for n in lengths] + [("static", 13)]:
+        x, weight, b = random_inputs(p, 1, length, check_dtype(dtype))
+        out = tvm.runtime.empty((1, p.out_channels, p.output_length(length)), dtype)
+        executable[function](*[tvm.runtime.tensor(a) for a in (x, weight, b) if a is not None], out)
+        assert_close(out.numpy(), conv_transpose1d_reference(x, weight, b, p), dtype)
+
+
 def test_cuda_module_for_every_length_refuses_a_batch_its_grid_cannot_hold():
     from tvm_convt.runtime import module_workload
 
