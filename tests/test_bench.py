@@ -24,7 +24,7 @@ TINY = {
     "reflect": Workload(P(4, 4, 4, stride=2, padding=1, padding_mode="reflect"), 1, 10),
 }
 RECORD_KEYS = {"name", "workload", "schedule", "tvm_convt_ms", "torch_ms", "speedup", "gflops",
-               "torch_gflops", "max_error", "checked_against", "weight_packed", "torch_error"}
+               "torch_gflops", "max_error", "checked_against", "weight_packed", "torch_error", "warnings"}
 
 
 @pytest.fixture
@@ -208,3 +208,22 @@ def test_bench_output_files_are_checked_before_anything_is_timed(files, message,
     assert cli.main(["bench", *lengths, *args]) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_a_disturbed_measurement_is_timed_again_and_then_reported(monkeypatch):
+    """Issue #26, 5: one 14 us call read 14.4 ms (a 1518x speed-up) without a word. A side whose median
+    round is past SPREAD_LIMIT times its fastest is timed again, and reported when it stays so."""
+    calls = []
+
+    def samples(fns, *, rounds, **kwargs):
+        calls.append(rounds)
+        # torch: one fast round and slow ones, both times; tvm_convt steady.
+        return {name: ([1e-3] * rounds if name == "tvm_convt" else [1e-5] + [1e-3] * (rounds - 1)) for name in fns}
+
+    monkeypatch.setattr(benchmark, "interleaved_samples", samples)
+    medians, notes = benchmark.timed_medians({"tvm_convt": lambda: None, "torch": lambda: None}, rounds=7)
+    assert calls == [7, 7] and medians == {"tvm_convt": 1e-3, "torch": 1e-3}
+    assert notes == ["torch: its median round, 1.000 ms, is 100.0x its fastest (0.010 ms) twice: disturbed"]
+    calls.clear()
+    _, notes = benchmark.timed_medians({"tvm_convt": lambda: None}, rounds=2)
+    assert calls == [2] and notes == ["medians of 2 round(s): fewer than 5 are not reliable"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import platform
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,13 +24,36 @@ from .reference import conv_transpose1d_reference
 from .runtime import CompiledConvTranspose1d
 from .runtime import compile as compile_module
 from .target import TargetLike, host_cores, resolve_target, set_cpu_threads, target_key
-from .timing import interleaved_medians, layer_inputs
+from .timing import interleaved_medians, interleaved_samples, layer_inputs
 
 # Largest |tvm_convt - reference| / max(1, max|reference|) accepted, against the float64 NumPy
 # reference, before anything is timed: the tests' tolerances (tests/conftest.py reads these).
 # float32 accumulates in float32 (about 1e-6 here on the default suite); the half dtypes round
 # their output once (issue #7's 1e-2 for float16, bfloat16's 8 bits).
 CHECK_TOLERANCE = {"float32": 1e-5, "float64": 1e-12, "float16": 1e-2, "bfloat16": 2e-2}
+
+
+# A side whose median round is more than this many times its fastest was disturbed (another
+# process, frequency changes, a thread pool asleep): the layer is timed again, once, and a side
+# still that spread is reported with a warning (issue #26, 5: a 14 us call read 14.4 ms once).
+SPREAD_LIMIT = 3.0
+# Fewer rounds than this make a median that one disturbed round can move: reported with a warning.
+MIN_ROUNDS = 5
+
+
+def timed_medians(fns: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[str, float], list[str]]:
+    """Interleaved medians of ``fns`` and warnings about them: too few rounds, or a side's median
+    past :data:`SPREAD_LIMIT` times its fastest round after timing the layer a second time."""
+    samples = interleaved_samples(fns, rounds=rounds)
+    if any(statistics.median(s) > SPREAD_LIMIT * min(s) for s in samples.values()):
+        samples = interleaved_samples(fns, rounds=rounds)
+    medians = {name: statistics.median(s) for name, s in samples.items()}
+    notes = [f"{name}: its median round, {medians[name] * 1e3:.3f} ms, is {medians[name] / min(s):.1f}x its "
+             f"fastest ({min(s) * 1e3:.3f} ms) twice: disturbed" for name, s in samples.items()
+             if medians[name] > SPREAD_LIMIT * min(s)]
+    if rounds < MIN_ROUNDS:
+        notes.append(f"medians of {rounds} round(s): fewer than {MIN_ROUNDS} are not reliable")
+    return medians, notes
 
 
 class ResultMismatch(RuntimeError):
@@ -88,6 +112,7 @@ class Comparison:
     checked_against: str
     weight_packed: bool = False  # the module read the weight packed once, outside the timed call
     torch_error: float | None = None  # PyTorch's own relative error to the reference, beside ours
+    warnings: tuple[str, ...] = ()  # about the timing (timed_medians)
 
     @property
     def label(self) -> str:
@@ -116,7 +141,7 @@ class Comparison:
                 "tvm_convt_ms": ms(self.tvm_convt_s), "torch_ms": ms(self.torch_s),
                 "speedup": r(self.speedup), "gflops": r(self.gflops), "torch_gflops": r(self.torch_gflops),
                 "max_error": self.max_error, "checked_against": self.checked_against,
-                "torch_error": self.torch_error,
+                "torch_error": self.torch_error, "warnings": list(self.warnings),
                 "weight_packed": self.weight_packed}
 
 
@@ -156,6 +181,8 @@ class BenchReport:
             lines.append(f"geometric mean speed-up over PyTorch: {geo:.2f}x")
         for name, why in self.torch_notes.items():
             lines.append(f"{name}: no PyTorch time: {why}")
+        for c in self.records:
+            lines += [f"warning: {c.name}: {note}" for note in c.warnings]
         return "\n".join(lines)
 
 
@@ -212,9 +239,9 @@ def compare_workload(name: str, workload: Workload, *, target: TargetLike, threa
     fns = {"tvm_convt": module_call(compiled, x, weight, bias)}
     if rival is not None:
         fns["torch"] = rival
-    times = interleaved_medians(fns, rounds=rounds)
+    times, notes = timed_medians(fns, rounds)
     comparison = Comparison(name, workload, compiled.metadata.schedule, times["tvm_convt"],
-                            times.get("torch"), error, against, compiled.weight_packed, torch_error)
+                            times.get("torch"), error, against, compiled.weight_packed, torch_error, tuple(notes))
     return comparison, None if rival is not None else label
 
 

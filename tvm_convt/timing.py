@@ -19,7 +19,16 @@ from .params import Workload
 def interleaved_medians(
     fns: dict[str, Callable[[], object]], *, rounds: int = 15, number: int = 5, warmup: int = 3
 ) -> dict[str, float]:
-    """Median seconds per call of each function, measured round-robin after a warm-up.
+    """Median seconds per call of each function, measured round-robin after a warm-up
+    (:func:`interleaved_samples`)."""
+    samples = interleaved_samples(fns, rounds=rounds, number=number, warmup=warmup)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def interleaved_samples(
+    fns: dict[str, Callable[[], object]], *, rounds: int = 15, number: int = 5, warmup: int = 3
+) -> dict[str, list[float]]:
+    """Seconds per call of each function in each round, measured round-robin after a warm-up.
 
     Each round runs every function untimed for at least 20 ms, then ``number``
     times back to back, and records the mean; rounds alternate between functions
@@ -41,7 +50,7 @@ def interleaved_medians(
             for _ in range(number):
                 fn()
             samples[name].append((time.perf_counter() - start) / number)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def layer_inputs(workload: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
