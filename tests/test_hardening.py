@@ -358,3 +358,41 @@ def test_run_checks_the_callers_tensors_and_never_blames_the_file():
     for args, kind, message in cases:
         with pytest.raises(kind, match=message):
             compiled.run(*args)
+
+
+def _rewrite_sidecar(lib, edit) -> None:
+    """Edit the sidecar's fields and recompute its checksum, as a deliberate rewrite would: only the
+    checks of the fields themselves (and the library's own argument checks) can then refuse it."""
+    from tvm_convt.build import _checksum
+
+    side = sidecar_path(lib)
+    meta = json.loads(side.read_text())
+    meta.pop("checksum")
+    edit(meta)
+    meta["checksum"] = _checksum(meta)
+    side.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(format=99), "format"),
+    (lambda m: m["workload"]["params"].update(stride=0), "stride must be positive"),
+    (lambda m: m["workload"].update(dtype="int8"), "dtype"),
+    (lambda m: m["library"].update(sha256="0" * 64), "does not match its sidecar"),
+], ids=["format", "stride", "dtype", "library hash"])
+def test_a_rewritten_sidecar_is_refused_by_its_field_checks(compiled, tmp_path, edit, message):
+    """Issue #26, 6: the edited-sidecar cases left the checksum stale, so only it was exercised."""
+    path = compiled.export(tmp_path / "layer.so")
+    _rewrite_sidecar(path, edit)
+    with pytest.raises(ValueError, match=message):
+        loaded = CompiledConvTranspose1d.load(path)
+        x, w, b = random_inputs(loaded.params, loaded.workload.batch, loaded.workload.length, "float32")
+        loaded(x, w, b)
+
+
+def test_a_rewritten_sidecar_with_other_shapes_is_refused_by_the_library(compiled, tmp_path):
+    path = compiled.export(tmp_path / "layer.so")
+    _rewrite_sidecar(path, lambda m: m["workload"].update(length=9))
+    loaded = CompiledConvTranspose1d.load(path)  # a valid description, of another module
+    x, w, b = random_inputs(loaded.params, 1, 9, "float32")
+    with pytest.raises(ModuleFileError, match="does not take the tensors its sidecar describes"):
+        loaded(x, w, b)
