@@ -729,3 +729,11 @@ def test_export_with_too_short_a_dim_suggests_the_layers_shortest_input():
         with torch.no_grad():
             expected = F.conv_transpose1d(x, layer.weight, layer.bias, 2, 3)
             assert rel_err(program.module()(x), expected) <= FORWARD_TOL[torch.float32]
+
+
+def test_torchscript_tracing_is_refused_in_one_sentence():
+    """Issue #27, 9: torch.jit.trace gave "in_channels must be an int, got tensor(16)"."""
+    model = tt.convert(torch.nn.Sequential(torch.nn.ConvTranspose1d(16, 8, 4, stride=2)))
+    with pytest.raises(TypeError, match=r"does not support TorchScript \(torch.jit.trace or script\), got a call "
+                                        r"while tracing; use torch.compile or torch.export"):
+        torch.jit.trace(model, torch.randn(1, 16, 10))
