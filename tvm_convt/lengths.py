@@ -128,9 +128,9 @@ def range_for(ranges: tuple[LengthRange, ...], length: int) -> LengthRange:
 CUDA_MAX_BATCH = 65535
 
 
-def check_batch(target_key: str, batch: int) -> None:
-    """Refuse a batch a symbolic module of the hardware class ``target_key`` cannot launch."""
-    if target_key.startswith("cuda") and batch > CUDA_MAX_BATCH:
+def check_batch(cuda: bool, batch: int) -> None:
+    """Refuse a batch a symbolic module (a CUDA one when ``cuda``) cannot launch."""
+    if cuda and batch > CUDA_MAX_BATCH:
         raise ValueError(f"{OP}: a CUDA module for every length runs at most {CUDA_MAX_BATCH} batch rows a call "
                          f"(its grid's y extent), got batch={batch}; split the batch into smaller calls")
 
