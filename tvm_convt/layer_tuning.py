@@ -6,8 +6,9 @@ coordinate descent from the target's own arch: for each tunable field in turn, e
 :func:`~tvm_convt.schedule.cpu_space.tuning_space` that changes the program at the tuning lengths
 is compiled (only the functions serving those lengths) and timed interleaved with the best so far
 (medians, in this process), and the fastest is kept when it beats the best by :data:`STEP_MARGIN`
-(geometric mean over the lengths) without losing more than that at any of them. The space has a few tens of candidates, most scheduling a
-program already seen, so every one is measured and no cost model is needed. Finally the tuned
+(geometric mean over the lengths) without losing more than that at any of them. The space has a
+few tens of candidates, most scheduling a program already seen, so every one is measured and no
+cost model is needed. Finally the tuned
 fields are timed against the default, interleaved, and stored (:mod:`tvm_convt.layer_records`)
 only when they beat it by :data:`~tvm_convt.remeasure.DEFAULT_MARGIN` and lose at no length.
 """
@@ -17,16 +18,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import tvm
 import tvm_ffi
 
-from .layer_records import LayerRecord, write_layer_record
+from .compute import weight_pack_func
+from .layer_records import LayerRecord
 from .params import OP, PACK_WEIGHT, ConvTranspose1dParams, SymbolicWorkload, Workload
 from .remeasure import DEFAULT_MARGIN
-from .compute import weight_pack_func
 from .schedule.cpu import base_cpu_arch, schedule_weight_pack, tuned_fields
 from .schedule.cpu_space import TUNABLE, as_json, tuning_space
 from .schedule.lengths import functions_at
@@ -63,15 +63,15 @@ class LayerTuning:
     @property
     def speedup(self) -> float:
         """Geometric mean of default over tuned time at the tuning lengths."""
-        return math.exp(sum(math.log(d / t) for d, t in zip(self.default_ms, self.tuned_ms)) / len(self.lengths))
+        return _geomean_ratio(self.default_ms, self.tuned_ms)
 
     def record(self, target: str) -> LayerRecord:
         return LayerRecord(self.params, self.dtype, as_json(self.fields), self.lengths, self.default_ms,
                            self.tuned_ms, {"target": target, "candidates": self.candidates})
 
 
-def _function_names(mod: tvm.IRModule) -> set[str]:
-    return {gv.name_hint for gv in mod.get_global_vars()}
+def _geomean_ratio(slow: Sequence[float], fast: Sequence[float]) -> float:
+    return math.exp(sum(math.log(a / b) for a, b in zip(slow, fast)) / len(slow))
 
 
 class _Candidate:
@@ -93,7 +93,9 @@ class _Candidate:
             pack = weight_pack_func(workload.params, workload.dtype, block)
             functions[PACK_WEIGHT] = schedule_weight_pack(pack).mod["main"]
         self.program = tvm.IRModule(functions)
+        self._block = block
         self._lib: Any = None
+        self._weight: Any = None
 
     def same_program(self, other: _Candidate) -> bool:
         return tvm_ffi.structural_equal(self.program, other.program)
@@ -102,13 +104,13 @@ class _Candidate:
         """The call at ``length`` on ``inputs`` (the weight packed once, before, as the layer runs it)."""
         if self._lib is None:
             self._lib = tvm.compile(self.program, target=inputs.target)
-        main = self._lib[self.functions[length]]
+            self._weight = inputs.weight
+            if self._block is not None:
+                self._weight = tvm.runtime.empty(inputs.params.packed_weight_shape(self._block), inputs.dtype,
+                                                 inputs.device)
+                self._lib[PACK_WEIGHT](inputs.weight, self._weight)
+        main, weight = self._lib[self.functions[length]], self._weight
         x, out = inputs.x[length], inputs.out[length]
-        weight = inputs.weight
-        if PACK_WEIGHT in _function_names(self.program):
-            block = int(self.program[PACK_WEIGHT].params[1].shape[-1])
-            weight = tvm.runtime.empty(inputs.params.packed_weight_shape(block), inputs.dtype, inputs.device)
-            self._lib[PACK_WEIGHT](inputs.weight, weight)
         return lambda: main(x, weight, *inputs.bias, out)
 
 
@@ -221,22 +223,9 @@ def tune_layer(params: ConvTranspose1dParams, lengths: Sequence[int], *, dtype: 
     default_ms = tuple((final or _measure([default], inputs, rounds))[(0, n)] * 1e3 for n in lengths)
     tuned_ms = tuple(final[(1, n)] * 1e3 for n in lengths) if final else default_ms
     fields = best.fields
-    gain = math.exp(sum(math.log(d / t) for d, t in zip(default_ms, tuned_ms)) / len(lengths))
-    if gain < 1 / (1 - DEFAULT_MARGIN) or any(t > d * (1 + STEP_MARGIN) for d, t in zip(default_ms, tuned_ms)):
+    if _geomean_ratio(default_ms, tuned_ms) < 1 / (1 - DEFAULT_MARGIN) or any(t > d * (1 + STEP_MARGIN) for d, t in zip(default_ms, tuned_ms)):
         fields, tuned_ms = {}, default_ms  # the default kept its place
     return LayerTuning(params, workload.dtype, lengths, fields, default_ms, tuned_ms, measured, steps)
 
 
-def tune_and_store(params: ConvTranspose1dParams, lengths: Sequence[int], *, logs: str | Path, dtype: str = "float32",
-                   target: TargetLike = "llvm", rounds: int = 9,
-                   log: Callable[[str], None] | None = None) -> tuple[LayerTuning, Path | None]:
-    """:func:`tune_layer`, then its record written into ``logs`` when the tuned fields won (the file;
-    None when the default won and nothing was written)."""
-    tgt = resolve_target(target)
-    found = tune_layer(params, lengths, dtype=dtype, target=tgt, rounds=rounds, log=log)
-    if not found.fields:
-        return found, None
-    return found, write_layer_record(Path(logs), tgt, found.record(str(tgt)))
-
-
-__all__ = ["LayerTuning", "STEP_MARGIN", "tune_and_store", "tune_layer", "tuning_lengths"]
+__all__ = ["LayerTuning", "STEP_MARGIN", "tune_layer", "tuning_lengths"]
