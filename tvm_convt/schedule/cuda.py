@@ -21,8 +21,6 @@ from ..params import Workload
 from .common import has_block, is_symbolic, read_index
 
 
-
-
 def _arch(target: Target) -> str:
     return str(target.attrs.get("arch", ""))
 
@@ -118,9 +116,10 @@ def _bind_flat(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_spatial: i
 
 def _bind_symbolic(sch: s_tir.Schedule, loops: list, threads: int) -> None:
     """:func:`_bind_flat` of a symbolic function's loops (batch first, one other symbolic extent among
-    the rest): the batch on ``blockIdx.y`` (at most :data:`tvm_convt.lengths.CUDA_MAX_BATCH`, which a call checks) and the rest fused
-    with the symbolic loop outermost, so that every index divides by constants only (divided by a
-    symbolic extent, TVM 0.27's bound analysis overflows or fails to prove a padding)."""
+    the rest): the batch on ``blockIdx.y`` (at most :data:`tvm_convt.lengths.CUDA_MAX_BATCH`, which a
+    call checks) and the rest fused with the symbolic loop outermost, so that every index divides by
+    constants only (divided by a symbolic extent, TVM 0.27's bound analysis overflows or fails to
+    prove a padding)."""
     n, *rest = loops
     sch.bind(n, "blockIdx.y")
     symbolic = [not isinstance(sch.get(lp).extent, tirx.IntImm) for lp in rest]
@@ -201,13 +200,12 @@ def _schedule_col_gemm(sch: s_tir.Schedule, cfg: GemmConfig) -> None:
     mo, ty, mv = sch.split(m, [None, threads[0], cfg.tm])
     jo, tx, jv = sch.split(j, [None, threads[1], cfg.tn])
     ko, ki = sch.split(c, [None, cfg.bk])
-    grid = 1
-    if is_symbolic(sch):
+    symbolic = is_symbolic(sch)
+    if symbolic:
         # As _bind_symbolic: the batch on a grid axis of its own, the sample tiles outermost.
         sch.reorder(n, jo, g, mo, ty, tx, ko, ki, mv, jv)
         sch.bind(n, "blockIdx.y")
         sch.bind(sch.fuse(jo, g, mo), "blockIdx.x")
-        grid = 2
     else:
         sch.reorder(n, g, mo, jo, ty, tx, ko, ki, mv, jv)
         sch.bind(sch.fuse(n, g, mo, jo), "blockIdx.x")
@@ -215,8 +213,9 @@ def _schedule_col_gemm(sch: s_tir.Schedule, cfg: GemmConfig) -> None:
     sch.bind(tx, "threadIdx.x")
     acc = sch.cache_write(col, 0, "local")
     sch.reverse_compute_at(acc, tx)
-    for buffer in (C.X_TILES if grid == 2 else "x", "weight"):
-        _cooperative_load(sch, col, buffer, ko, grid + 3, threads)
+    # The loops down to ko: the grid's (two when the batch has its own), ty, tx, ko.
+    for buffer in (C.X_TILES if symbolic else "x", "weight"):
+        _cooperative_load(sch, col, buffer, ko, 5 if symbolic else 4, threads)
     if cfg.unroll:
         sch.annotate(tx, "pragma_auto_unroll_max_step", cfg.unroll)
         sch.annotate(tx, "pragma_unroll_explicit", 1)
@@ -272,9 +271,9 @@ class GpuGemmRule:
         return sch
 
 
-def _schedule_direct(sch: s_tir.Schedule, q_tile: int, threads: int, length: int) -> tuple[int, int]:
+def _schedule_direct(sch: s_tir.Schedule, q_tile: int, threads: int, length: int) -> int:
     """Schedule ``col`` and ``full`` for :class:`GpuDirectRule` on an input of ``length``
-    samples; return the block's ``col`` tile, (taps, window)."""
+    samples; return the block's ``col`` tile size in elements (taps x window)."""
     col = sch.get_sblock(C.COL)
     sch.set_scope(col, 0, "shared")
     n, co, r, q = sch.get_loops(sch.get_sblock(C.FULL))[:4]
@@ -301,7 +300,7 @@ def _schedule_direct(sch: s_tir.Schedule, q_tile: int, threads: int, length: int
     # length (a huge dilation) is the whole input, which needs no wrapping.
     window = min(window, length)
     sch.transform_layout(acc, ("write", 0), lambda n, g, j, m: (n, g, m, j % window))
-    return taps, window
+    return window * taps
 
 
 @dataclass(frozen=True)
@@ -321,23 +320,6 @@ class GpuDirectRule:
     name: str = "gpu-direct"
     form: str = C.GEMM
 
-    def _config(self, workload: Workload, target: Target) -> DirectConfig | None:
-        if not _is_cuda(target):
-            return None
-        cfg = get_direct_config(target)
-        p = workload.params
-        if (p.in_per_group > cfg.max_in_per_group or cfg.threads > _max_threads(target)
-                or C.TapPlan.of(p).taps > C.MAX_UNROLLED_TAPS
-                # A single tap with stride > 1 leaves phases without taps, whose clamped reads
-                # make a col tile TVM 0.27 refuses to bind (ScheduleError in bind).
-                or (p.kernel_size == 1 and p.stride > 1)):
-            return None
-        return cfg
-
-    def _fits(self, workload: Workload, target: Target, taps: int, window: int) -> bool:
-        # The shared tile is of col, held in the accumulator dtype (float32 for the half ones).
-        return taps * window * _itemsize(workload.accumulator) <= _max_shared_bytes(target)
-
     def symbolic_layout(self, workload: Workload, target: Target) -> C.SymbolicLayout | None:
         """Not for symbolic functions: a block's col window is clamped at the input's ends, and TVM 0.27
         refuses to bind the threads of the reduction block that clamp leaves (ScheduleError: not a
@@ -348,13 +330,22 @@ class GpuDirectRule:
         return ()
 
     def apply(self, func: tirx.PrimFunc, workload: Workload, target: Target) -> s_tir.Schedule | None:
-        cfg = self._config(workload, target)
-        if cfg is None:
+        if not _is_cuda(target):
+            return None
+        cfg = get_direct_config(target)
+        p = workload.params
+        if (p.in_per_group > cfg.max_in_per_group or cfg.threads > _max_threads(target)
+                or C.TapPlan.of(p).taps > C.MAX_UNROLLED_TAPS
+                # A single tap with stride > 1 leaves phases without taps, whose clamped reads
+                # make a col tile TVM 0.27 refuses to bind (ScheduleError in bind).
+                or (p.kernel_size == 1 and p.stride > 1)):
             return None
         q_tile = cfg.q_tile
         while q_tile >= cfg.min_q_tile:
             sch = s_tir.Schedule(func)
-            if self._fits(workload, target, *_schedule_direct(sch, q_tile, cfg.threads, workload.length)):
+            tile = _schedule_direct(sch, q_tile, cfg.threads, workload.length)
+            # The shared tile is of col, held in the accumulator dtype (float32 for the half ones).
+            if tile * _itemsize(workload.accumulator) <= _max_shared_bytes(target):
                 _schedule_epilogue(sch, cfg.threads)
                 return sch
             q_tile //= 2
