@@ -161,8 +161,7 @@ def _with_tangent(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     y = _dispatch(x, w, b, conv, padding_mode, backend)
     tangents = [_dispatch(dx, w, None, conv, padding_mode, backend) if dx is not None else None,
                 _dispatch(x, dw, None, conv, padding_mode, backend) if dw is not None else None,
-                db[:, None].expand_as(y) if db is not None and y.dim() == 2 else
-                db[None, :, None].expand_as(y) if db is not None else None]
+                db.reshape(-1, 1).expand_as(y) if db is not None else None]  # (C, 1): batched or not
     found = [t for t in tangents if t is not None]
     if not found:
         return y
