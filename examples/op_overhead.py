@@ -38,7 +38,7 @@ def main() -> None:
     x_grad = x.clone().requires_grad_(True)
 
     p = tvm_convt.ConvTranspose1dParams(**SHAPE)
-    compiled = tvm_convt.runtime._MODULES.get(Workload(p, 1, LENGTH, "float32"), "llvm", None)
+    compiled = tvm_convt.runtime.module._MODULES.get(Workload(p, 1, LENGTH, "float32"), "llvm", None)
     y = torch.empty(1, SHAPE["out_channels"], p.output_length(LENGTH))
     bare_args = [tvm.runtime.from_dlpack(t.detach()) for t in (x, layer.weight, layer.bias, y)]
     func = compiled.func

@@ -223,7 +223,7 @@ def test_default_suite_cuda_programs_compute_the_reference_on_cpu(name, dtype):
 
 
 def test_cuda_module_for_every_length_refuses_a_batch_its_grid_cannot_hold():
-    from tvm_convt.runtime import module_workload
+    from tvm_convt.runtime.module import module_workload
 
     p = SYMBOLIC_LAYERS[0]
     target = {"kind": "cuda", "arch": "sm_80"}

@@ -243,7 +243,7 @@ def no_compiling(monkeypatch):
     def must_not_compile(*args, **kwargs):
         raise AssertionError("compiled a workload that needs no module or must be refused")
 
-    monkeypatch.setattr("tvm_convt.runtime.build_library", must_not_compile)
+    monkeypatch.setattr("tvm_convt.runtime.module.build_library", must_not_compile)
 
 
 def test_the_api_refuses_huge_sizes_before_compiling(no_compiling):

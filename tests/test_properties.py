@@ -291,7 +291,7 @@ def test_output_size_out_of_range_raises_before_compiling(stride, length, size, 
     # Issue #26, 6: refusing after compiling passed this test; nothing may compile first.
     with pytest.MonkeyPatch.context() as mp, pytest.raises(ValueError, match=r"valid sizes range from|must fit "
                                                                             r"in a 64-bit") as info:
-        mp.setattr("tvm_convt.runtime.build_library", must_not_compile)
+        mp.setattr("tvm_convt.runtime.module.build_library", must_not_compile)
         layer(x, output_size=[size])
     _assert_operator_error(info.value)
     assert p.output_padding_for(length, low) == 0

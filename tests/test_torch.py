@@ -503,7 +503,7 @@ def test_torch_compile_default_backend_against_pytorchs_own_layer(dynamic):
 
 @pytest.mark.parametrize("backend", ["eager", "inductor"])
 def test_torch_compile_with_dynamic_lengths(backend):
-    from tvm_convt.runtime import _MODULES
+    from tvm_convt.runtime.module import _MODULES
 
     model = tt.convert(torch.nn.Sequential(torch.nn.ConvTranspose1d(2, 3, 4, stride=2, padding=1), torch.nn.ReLU()))
     compiled = torch.compile(model, backend=backend, fullgraph=True, dynamic=True)
@@ -517,7 +517,7 @@ def test_torch_compile_with_dynamic_lengths(backend):
 
 
 def test_torch_export_with_a_dynamic_length_runs_every_length_on_one_module():
-    from tvm_convt.runtime import _MODULES
+    from tvm_convt.runtime.module import _MODULES
 
     torch.manual_seed(0)
     model = tt.convert(torch.nn.Sequential(torch.nn.ConvTranspose1d(4, 3, 6, stride=3, padding=1)).eval())

@@ -26,7 +26,7 @@ from hifigan_generator import V1, Generator  # noqa: E402
 
 import tvm_convt.torch as tt  # noqa: E402
 from tvm_convt import build  # noqa: E402
-from tvm_convt.runtime import _MODULES  # noqa: E402
+from tvm_convt.runtime.module import _MODULES  # noqa: E402
 
 
 def main() -> int:

@@ -49,7 +49,8 @@ CPU_LEFT_OUT = ("lib/libtvm_runtime_cuda.so",)  # a CPU bundle needs no CUDA run
 FFI_LEFT_OUT = ("include", "3rdparty", "src", "share", "cython", "stub")
 # tvm_convt's files that loading and running a module imports, and reference.py for run.py --check.
 RUNTIME_FILES = ("__init__.py", "_files.py", "_host_pool.py", "_runtime_only.py", "build.py", "errors.py", "lengths.py",
-                 "params.py", "reference.py", "runtime.py", "target.py")
+                 "params.py", "reference.py", "runtime/__init__.py", "runtime/arrays.py", "runtime/layer.py",
+                 "runtime/module.py", "target.py")
 KERNELS = ("fatbin", "source")
 _PYTHON_VERSION = re.compile(r"3\.[0-9]{1,2}")
 FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
@@ -121,6 +122,7 @@ def copy_runtime(folder: Path, python: str, cuda: bool) -> None:
     (folder / "tvm_convt").mkdir()
     here = Path(__file__).resolve().parent
     for name in RUNTIME_FILES:
+        (folder / "tvm_convt" / name).parent.mkdir(exist_ok=True)
         shutil.copy2(here / name, folder / "tvm_convt" / name)
 
 

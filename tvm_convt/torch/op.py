@@ -27,7 +27,7 @@ from torch.autograd import forward_ad
 import tvm
 
 from ..params import OP, ConvTranspose1dParams, Workload, check_dtype
-from ..runtime import _MODULES, CompiledConvTranspose1d, module_workload
+from ..runtime.module import _MODULES, CompiledConvTranspose1d, module_workload
 from ..target import resolve_target, target_json
 from ._tensors import PackedWeights, ParameterCopies, aligned_empty, to_tvm
 
