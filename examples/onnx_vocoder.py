@@ -47,6 +47,7 @@ def build_onnx(path: Path, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
         nodes, "upsampler", [helper.make_tensor_value_info("mel", TensorProto.FLOAT, [1, 512, "frames"])],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 32, "samples"])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # opset 17's; onnx writes its newest by default, which ONNX Runtime may not read yet
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return params

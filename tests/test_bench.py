@@ -56,7 +56,7 @@ def test_default_suite_is_the_ten_model_layers():
 @needs_torch
 def test_bench_cli_writes_json_and_table(tiny_suite, tmp_path):
     out = tmp_path / "out.json"
-    result = run_cli("bench", "--suite", str(tiny_suite), "--rounds", "2", "--threads", "1",
+    result = run_cli("bench", "--in-process", "--suite", str(tiny_suite), "--rounds", "2", "--threads", "1",
                      "--json", str(out))
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -85,7 +85,7 @@ def test_bench_cli_writes_json_and_table(tiny_suite, tmp_path):
 
 def test_bench_without_torch_times_tvm_convt_and_says_why(tiny_suite, tmp_path):
     out = tmp_path / "out.json"
-    result = run_cli("bench", "--suite", str(tiny_suite), "--rounds", "2", "--json", str(out),
+    result = run_cli("bench", "--in-process", "--suite", str(tiny_suite), "--rounds", "2", "--json", str(out),
                      block_torch=True)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -122,7 +122,7 @@ def test_bench_cli_reports_a_mismatch_in_one_line(tiny_suite, tmp_path):
     code = ("import sys, numpy as np; sys.modules['torch'] = None; import tvm_convt.benchmark as b; "
             "b.conv_transpose1d_reference = lambda x, w, bias, p: np.ones(1); "
             "from tvm_convt.cli import main; sys.exit(main(sys.argv[1:]))")
-    result = subprocess.run([sys.executable, "-c", code, "bench", "--suite", str(tiny_suite)],
+    result = subprocess.run([sys.executable, "-c", code, "bench", "--in-process", "--suite", str(tiny_suite)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("tvm-convt bench: error: conv_transpose1d: dense:")
@@ -204,6 +204,7 @@ def test_bench_output_files_are_checked_before_anything_is_timed(files, message,
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(benchmark, "run_bench", lambda *a, **k: pytest.fail("timed before checking"))
+    monkeypatch.setattr("tvm_convt.peer_bench.run_peer_bench", lambda *a, **k: pytest.fail("timed before checking"))
     args = [part for flag, name in files.items() for part in (flag, name)]
     assert cli.main(["bench", *lengths, *args]) == 2
     assert message in capsys.readouterr().err

@@ -310,12 +310,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite) if args.suite is not None else default_suite()
     if args.lengths is not None:
         return _bench_lengths(args, suite)
+    if not args.in_process:
+        return _bench_peers(args, suite)
     print(f"benchmarking {len(suite)} layer(s) "
           f"({'suite ' + str(args.suite) if args.suite else 'the default suite'}); "
           "each is checked against PyTorch before it is timed", file=sys.stderr)
     report = run_bench(suite, target=args.target, threads=args.threads, rounds=args.rounds,
                        logs=args.logs, tuned=not args.default_schedule, progress=stream_progress)
     return _print_report(args, report, plot)
+
+
+def _bench_peers(args: argparse.Namespace, suite: dict) -> int:
+    from .peer_bench import plot_peers, run_peer_bench, stream_peer_progress
+
+    print(f"benchmarking {len(suite)} layer(s) "
+          f"({'suite ' + str(args.suite) if args.suite else 'the default suite'}): tvm_convt's layer call against "
+          f"{', '.join(args.peers)}, each library in its own worker process, taking turns; every output is "
+          "checked against the float64 NumPy reference before it is timed", file=sys.stderr)
+    report = run_peer_bench(suite, target=args.target, threads=args.threads, rounds=args.rounds, logs=args.logs,
+                            tuned=not args.default_schedule, peers=tuple(args.peers), progress=stream_peer_progress)
+    return _print_report(args, report, plot_peers)
+
+
+def peers_arg(text: str) -> list[str]:
+    """A comma-separated list of peers (torch, onnxruntime, openvino), or "none"."""
+    from .peers import PEERS
+
+    if text == "none":
+        return []
+    names = [part.strip() for part in text.split(",")]
+    bad = [n for n in names if n not in PEERS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"must be comma-separated names among {', '.join(PEERS)} (or none), "
+                                         f"got {text!r}")
+    return list(dict.fromkeys(names))
 
 
 def _print_report(args: argparse.Namespace, report: Any, plot: Any) -> int:
@@ -596,11 +624,15 @@ def build_parser() -> argparse.ArgumentParser:
     tune.set_defaults(func=_cmd_tune)
 
     bench = sub.add_parser(
-        "bench", help="time tvm_convt against PyTorch on a suite of layers (default: real model layers)",
+        "bench", help="time tvm_convt against PyTorch, ONNX Runtime and OpenVINO on a suite of layers "
+                      "(default: real model layers)",
         description="For each layer: compile with the best schedule available (your tuning logs, "
-                    "the shipped records, else the default rule), check the output against PyTorch, "
-                    "then time both in this process, interleaved after warm-up, on the same threads; "
-                    "report medians, GFLOP/s of useful multiply-adds and the speed-up.")
+                    "the shipped records, else the default rule) and time the call a user makes (the layer: "
+                    "NumPy in, a new array out) against PyTorch, ONNX Runtime and OpenVINO (those installed: "
+                    "pip install 'tvm_convt[peers]'), each library alone in its own worker process, taking "
+                    "turns, on the same threads, after checking every output against the float64 NumPy "
+                    "reference; report medians, GFLOP/s of useful multiply-adds and the speed-ups. "
+                    "--in-process times the compiled module against PyTorch in this process instead.")
     bench.add_argument("--suite", type=Path, default=None,
                        help="JSON list of layers, the format tune reads (default: the shipped suite)")
     bench.add_argument("--target", type=cpu_target_arg, default="llvm",
@@ -617,6 +649,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--default-schedule", action="store_true",
                        help="ignore every tuning record (yours and the shipped ones) and time the "
                             "default schedules, as for a layer nobody tuned")
+    bench.add_argument("--peers", type=peers_arg, default=["torch", "onnxruntime", "openvino"],
+                       help="comma-separated peers to time: torch, onnxruntime, openvino, or none "
+                            "(default: all three; one not installed is reported as such)")
+    bench.add_argument("--in-process", action="store_true",
+                       help="time the compiled module on prepared tensors against PyTorch, interleaved in this "
+                            "process (the comparison of earlier versions), instead of the worker processes")
     bench.add_argument("--lengths", type=lengths_arg, nargs="?", const="default", default=None,
                        help="time one symbolic module per layer (any length) against the static module of each "
                             "length and PyTorch, at these comma-separated input lengths (default, with no value: "

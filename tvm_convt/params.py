@@ -7,6 +7,7 @@ Every other module (compute, reference, build, runtime, CLI) takes a
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import asdict, dataclass
@@ -104,9 +105,11 @@ def check_dtype_for_target(dtype: str, kind: str) -> None:
         raise ValueError(f"{OP}: dtype {dtype} needs a CUDA target, got dtype={dtype!r}, target={kind!r}")
 
 
+@functools.lru_cache(maxsize=16)
 def numpy_dtype(dtype: str) -> np.dtype:
     """The NumPy dtype of ``dtype`` (one of :data:`DTYPES`): bfloat16 is ``ml_dtypes.bfloat16``,
-    which NumPy knows by name only once ml_dtypes (a dependency of TVM) is imported."""
+    which NumPy knows by name only once ml_dtypes (a dependency of TVM) is imported. Cached: every
+    call of a module reads it, and ``np.dtype`` of a name costs a microsecond."""
     if dtype == "bfloat16":
         import ml_dtypes
 

@@ -190,8 +190,9 @@ def aligned_empty(shape: tuple[int, ...], dtype: str | np.dtype) -> np.ndarray:
 def output_empty(shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """:func:`aligned_empty` for a call's output: large ones on memory the pool keeps between
     calls (:mod:`tvm_convt._host_pool`), so their pages are not mapped and zeroed afresh."""
-    pooled = pooled_empty(shape, numpy_dtype(dtype), ALIGNMENT)
-    return aligned_empty(shape, dtype) if pooled is None else pooled
+    np_dtype = numpy_dtype(dtype)
+    pooled = pooled_empty(shape, np_dtype, ALIGNMENT)
+    return aligned_empty(shape, np_dtype) if pooled is None else pooled
 
 
 def aligned_copy(arr: np.ndarray) -> np.ndarray:
@@ -220,6 +221,13 @@ def describe(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return f"{type(value).__name__} of {len(value)}"
     return type(value).__name__
+
+
+def batched(x: np.ndarray | DeviceArray) -> tuple[np.ndarray | DeviceArray, bool]:
+    """``x`` (of rank 2 or 3) as a batched view, and whether it came unbatched."""
+    if x.ndim == 3:
+        return x, False
+    return (x.view((1, *x.shape)) if isinstance(x, DeviceArray) else x[None]), True
 
 
 def check_rank(x: np.ndarray) -> None:

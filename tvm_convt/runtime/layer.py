@@ -4,8 +4,10 @@ and their answers to a batch of 0 and to ``output_size``."""
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,8 @@ import tvm
 
 from ..params import (OP, ConvTranspose1dParams, Workload, check_dtype, check_dtype_for_target)
 from ..target import TargetLike, resolve_target
-from .arrays import (DeviceArray, Output, aligned_copy, aligned_empty, as_array, check_array, check_array_dtype,
-                     check_channels, host_array)
+from .arrays import (DeviceArray, Output, aligned_copy, aligned_empty, as_array, batched, check_array,
+                     check_array_dtype, check_channels, host_array)
 from .module import _MODULES, CompiledConvTranspose1d, check_lengths, logs_arg, module_workload
 
 
@@ -75,6 +77,9 @@ class ConvTranspose1d:
         # assignment, so a call running meanwhile can only fill the copies of the values it read.
         self._state: tuple[np.ndarray, np.ndarray | None,
                            dict[tuple[str, int | None], list[tvm.runtime.Tensor]]] = (weight, bias, {})
+        # What a call of each input shape (without output_size) found it needs, so that the next
+        # call of that shape skips the checks and look-ups it passed (tens of microseconds).
+        self._plans: dict[tuple[int, ...], _CallPlan] = {}
 
     def __repr__(self) -> str:
         p = self.params
@@ -128,24 +133,63 @@ class ConvTranspose1d:
         """The output as the caller's kind of array, on the input's device (see :class:`Output`)."""
         out = Output.like(x)
         arr = as_array(x, "input")
-        check_channels(arr, self.params.weight_shape, self.params.in_channels)
-        check_array_dtype(arr, "input", self.dtype)
-        if arr.ndim == 3 and arr.shape[0] == 0:
-            params = self.params
-            if output_size is not None:
-                params = params.with_output_padding(
-                    params.output_padding_for(arr.shape[-1], _output_length(output_size, 3)))
-            return _empty_output(out, arr, params, self.dtype)
-        compiled = self.compiled_for(tuple(arr.shape), output_size)
-        xb, unbatched = compiled.check_input(arr)
+        plan = self._plans.get(arr.shape) if output_size is None else None
+        if plan is None or not plan.serves(self):
+            check_channels(arr, self.params.weight_shape, self.params.in_channels)
+            check_array_dtype(arr, "input", self.dtype)
+            if arr.ndim == 3 and arr.shape[0] == 0:
+                return self._empty_batch(out, arr, output_size)
+            plan = self._plan(arr, output_size)
+        else:  # the shape passed every check before; the dtype is the array's own
+            check_array_dtype(arr, "input", self.dtype)
+        compiled = plan.compiled
+        xb, unbatched = batched(arr)
         weight, bias, copies = self._state
-        key = (str(compiled.device), compiled.metadata.weight_block)
-        weights = copies.get(key)
+        weights = copies.get(plan.weights_key)
         if weights is None:  # prepared once per assignment (and layout), not per call
             weights = compiled.prepare_weights(weight, bias)
-            copies[key] = weights
+            copies[plan.weights_key] = weights
         y = compiled._run_checked(compiled.to_device(xb, "input"), weights, out)
         return y[0] if unbatched else y
+
+    def _plan(self, arr: np.ndarray | DeviceArray, output_size: Any) -> _CallPlan:
+        """The module for an input like ``arr`` after every check of its shape, remembered by
+        shape when ``output_size`` is None."""
+        shape = tuple(arr.shape)
+        compiled = self.compiled_for(shape, output_size)
+        compiled.check_input(arr)
+        plan = _CallPlan(compiled, (self.target, self.logs, self.lengths),
+                         (str(compiled.device), compiled.metadata.weight_block))
+        if output_size is None:
+            if len(self._plans) >= _PLANS_KEPT:
+                self._plans.clear()
+            self._plans[shape] = plan
+        return plan
+
+    def _empty_batch(self, out: Output, arr: np.ndarray | DeviceArray, output_size: Any) -> Any:
+        params = self.params
+        if output_size is not None:
+            params = params.with_output_padding(params.output_padding_for(arr.shape[-1], _output_length(output_size, 3)))
+        return _empty_output(out, arr, params, self.dtype)
+
+
+# The input shapes a layer remembers the plan of; past this many it starts again.
+_PLANS_KEPT = 1024
+
+
+@dataclass(frozen=True)
+class _CallPlan:
+    """What a layer's call of one input shape needs: the module, the layer's settings it was found
+    for (compared by identity: a new target, logs folder or ``lengths`` makes a new plan), and the
+    key of the weights prepared for it."""
+
+    compiled: CompiledConvTranspose1d
+    settings: tuple[Any, Any, str]
+    weights_key: tuple[str, int | None]
+
+    def serves(self, layer: ConvTranspose1d) -> bool:
+        target, logs, lengths = self.settings
+        return target is layer.target and logs is layer.logs and lengths is layer.lengths
 
 
 def _check_seed(seed: Any) -> None:
@@ -192,6 +236,24 @@ def _output_length(output_size: Any, ndim: int) -> Any:
     return output_size
 
 
+def _function_params(weight_shape: tuple[int, int, int], stride: Any, padding: Any, output_padding: Any,
+                     groups: Any, bias: bool, dilation: Any, padding_mode: Any) -> ConvTranspose1dParams:
+    """The function's parameters, read from the weight's shape; validated once per set of plain ints
+    (a cache compares by value, and 2.0 or True must still fail as they do the first time)."""
+    # groups is checked before out_channels is derived from it.
+    groups = ConvTranspose1dParams.check_positive_size("groups", groups)
+    args = (weight_shape[0], weight_shape[1] * groups, weight_shape[2], stride, padding, output_padding,
+            groups, bias, dilation, padding_mode)
+    if all(type(v) is int for v in (stride, padding, output_padding, dilation)) and type(padding_mode) is str:
+        return _cached_params(*args)
+    return ConvTranspose1dParams(*args)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_params(*args: Any) -> ConvTranspose1dParams:
+    return ConvTranspose1dParams(*args)
+
+
 def conv_transpose1d(
     x: Any,
     weight: Any,
@@ -228,11 +290,8 @@ def conv_transpose1d(
     if weight.ndim != 3:
         raise ValueError(f"{OP}: weight must be 3-D (in_channels, out_channels/groups, kernel_size), "
                          f"got weight.shape={tuple(weight.shape)}")
-    # groups is checked before out_channels is derived from it.
-    groups = ConvTranspose1dParams.check_positive_size("groups", groups)
-    params = ConvTranspose1dParams(
-        weight.shape[0], weight.shape[1] * groups, weight.shape[2], stride, padding, output_padding,
-        groups, bias is not None, dilation, padding_mode)
+    params = _function_params(tuple(weight.shape), stride, padding, output_padding, groups, bias is not None,
+                              dilation, padding_mode)
     check_channels(x, weight.shape, params.in_channels)
     dtype = check_dtype(x.dtype)
     # Every input is checked here, so that nothing is compiled for a call that must fail.

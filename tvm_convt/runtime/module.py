@@ -3,6 +3,7 @@ by length, and running it; :func:`compile`, and the process's modules by workloa
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import threading
@@ -20,7 +21,7 @@ from ..errors import ModuleFileError
 from ..lengths import check_batch, check_sizes, range_for
 from ..params import OP, PACK_WEIGHT, ConvTranspose1dParams, SymbolicWorkload, Workload
 from ..target import TargetLike, check_linkable, missing_cpu_support, resolve_target
-from .arrays import (NUMPY_OUTPUT, DeviceArray, Output, aligned_copy, as_array, check_array,
+from .arrays import (NUMPY_OUTPUT, DeviceArray, Output, aligned_copy, as_array, batched, check_array,
                      check_array_dtype, check_channels, check_rank, describe, output_empty, shareable)
 
 
@@ -72,6 +73,9 @@ class CompiledConvTranspose1d:
         if cuda:
             load_cuda_runtime()
         self.device = tvm.cuda(0) if cuda else tvm.cpu(0)
+        self._on_cpu = not cuda
+        self._device_type = self.device.dlpack_device_type()
+        self._runnable = False  # once found runnable, not asked again (the question costs microseconds)
         self._module: Any = None  # loaded on first use: a CUDA module exports without a GPU
         self._functions: dict[str, Any] = {}
         self._cpu_missing: Any = _UNCHECKED
@@ -161,7 +165,10 @@ class CompiledConvTranspose1d:
         return self._missing() is None
 
     def _require_device(self) -> None:
+        if self._runnable:
+            return
         missing = self._missing()
+        self._runnable = missing is None
         if missing is not None:
             raise RuntimeError(
                 f"{OP}: this module targets {self.metadata.target_key} and needs {missing} "
@@ -191,13 +198,13 @@ class CompiledConvTranspose1d:
         self._require_device()
         if isinstance(arr, DeviceArray):
             return self._on_device(arr, name)
-        if self.device.dlpack_device_type() != tvm.cpu(0).dlpack_device_type():
+        if not self._on_cpu:
             return tvm.runtime.tensor(np.ascontiguousarray(arr), self.device)
         return tvm.runtime.from_dlpack(arr if shareable(arr) else aligned_copy(arr))
 
     def _on_device(self, arr: DeviceArray, name: str) -> tvm.runtime.Tensor:
         dev = arr.tensor.device
-        if (dev.dlpack_device_type(), dev.index) != (self.device.dlpack_device_type(), self.device.index):
+        if (dev.dlpack_device_type(), dev.index) != (self._device_type, self.device.index):
             raise ValueError(f"{OP}: {name} must be in host memory or on this module's device "
                              f"{self.device}, got {name} on {dev}")
         return arr.tensor
@@ -250,7 +257,8 @@ class CompiledConvTranspose1d:
 
     def _run_checked(self, x: tvm.runtime.Tensor, weights: list[tvm.runtime.Tensor], out: Output | None = None) -> Any:
         """:meth:`run` on tensors this module made (``to_device``, ``prepare_weights``) itself."""
-        name, shape = self.shape_for(int(x.shape[0]), int(x.shape[2]))
+        x_shape = x.shape
+        name, shape = self.shape_for(x_shape[0], x_shape[2])
         if out is None or not out.on_device:
             return (out or NUMPY_OUTPUT).from_host(self._run_to_host(name, shape, x, weights))
         y_dev = tvm.runtime.empty(shape, self.workload.dtype, self.device)
@@ -268,22 +276,22 @@ class CompiledConvTranspose1d:
             if not isinstance(t, tvm.runtime.Tensor):
                 raise TypeError(f"{OP}: run takes TVM tensors (to_device, prepare_weights), got {name} of type "
                                 f"{type(t).__name__}")
-            got = tuple(int(d) for d in t.shape)
+            got = t.shape  # a tuple of ints
             if name == "input" and (len(got) != 3 or got[1] != p.in_channels):
                 raise ValueError(f"{OP}: input must have shape (batch, {p.in_channels}, L_in), got input.shape={got}")
             if shape is not None and got != tuple(shape):
                 raise ValueError(f"{OP}: {name} must have shape {tuple(shape)} (as prepare_weights makes it), "
                                  f"got {name}.shape={got}")
-            if str(t.dtype) != dtype:
+            if t.dtype != dtype:
                 raise TypeError(f"{OP}: {name} must have dtype {dtype}, got {name}.dtype={t.dtype}")
-            if t.device.dlpack_device_type() != self.device.dlpack_device_type():
+            if t.device.dlpack_device_type() != self._device_type:
                 raise ValueError(f"{OP}: {name} must be on {self.device}, got {t.device}")
 
     def _run_to_host(self, name: str, shape: tuple[int, int, int], x: tvm.runtime.Tensor,
                      weights: list[tvm.runtime.Tensor]) -> np.ndarray:
         """The output as a NumPy array (written in place on the CPU, copied back otherwise)."""
         dtype = self.workload.dtype
-        if self.device.dlpack_device_type() == tvm.cpu(0).dlpack_device_type():
+        if self._on_cpu:
             y = output_empty(shape, dtype)
             self._invoke(name, x, *weights, tvm.runtime.from_dlpack(y))
             return y
@@ -315,7 +323,7 @@ class CompiledConvTranspose1d:
         if unbatched and not w.symbolic and w.batch != 1:
             raise ValueError(f"{OP}: this module was compiled for batch {w.batch}; an unbatched "
                              f"input needs batch 1, got input.shape={tuple(x.shape)}")
-        xb = (x.view((1, *x.shape)) if isinstance(x, DeviceArray) else x[None]) if unbatched else x
+        xb = batched(x)[0]
         if w.symbolic:
             check_channels(xb, w.params.weight_shape, w.params.in_channels)
             check_array_dtype(xb, "input", w.dtype)
@@ -443,6 +451,13 @@ class _ModuleCache:
                 found = self._modules.setdefault(key, found)
         return found
 
+    def adopt(self, compiled: CompiledConvTranspose1d, target: TargetLike, logs: str | Path | None = None,
+              prepack_weight: bool = False) -> None:
+        """Serve ``compiled``'s workload with it from now on (the benchmark's layer runs the module
+        it times, whatever schedule that has)."""
+        with self._lock:
+            self._modules[(compiled.workload, repr(target), str(logs), prepack_weight)] = compiled
+
 
 _MODULES = _ModuleCache()
 # The (batch, length) pairs a symbolic module remembers as checked; past this many it starts again.
@@ -450,6 +465,12 @@ _SHAPES_KEPT = 4096
 
 
 LENGTHS = ("any", "exact")
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_call(params: ConvTranspose1dParams, batch: int, length: int, dtype: str) -> Workload:
+    """A call's static workload, checked once per shape (its checks cost tens of microseconds)."""
+    return Workload(params, batch, length, dtype)
 
 
 def check_lengths(lengths: Any) -> str:
@@ -463,7 +484,8 @@ def module_workload(params: ConvTranspose1dParams, batch: int, length: int, dtyp
     """What the layer, the function and the PyTorch op compile for a call of ``batch`` x ``length``:
     the call's static workload, checked (so a bad shape fails before anything compiles), or with
     ``lengths="any"`` the layer's symbolic workload, one module for every call."""
-    call = Workload(params, batch, length, dtype)
+    call = _checked_call(params, batch, length, dtype) if type(batch) is int and type(length) is int \
+        else Workload(params, batch, length, dtype)
     if lengths == "any":
         # The target's kind, not its hardware class: this runs on every call, and target_key costs 0.3 ms.
         check_batch(resolve_target(target).kind.name == "cuda", batch)
