@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tvm_convt import peer_worker, peers
-from tvm_convt.benchmark import CHECK_TOLERANCE, relative_error
+from tvm_convt.reference import CHECK_TOLERANCE, relative_error
 from tvm_convt.params import ConvTranspose1dParams as P
 from tvm_convt.params import Workload
 from tvm_convt.peer_bench import PeerComparison, PeerReport, Worker, WorkerError

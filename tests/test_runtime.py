@@ -288,3 +288,31 @@ def test_tvm_uses_every_physical_core_unless_told(preset):
                          timeout=120, check=True).stdout.split()
     expected = preset or str(len(cores))
     assert out == [expected, expected]
+
+
+def test_a_tuned_record_that_computes_wrong_is_not_used(monkeypatch, tmp_path):
+    """MetaSchedule measures speed only: a record in a test run computed a wrong last sample and was
+    compiled and used as it was. A tuned record is now checked against the float64 reference before
+    its library is kept; a wrong one gives way to the default schedule, with a warning."""
+    from tvm_convt import build
+    from tvm_convt.errors import TunedRecordWarning
+    from tvm_convt.params import Workload
+
+    monkeypatch.setenv("TVM_CONVT_CACHE", str(tmp_path))
+    p = ConvTranspose1dParams(8, 4, 4, stride=2, padding=1)
+    # Same shapes, another padding mode: a program that runs and is wrong for p.
+    wrong = Workload(ConvTranspose1dParams(8, 4, 4, stride=2, padding=1, padding_mode="circular"), 1, 12, "float32")
+    real = build.schedule
+
+    def with_a_wrong_record(workload, target, *, tuned=True, **kwargs):
+        if tuned and workload.params == p:
+            return real(wrong, target, tuned=False)[0], "tuned:/records"
+        return real(workload, target, tuned=tuned, **kwargs)
+
+    monkeypatch.setattr(build, "schedule", with_a_wrong_record)
+    with pytest.warns(TunedRecordWarning, match=r"the tuned record for .* in /records computes a wrong result "
+                                                r"here \(relative error \d\.\d\de[-+]\d\d"):
+        compiled = tvm_convt.compile(p, batch=1, length=12)
+    assert compiled.metadata.schedule.startswith("default:")
+    x, w, b = random_inputs(p, 1, 12, "float32")
+    assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, p), "float32")

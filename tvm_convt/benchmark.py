@@ -20,17 +20,12 @@ from typing import Any
 import numpy as np
 
 from .params import OP, Workload
-from .reference import conv_transpose1d_reference
+from .reference import CHECK_TOLERANCE, conv_transpose1d_reference, relative_error
 from .runtime import CompiledConvTranspose1d
 from .runtime import compile as compile_module
 from .target import TargetLike, host_cores, resolve_target, set_cpu_threads, target_key
 from .timing import interleaved_medians, interleaved_samples, layer_inputs
 
-# Largest |tvm_convt - reference| / max(1, max|reference|) accepted, against the float64 NumPy
-# reference, before anything is timed: the tests' tolerances (tests/conftest.py reads these).
-# float32 accumulates in float32 (about 1e-6 here on the default suite); the half dtypes round
-# their output once (issue #7's 1e-2 for float16, bfloat16's 8 bits).
-CHECK_TOLERANCE = {"float32": 1e-5, "float64": 1e-12, "float16": 1e-2, "bfloat16": 2e-2}
 
 
 # A side whose median round is more than this many times its fastest was disturbed (another
@@ -73,11 +68,6 @@ def torch_call(workload: Workload, x: np.ndarray, weight: np.ndarray, bias: np.n
         return None, str(err)
     tt.set_threads(threads)
     return call, f"PyTorch {tt.version()}"
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
-    return float(np.max(np.abs(actual.astype(np.float64) - expected))) / scale if expected.size else 0.0
 
 
 def check_against_reference(name: str, actual: np.ndarray, expected: np.ndarray, dtype: str,

@@ -13,3 +13,8 @@ class ModuleFileError(ValueError):
 
 class CacheWarning(UserWarning):
     """The module cache could not be used as it is: an entry was rebuilt, or the cache moved."""
+
+
+class TunedRecordWarning(UserWarning):
+    """A tuned record computed a wrong result when checked against the reference, and the default
+    schedule was used instead."""

@@ -83,7 +83,7 @@ def _peer_calls(side: str, workload: Any, x: np.ndarray, weight: np.ndarray, bia
 
 def setup(side: str, msg: dict[str, Any]) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
     """This library's calls on the layer of ``msg``, each checked against the float64 reference."""
-    from .benchmark import CHECK_TOLERANCE, relative_error
+    from .reference import CHECK_TOLERANCE, relative_error
     from .params import workload_from_dict
 
     workload = workload_from_dict(msg["workload"])

@@ -23,6 +23,7 @@ from tvm import s_tir
 
 from .params import PACK_WEIGHT, Workload
 from .records import workload_module
+from .reference import CHECK_TOLERANCE, conv_transpose1d_reference, relative_error
 from .target import device_of
 from .timing import interleaved_medians, layer_inputs
 
@@ -82,6 +83,7 @@ def _prepacked_default_call(workload: Workload, target, arrays: list[np.ndarray]
 
 
 def _timed_call(mod: tvm.IRModule, trace, workload: Workload, target, arrays: list[np.ndarray]):
+    """The scheduled module's call on ``arrays`` and the tensor it writes."""
     sch = s_tir.Schedule(mod)
     trace.apply_to_schedule(sch, remove_postproc=False)
     main = tvm.compile(sch.mod, target=target)["main"]
@@ -89,19 +91,26 @@ def _timed_call(mod: tvm.IRModule, trace, workload: Workload, target, arrays: li
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
     out = tvm.runtime.empty(workload.output_shape, workload.dtype, dev)
     if target.kind.name != "cuda":
-        return lambda: main(*args, out)
+        return (lambda: main(*args, out)), out
 
     def call():
         main(*args, out)
         dev.sync()
 
-    return call
+    return call, out
+
+
+def _right(call, out, expected: np.ndarray, dtype: str) -> bool:
+    """Whether the call's output matches the float64 reference (MetaSchedule measured speed only)."""
+    call()
+    return relative_error(out.numpy(), expected) <= CHECK_TOLERANCE[dtype]
 
 
 def rank_candidates(database, workload: Workload, target, *, candidates: int = 4,
                     rounds: int = 9) -> list[Candidate]:
     """The default schedule and the ``candidates`` best records of ``workload`` in
-    ``database``, fastest first, as measured now on this machine's ``target``.
+    ``database``, fastest first, as measured now on this machine's ``target``; a record whose
+    output differs from the float64 reference is left out.
 
     The default schedule's time is reduced by :data:`DEFAULT_MARGIN` for the ranking
     (its :attr:`Candidate.seconds` is the measured one).
@@ -112,7 +121,13 @@ def rank_candidates(database, workload: Workload, target, *, candidates: int = 4
     x, weight, bias = layer_inputs(workload)
     arrays = [x, weight] + ([bias] if bias is not None else [])
     traces, rule = _candidate_traces(database, mod, workload, target, candidates)
-    calls = {source: _timed_call(mod, trace, workload, target, arrays) for trace, source in traces}
+    expected = conv_transpose1d_reference(x, weight, bias, workload.params)
+    calls = {}
+    for trace, source in traces:
+        call, out = _timed_call(mod, trace, workload, target, arrays)
+        if source == "default" or _right(call, out, expected, workload.dtype):
+            calls[source] = call
+    traces = [(trace, source) for trace, source in traces if source in calls]  # a wrong record is never kept
     if rule in PREPACKABLE:
         calls["default"] = _prepacked_default_call(workload, target, arrays, rule)
     times = interleaved_medians(calls, rounds=rounds)
