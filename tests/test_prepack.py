@@ -79,7 +79,6 @@ def test_prepacked_module_is_exact_and_identical_to_the_packing_one(target, p, b
 
 # (id, params, length, rule): layers the default schedule serves without packing the weight.
 UNPACKED = [
-    ("direct-stride-1", P(16, 16, 3, padding=1), 20, "cpu-direct"),
     ("fallback-depthwise", P(8, 8, 4, stride=2, groups=8), 20, "cpu-fallback"),
     ("fallback-odd-m", P(16, 3, 3, stride=2), 10, "cpu-fallback"),
 ]
@@ -92,6 +91,33 @@ def test_other_rules_ignore_prepack_weight(p, length, rule):
     assert compiled.metadata.schedule == f"default:{rule}"
     assert not compiled.weight_packed and compiled.metadata.weight_block is None
     assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, p), "float32")
+
+
+# (id, params, lengths): layers of the direct form, whose rule packs its weight in the call by default.
+DIRECT = [
+    ("stride-1", P(16, 16, 3, padding=1), (1, 20)),
+    ("dilated-reflect", P(12, 20, 5, padding=4, dilation=2, padding_mode="reflect"), (5, 31)),
+    ("grouped-strided", P(32, 32, 8, stride=4, padding=2, groups=2), (2, 17)),
+    ("depthwise-no-bias", P(8, 8, 3, groups=8, bias=False), (1, 9)),
+]
+
+
+@pytest.mark.parametrize("p, lengths", [c[1:] for c in DIRECT], ids=[c[0] for c in DIRECT])
+@pytest.mark.parametrize("any_length", [False, True], ids=["static", "any-length"])
+def test_the_direct_rule_reads_a_weight_packed_once_and_stays_exact(p, lengths, any_length):
+    """The direct rule copied the weight into its layout in every call (27 us of a dilated_s1 call):
+    it now reads the GEMM rules' packed layout, by blocks of its rows of output channels times the taps."""
+    for length in lengths:
+        kwargs = {} if any_length else {"batch": 2, "length": length, "rule": "cpu-direct"}
+        packed = tvm_convt.compile(p, prepack_weight=True, tuned=False, **kwargs)
+        plain = tvm_convt.compile(p, prepack_weight=False, tuned=False, **kwargs)
+        assert packed.metadata.schedule == plain.metadata.schedule == "default:cpu-direct"
+        assert packed.weight_packed and packed.metadata.weight_block % p.kernel_size == 0
+        assert not plain.weight_packed
+        x, w, b = random_inputs(p, 2, length, "float32")
+        y = packed.run(packed.to_device(x), packed.prepare_weights(w, b))
+        assert_close(y, conv_transpose1d_reference(x, w, b, p), "float32")
+        np.testing.assert_array_equal(plain(x, w, b), y)
 
 
 def test_a_forced_fallback_rule_is_not_packed():

@@ -251,8 +251,8 @@ def conv_transpose1d_te(w: Workload, form: str = GEMM, weight_block: int | None 
     kernel_size) and (out_channels,), and the output (batch, out_channels, L_out).
     ``GEMM`` computes ``col`` and gathers it; ``DIRECT`` (where :func:`direct_applies`)
     sums the live taps of each output straight from a zero-padded copy of ``x``.
-    With ``weight_block`` (GEMM only), the weight comes packed by column blocks of that
-    width, shaped as :meth:`ConvTranspose1dParams.packed_weight_shape` says.
+    With ``weight_block``, the weight comes packed by column blocks of that width, shaped as
+    :meth:`ConvTranspose1dParams.packed_weight_shape` says.
     With ``layout``, the function takes any batch and length (its shapes are expressions of two
     variables), its intermediates padded as ``layout`` says; ``w`` (static) is then only the
     workload the layout was planned for.
@@ -260,7 +260,6 @@ def conv_transpose1d_te(w: Workload, form: str = GEMM, weight_block: int | None 
     assert form in FORMS, form
     assert form != DIRECT or direct_applies(w), (form, w)
     assert form != BLOCKED or blocked_applies(w), (form, w)
-    assert weight_block is None or form != DIRECT, (form, weight_block)
     assert form != BLOCKED or layout is None or layout.block_rows, (form, layout)
     p = w.params
     if layout is not None:
@@ -274,7 +273,7 @@ def conv_transpose1d_te(w: Workload, form: str = GEMM, weight_block: int | None 
     elif form == BLOCKED:
         full = _blocked_full(w, x, _weight_reader(p, weight, weight_block), layout)
     else:
-        full = _direct_full(w, x, weight, layout)
+        full = _direct_full(w, x, weight, layout, weight_block)
     inputs = [x, weight] + ([bias] if bias is not None else [])
     return inputs, _output(w, full, bias)
 
@@ -532,14 +531,16 @@ def _tap_sums(w: Workload, col_row, sample_term=None, positions: int | None = No
     return te.compute((w.batch, p.out_channels, stride, n_q), gather, name=FULL)
 
 
-def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor, layout: SymbolicLayout | None = None) -> te.Tensor:
+def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor, layout: SymbolicLayout | None = None,
+                 weight_block: int | None = None) -> te.Tensor:
     """``full`` summed over (input channel, live tap) for each output phase and position: an
     implicit GEMM per phase that reads a copy of ``x`` padded by the kernel's reach, so no
     sum is predicated.
 
     Phase ``r`` meets taps ``k = k0(r) + t*stride``, ``t < kernel_size/stride``, each
     reading input ``q + q_first + (r - k*dilation)/stride`` (an exact division). The
-    positions run to a multiple of :data:`DIRECT_Q_ALIGN`.
+    positions run to a multiple of :data:`DIRECT_Q_ALIGN`. With ``weight_block``, the weight is
+    read packed (:meth:`ConvTranspose1dParams.packed_weight_shape`).
     """
     p = w.params
     cig, cog, dil, stride = p.in_per_group, p.out_per_group, p.dilation, p.stride
@@ -558,6 +559,13 @@ def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor, layout: SymbolicL
     c = te.reduce_axis((0, cig), name="c")
     t = te.reduce_axis((0, plan.taps), name="t")
 
+    def weight_at(co, c, k):
+        g, o = tirx.indexdiv(co, cog), tirx.indexmod(co, cog)
+        if weight_block is None:  # as it always was: the records of the unpacked form keep their hash
+            return weight[g * cig + c, o, k]
+        m = o * p.kernel_size + k
+        return weight[g, tirx.indexdiv(m, weight_block), c, tirx.indexmod(m, weight_block)]
+
     def tap(r):
         # The last tap first: the input index then grows with t, which lets LLVM address a
         # tile's vectors from one base (with t counting down it computed each one apart).
@@ -569,7 +577,7 @@ def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor, layout: SymbolicL
         lambda n, co, r, q: te.sum(
             _widen(w, x_pad[n, tirx.indexdiv(co, cog) * cig + c,
                             q + reach + tirx.indexdiv(r - tap(r) * dil, stride)])
-            * _widen(w, weight[tirx.indexdiv(co, cog) * cig + c, tirx.indexmod(co, cog), tap(r)]),
+            * _widen(w, weight_at(co, c, tap(r))),
             axis=[c, t]),
         name=FULL)
 

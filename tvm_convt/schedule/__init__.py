@@ -25,8 +25,16 @@ RULES: dict[str, tuple[ScheduleRule, ...]] = {
     "llvm": (cpu_direct.CpuDirectRule(),) + cpu_blocked.RULES + cpu.RULES,
     "cuda": cuda.RULES,
 }
-# The rules whose ``main`` can read the weight packed by cpu.packed_weight_block.
-PREPACKABLE = {"cpu-gemm": GEMM, "cpu-gemm-blocked": BLOCKED}
+# The rules whose ``main`` can read the weight packed (by weight_block_for's block), and their forms.
+PREPACKABLE = {"cpu-gemm": GEMM, "cpu-gemm-blocked": BLOCKED, "cpu-direct": DIRECT}
+
+
+def weight_block_for(rule: str, workload: Workload, target: Target) -> int | None:
+    """The column block by which ``rule`` (one of :data:`PREPACKABLE`) reads a packed weight of
+    ``workload`` on ``target``; None where it does not apply."""
+    if rule == "cpu-direct":
+        return cpu_direct.packed_weight_block(workload, target)
+    return cpu.packed_weight_block(workload, target)
 
 
 def _named_rule(kind: str, rule: str) -> ScheduleRule:
@@ -139,7 +147,7 @@ def prepacked_schedule(workload: Workload, target: Target,
     ``main`` is the same schedule as the rule's own (:func:`default_schedule` with that
     rule, whether chosen or named), without its pack stage.
     """
-    block = cpu.packed_weight_block(workload, target)
+    block = weight_block_for(rule, workload, target)
     if block is None:
         return None
     chosen = _named_rule("llvm", rule)

@@ -76,6 +76,16 @@ def _pack_weight(sch: s_tir.Schedule, full: s_tir.schedule.SBlockRV, rows: int) 
     parallel_outer(sch, packed, 1)
 
 
+def packed_weight_block(workload: Workload, target: Target) -> int | None:
+    """The column block by which ``cpu-direct`` reads a weight packed once per weight
+    (:func:`tvm_convt.compute.weight_pack_func`): a block of ``rows`` output channels, all their taps,
+    so that a channel block's weights for one input channel are one contiguous run, as its own
+    per-call pack lays them out; None where the rule does not apply."""
+    if target.kind.name != "llvm" or not C.direct_applies(workload):
+        return None
+    return direct_plan(workload, target).rows * workload.params.kernel_size
+
+
 def _register_tiles(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> None:
     """Accumulate each tile under ``outer`` in registers over the whole reduction; its loops
     end in (tile or channel block, c, t, row, vector, lane)."""
@@ -157,7 +167,8 @@ class CpuDirectRule:
         plan = direct_plan(workload, target)
         sch = s_tir.Schedule(func)
         full = sch.get_sblock(C.FULL)
-        _pack_weight(sch, full, plan.rows)
+        if len(sch.get(full).reads[read_index(sch, full, "weight")].source.shape) == 3:
+            _pack_weight(sch, full, plan.rows)  # else main reads it packed once per weight (packed_weight_block)
         n, co, r, q, c, t = sch.get_loops(full)
         cob, row = sch.split(co, [None, plan.rows])
         tile, vector, lane = sch.split(q, [None, plan.vectors, plan.lanes])

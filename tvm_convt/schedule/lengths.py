@@ -22,8 +22,7 @@ from tvm.target import Target
 from ..compute import COL_ROW_ALIGN
 from ..lengths import LengthRange
 from ..params import OP, ConvTranspose1dParams, Workload
-from . import PREPACKABLE, symbolic_choice, symbolic_schedule
-from .cpu import packed_weight_block
+from . import PREPACKABLE, symbolic_choice, symbolic_schedule, weight_block_for
 
 # Lengths at which a layer is planned: beyond 2**16 input samples no rule's plan changes
 # (the largest threshold, the blocked form's col of 8 MiB, is crossed well before for real layers).
@@ -153,7 +152,7 @@ def _common_weight_block(reps: list[Workload], target: Target, rule: str | None)
         chosen, _, _, _ = symbolic_choice(w, target, rule)
         if chosen.name not in PREPACKABLE:
             return None
-        blocks.add(packed_weight_block(w, target))
+        blocks.add(weight_block_for(chosen.name, w, target))
     return blocks.pop() if len(blocks) == 1 and None not in blocks else None
 
 
