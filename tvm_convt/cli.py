@@ -639,9 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'llvm' (this CPU) or a JSON llvm target, e.g. "
                             '\'{"kind": "llvm", "mcpu": "znver3"}\' (default: %(default)s)')
     bench.add_argument("--threads", type=positive_int, default=None,
-                       help="CPU threads for both sides (default: the physical cores)")
+                       help="CPU threads for every library timed (default: the physical cores)")
     bench.add_argument("--rounds", type=positive_int, default=15,
-                       help="interleaved timing rounds per layer (default: %(default)s)")
+                       help="timing rounds per layer, each library in turn (default: %(default)s)")
     bench.add_argument("--json", type=output_file, default=None, help="also write the report as JSON here")
     bench.add_argument("--plot", type=output_file, default=None,
                        help="also draw the speed-ups as a bar chart (PNG; needs matplotlib)")

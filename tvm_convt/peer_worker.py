@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .timing import settled_mean
 
 SIDES = ("tvm_convt", "torch", "onnxruntime", "openvino")
 
@@ -103,19 +104,6 @@ def setup(side: str, msg: dict[str, Any]) -> tuple[dict[str, Callable[[], Any]],
     return calls, dict(info, errors=errors)
 
 
-def time_call(call: Callable[[], Any], number: int, settle: float) -> float:
-    """Mean seconds of ``number`` calls after running it untimed for ``settle`` seconds (the other
-    libraries' threads may still have been spinning, and the caches hold their data)."""
-    end = time.perf_counter() + settle
-    call()
-    while time.perf_counter() < end:
-        call()
-    start = time.perf_counter()
-    for _ in range(number):
-        call()
-    return (time.perf_counter() - start) / number
-
-
 def serve(side: str, commands: Any, replies: Any) -> None:
     """Answer ``commands`` (JSON lines) on ``replies`` until ``quit`` or the end of the input."""
     calls: dict[str, Callable[[], Any]] = {}
@@ -129,7 +117,7 @@ def serve(side: str, commands: Any, replies: Any) -> None:
                 calls, info = setup(side, msg)
                 reply = {"ok": True, **info}
             elif msg["op"] == "time":
-                reply = {"s": time_call(calls[msg["call"]], msg["number"], msg["settle"])}
+                reply = {"s": settled_mean(calls[msg["call"]], msg["number"], msg["settle"])}
             else:
                 reply = {"ok": False, "why": f"unknown command {msg['op']!r}"}
         except (SetupRefused, ValueError, TypeError, RuntimeError, MemoryError) as err:

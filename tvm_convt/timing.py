@@ -40,17 +40,22 @@ def interleaved_samples(
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            # After a rival's turn, thread pools may be asleep, another library's OpenMP
-            # threads may still spin, and caches hold the rival's data.
-            settle = time.perf_counter() + 0.02
-            fn()
-            while time.perf_counter() < settle:
-                fn()
-            start = time.perf_counter()
-            for _ in range(number):
-                fn()
-            samples[name].append((time.perf_counter() - start) / number)
+            samples[name].append(settled_mean(fn, number))
     return samples
+
+
+def settled_mean(fn: Callable[[], object], number: int, settle: float = 0.02) -> float:
+    """Mean seconds of ``number`` calls of ``fn``, after running it untimed for ``settle`` seconds:
+    after a rival's turn, thread pools may be asleep, another library's threads may still spin,
+    and caches hold the rival's data."""
+    end = time.perf_counter() + settle
+    fn()
+    while time.perf_counter() < end:
+        fn()
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - start) / number
 
 
 def layer_inputs(workload: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
