@@ -219,3 +219,59 @@ def test_bundle_run_script_fails_a_module_that_computes_something_else(cpu_bundl
     assert done.returncode == 1, done.stdout + done.stderr
     lines = dict(line.split(": ", 1) for line in done.stdout.splitlines())
     assert lines["up"].endswith(": FAIL") and lines["grouped reflect"].endswith(": OK"), lines
+
+
+RUN_FAILURES = [
+    ("manifest", lambda b: (b / "manifest.json").write_text("{not json"), 2,
+     r"run.py: error: .*manifest.json cannot be read as this bundle's manifest: JSONDecodeError"),
+    ("python", lambda b: (b / "manifest.json").write_text(
+        (b / "manifest.json").read_text().replace('"python": "', '"python": "2.')), 2,
+     r"run.py: error: this bundle was built for Python 2\.3\.\d+ and this is Python 3\.\d+: run it with python2"),
+    ("tvm_ffi", lambda b: next(b.glob("tvm_ffi/lib/*.so")).write_bytes(b"not a library"), 2,
+     r"run.py: error: the bundle's runtime does not import here: "),
+]
+
+
+@pytest.mark.parametrize("what, damage, status, said", RUN_FAILURES, ids=[c[0] for c in RUN_FAILURES])
+def test_a_bundle_that_cannot_run_here_says_why_in_one_line(cpu_bundle, tmp_path, what, damage, status, said):
+    """Issue #27, 11: a damaged manifest or library gave a traceback, a bundle run by another Python
+    "circular import"; the Python version is compared first, and each problem is one line."""
+    import re
+
+    bundle = tmp_path / "copy"
+    shutil.copytree(cpu_bundle, bundle, symlinks=True)
+    damage(bundle)
+    result = _isolated([str(bundle / "run.py"), "--check"], bundle, _numpy_only(tmp_path / "np"))
+    assert result.returncode == status, result.stdout + result.stderr
+    assert re.fullmatch(said + ".*", result.stdout.strip().splitlines()[-1]), result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_damaged_module_fails_alone_and_the_others_are_checked(cpu_bundle, tmp_path):
+    bundle = tmp_path / "copy"
+    shutil.copytree(cpu_bundle, bundle, symlinks=True)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    first = manifest["workloads"][0]
+    (bundle / first["library"]).write_bytes(b"damaged")
+    result = _isolated([str(bundle / "run.py"), "--check"], bundle, _numpy_only(tmp_path / "np"))
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(manifest["workloads"])
+    assert lines[0].startswith(f"{first['name']}: FAIL: ModuleFileError: ")
+    assert all(line.endswith(": OK") for line in lines[1:]), lines
+
+
+def test_compiling_inside_a_bundle_says_it_needs_the_full_install(cpu_bundle, tmp_path):
+    """Issue #27, 11: AttributeError (llvm_get_system_cpu) from the layer and compile in a bundle."""
+    code = ("import tvm_convt\n"
+            "for make in (lambda: tvm_convt.ConvTranspose1d(4, 4, 3),\n"
+            "             lambda: tvm_convt.compile(tvm_convt.ConvTranspose1dParams(4, 4, 3), batch=1, length=8)):\n"
+            "    try:\n"
+            "        make()\n"
+            "    except RuntimeError as err:\n"
+            "        print(type(err).__name__, err)\n")
+    result = _isolated(["-c", code], cpu_bundle, _numpy_only(tmp_path / "np"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("CompilerUnavailable conv_transpose1d: compiling needs the full "
+                                                   "install") for line in lines), lines

@@ -383,10 +383,12 @@ def write_bundle(suite: dict[str, Workload], folder: str | Path, *, target: Targ
     return BundleReport(folder, info)
 
 
-RUN_PY = '''"""Load every module of this bundle; with --check, run each on random input against the NumPy reference.
+RUN_PY = '''\"\"\"Load every module of this bundle; with --check, run each on random input against the NumPy reference.
 
 Usage: python run.py [--check]   (it puts its own folder first on sys.path)
-"""
+Prints one line per module (OK or FAIL and why) and exits with 1 when any failed, 2 when the bundle
+itself cannot be used here (its manifest, the Python version it was built for, its libraries).
+\"\"\"
 
 import argparse
 import json
@@ -394,27 +396,64 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import numpy as np  # noqa: E402
-
-from tvm_convt import CompiledConvTranspose1d  # noqa: E402
-from tvm_convt.params import numpy_dtype  # noqa: E402
-from tvm_convt.reference import conv_transpose1d_reference  # noqa: E402
 
 
-def relative_error(module, rng):
-    """The module's largest error on random input, relative to max(1, max|reference|)."""
+def read_manifest():
+    \"\"\"The manifest, or None after saying why it cannot be read.\"\"\"
+    try:
+        manifest = json.loads((HERE / "manifest.json").read_text())
+        manifest["workloads"], manifest["python"], manifest["tolerance"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"run.py: error: {HERE / 'manifest.json'} cannot be read as this bundle's manifest: "
+              f"{type(err).__name__}: {err}")
+        return None
+    return manifest
+
+
+def import_runtime():
+    \"\"\"The runtime's pieces, or None after saying why they do not import.\"\"\"
+    sys.path.insert(0, str(HERE))
+    try:
+        import numpy as np
+        from tvm_convt import CompiledConvTranspose1d
+        from tvm_convt.params import numpy_dtype
+        from tvm_convt.reference import conv_transpose1d_reference
+    except Exception as err:  # noqa: BLE001 - a damaged library raises whatever its loader raises
+        print(f"run.py: error: the bundle's runtime does not import here: {type(err).__name__}: {err}")
+        return None
+    return np, CompiledConvTranspose1d, numpy_dtype, conv_transpose1d_reference
+
+
+def relative_error(module, rng, np, numpy_dtype, reference):
+    \"\"\"The module's largest error on random input, relative to max(1, max|reference|).\"\"\"
     w = module.workload
     dtype = numpy_dtype(w.dtype)
     x = rng.standard_normal(w.input_shape).astype(dtype)
     weight = rng.standard_normal(w.params.weight_shape).astype(dtype)
     bias = rng.standard_normal(w.params.out_channels).astype(dtype) if w.params.bias else None
     y = np.asarray(module(x, weight, bias), dtype=np.float64)
-    expected = conv_transpose1d_reference(x, weight, bias, w.params)
+    expected = reference(x, weight, bias, w.params)
     if expected.size == 0:
         return 0.0
     return float(np.max(np.abs(y - expected))) / max(1.0, float(np.max(np.abs(expected))))
+
+
+def check_module(entry, check, manifest, runtime, rng):
+    \"\"\"One module's line and whether it passed.\"\"\"
+    np, compiled_class, numpy_dtype, reference = runtime
+    name = entry.get("name", "?")
+    try:
+        module = compiled_class.load(HERE / entry["library"])
+        line = f"{name}: loaded {entry['library']} ({module.metadata.target_key})"
+        if not check:
+            return line + ": OK", True
+        error = relative_error(module, rng, np, numpy_dtype, reference)
+    except RuntimeError as err:  # no GPU, or a CPU without the target's instructions
+        return f"{name}: FAIL: cannot run here: {err}", False
+    except Exception as err:  # noqa: BLE001 - a damaged file: say so and go on to the next module
+        return f"{name}: FAIL: {type(err).__name__}: {err}", False
+    ok = error <= manifest["tolerance"][module.workload.dtype]
+    return line + f", max relative error {error:.2e}: {'OK' if ok else 'FAIL'}", ok
 
 
 def main():
@@ -422,22 +461,22 @@ def main():
     parser.add_argument("--check", action="store_true",
                         help="run each module on random input and compare with the float64 reference")
     args = parser.parse_args()
-    manifest = json.loads((HERE / "manifest.json").read_text())
-    rng = np.random.default_rng(0)
+    manifest = read_manifest()
+    if manifest is None:
+        return 2
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if manifest["python"] != here:
+        print(f"run.py: error: this bundle was built for Python {manifest['python']} and this is Python {here}: "
+              f"run it with python{manifest['python']}, or build it again with --python {here}")
+        return 2
+    runtime = import_runtime()
+    if runtime is None:
+        return 2
+    rng = runtime[0].random.default_rng(0)
     failed = 0
     for entry in manifest["workloads"]:
-        module = CompiledConvTranspose1d.load(HERE / entry["library"])
-        line = f"{entry['name']}: loaded {entry['library']} ({module.metadata.target_key})"
-        if args.check:
-            try:
-                error = relative_error(module, rng)
-            except RuntimeError as err:  # no GPU, or a CPU without the target's instructions
-                failed += 1
-                print(f"{line}: cannot run here: {err}")
-                continue
-            ok = error <= manifest["tolerance"][module.workload.dtype]
-            failed += not ok
-            line += f", max relative error {error:.2e}: {'OK' if ok else 'FAIL'}"
+        line, ok = check_module(entry, args.check, manifest, runtime, rng)
+        failed += not ok
         print(line)
     return 1 if failed else 0
 

@@ -18,3 +18,7 @@ class CacheWarning(UserWarning):
 class TunedRecordWarning(UserWarning):
     """A tuned record computed a wrong result when checked against the reference, and the default
     schedule was used instead."""
+
+
+class CompilerUnavailable(RuntimeError):
+    """Compiling was asked of a runtime-only install (a bundle), which has TVM's runtime but not its compiler."""

@@ -19,6 +19,8 @@ from typing import Any
 import tvm
 from tvm.target import Target
 
+from ._runtime_only import compiler_available
+from .errors import CompilerUnavailable
 from .params import OP
 
 TargetLike = str | dict[str, Any] | Target
@@ -227,6 +229,10 @@ def resolve_target(spec: TargetLike) -> Target:
     instruction set, and only what the CPU reports) and ``num-cores`` unless given; a CUDA target gets ``arch`` from the local GPU
     when not given, and MetaSchedule's required limits.
     """
+    if not compiler_available():
+        raise CompilerUnavailable(
+            f"{OP}: compiling needs the full install (pip install tvm_convt, with apache-tvm's compiler), and this "
+            "is a runtime-only install (a bundle): load its compiled modules with CompiledConvTranspose1d.load")
     key = _cache_key(spec)
     return _resolve(spec) if key is None else _resolve_cached(key)
 
