@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 import tempfile
 from pathlib import Path
 
@@ -243,3 +245,41 @@ def test_help_states_defaults(capsys):
     assert main(["compile", "--help"]) == 0
     out = capsys.readouterr().out
     assert "(default: 1)" in out and "(default: zeros)" in out and "(default: llvm)" in out
+
+
+def test_the_package_and_the_cli_import_without_tvm():
+    """Issue #27, 13: Ctrl-C while TVM loaded printed a KeyboardInterrupt traceback, since the package
+    imported TVM before the CLI's main could catch anything. TVM now loads inside main."""
+    code = ("import sys, tvm_convt; from tvm_convt.cli import main; "
+            "print(sorted(m for m in ('tvm', 'tvm_ffi', 'torch') if m in sys.modules)); "
+            "tvm_convt.ConvTranspose1dParams(4, 4, 3); print(tvm_convt.ConvTranspose1d.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["[]", "ConvTranspose1d"]
+
+
+def test_an_interrupt_that_tvm_hands_back_as_a_runtime_error_is_an_interrupt(tmp_path):
+    """Issue #27, 13: SIGINT during compile's build: TVM's pass pipeline runs Python callbacks and turns
+    the KeyboardInterrupt raised in one into a bare RuntimeError; it read as an internal error."""
+    code = textwrap.dedent("""
+        import os, signal, sys, time
+        import tvm_convt.build as build
+        def interrupted_build(*args, **kwargs):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                raise RuntimeError  # what TVM's FFI hands back
+        build._compile_into = interrupted_build
+        from tvm_convt.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    args = ["compile", "--in-channels", "4", "--out-channels", "4", "--kernel-size", "3", "--length", "8",
+            "-o", str(tmp_path / "m.so")]
+    env = dict(os.environ, TVM_CONVT_CACHE=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == ("tvm-convt compile: interrupted; a module file is written "
+                                                      "whole or not at all")
+    assert not (tmp_path / "m.so").exists()

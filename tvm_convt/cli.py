@@ -753,7 +753,34 @@ INTERRUPTED = {
 }
 
 
+class _Interrupts:
+    """Whether SIGINT arrived during this command. TVM's compiler runs Python callbacks (its pass
+    pipeline) and hands a KeyboardInterrupt raised in one back as a bare RuntimeError, so the
+    type alone cannot tell an interrupt from a failure."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def install(self) -> None:
+        import signal
+
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored by the parent
+            signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+
+def _interrupted(prog: str, command: str) -> int:
+    after = INTERRUPTED.get(command)
+    print(f"\n{prog}: interrupted{'; ' + after if after else ''}", file=sys.stderr)
+    return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    interrupts = _Interrupts()
+    interrupts.install()
     parser = build_parser()
     prog = parser.prog
     try:
@@ -767,10 +794,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # argparse: --help, or a usage error already printed
         return _exit_status(done)
     except KeyboardInterrupt:
-        after = INTERRUPTED.get(prog.removeprefix(parser.prog).strip())
-        print(f"\n{prog}: interrupted{'; ' + after if after else ''}", file=sys.stderr)
-        return 130
+        return _interrupted(prog, prog.removeprefix(parser.prog).strip())
     except Exception as err:  # noqa: BLE001 - the one place every failure becomes one line
+        if interrupts.seen:
+            return _interrupted(prog, prog.removeprefix(parser.prog).strip())
         return _report(err, prog)
 
 

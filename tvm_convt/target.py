@@ -55,6 +55,9 @@ def use_all_cores() -> None:
     os.environ.setdefault("TVM_NUM_THREADS", str(host_cores()))
 
 
+use_all_cores()  # here, before any TVM kernel of this package can start the pool
+
+
 def logical_cpus() -> int:
     """Logical CPUs of this machine (at least those this process may run on)."""
     try:
