@@ -196,3 +196,18 @@ def test_the_report_picks_the_fastest_peer_and_its_ratio():
     assert report.geomean() == pytest.approx(2.0) and report.geomean("torch") == pytest.approx(3.0)
     assert report.geomean("openvino") is None
     assert "a: no OpenVINO time: not installed" in report.table()
+
+
+def test_a_worker_that_does_not_answer_is_stopped(tmp_path, monkeypatch):
+    from tvm_convt import peer_bench
+
+    w = LAYERS["dense"]
+    folder = _inputs_folder(tmp_path, w)
+    worker = Worker("onnxruntime")
+    try:
+        assert worker.ask({"op": "setup", "workload": w.to_dict(), "inputs": str(folder), "threads": 1})["ok"]
+        monkeypatch.setattr(peer_bench, "REPLY_TIMEOUT_S", 0.5)
+        with pytest.raises(WorkerError, match=r"the onnxruntime worker process did not answer 'time' within 0.5 s"):
+            worker.ask({"op": "time", "call": "call", "number": 1, "settle": 30.0})
+    finally:
+        worker.close()

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import tvm
 
@@ -190,7 +191,8 @@ def test_prune_confirms_by_measuring_the_default_against_the_records(tuned_logs,
     for key, ranked in confirmed.items():
         w = SUITE[names[key]]
         sources = [c.source for c in ranked]
-        assert "default" in sources and len(set(sources)) == len(sources) >= 2
+        # MetaSchedule's records are random and some compute wrong (seen in test runs): those are left out.
+        assert "default" in sources and len(set(sources)) == len(sources)
         assert all(c.seconds > 0 for c in ranked)
         default = next(c for c in ranked if c.source == "default")
         found = find_tuned_schedule(w, resolve_target("llvm"), logs=tmp_path)
@@ -729,3 +731,33 @@ def test_tune_refuses_a_suite_and_a_layers_options_together(tmp_path, capsys):
     suite.write_text("[]")
     assert main(["tune", "--suite", str(suite), "--in-channels", "4", "--trials", "1"]) == 2
     assert "tune takes --suite FILE or one layer's options, got both (--suite and --in-channels)" in capsys.readouterr().err
+
+
+def test_prune_leaves_out_a_record_that_computes_wrong(tuned_logs, tmp_path, monkeypatch):
+    """MetaSchedule measures speed only: a record in a test run computed a wrong last sample. The
+    re-measurement before prune keeps a record checks its output against the float64 reference."""
+    from tvm_convt import remeasure
+
+    logs, _ = tuned_logs
+    real_traces, real_call = remeasure._candidate_traces, remeasure._timed_call
+    records = set()
+
+    def traces(*args, **kwargs):
+        found, rule = real_traces(*args, **kwargs)
+        records.update(id(trace) for trace, source in found if source != "default")
+        return found, rule
+
+    def wrong_records(mod, trace, workload, target, arrays):
+        call, out = real_call(mod, trace, workload, target, arrays)
+        if id(trace) not in records:
+            return call, out
+        garbage = tvm.runtime.tensor(np.full(workload.output_shape, 7.0, workload.dtype))
+        return (lambda: (call(), garbage.copyto(out))), out
+
+    monkeypatch.setattr(remeasure, "_candidate_traces", traces)
+    monkeypatch.setattr(remeasure, "_timed_call", wrong_records)
+    confirmed = {}
+    written = prune(logs, tmp_path, confirm_on="llvm", confirmed=confirmed)
+    assert records, "the tuning run left no record to check"
+    assert all([c.source for c in ranked] == ["default"] for ranked in confirmed.values())
+    assert written == [] and open_database(tmp_path / HOST_KEY) is None

@@ -16,6 +16,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from ._cores import use_all_cores  # noqa: E402 - light: neither TVM nor NumPy
+
+use_all_cores()
+
 # Public name -> the module of this package that defines it.
 _EXPORTS = {
     "CompiledConvTranspose1d": "runtime",

@@ -48,7 +48,7 @@ TVM_LEFT_OUT = ("lib/libtvm_compiler.so", "lib/libtvm_runtime_extra.so", "3rdpar
 CPU_LEFT_OUT = ("lib/libtvm_runtime_cuda.so",)  # a CPU bundle needs no CUDA runtime
 FFI_LEFT_OUT = ("include", "3rdparty", "src", "share", "cython", "stub")
 # tvm_convt's files that loading and running a module imports, and reference.py for run.py --check.
-RUNTIME_FILES = ("__init__.py", "_files.py", "_host_pool.py", "_runtime_only.py", "build.py", "errors.py", "lengths.py",
+RUNTIME_FILES = ("__init__.py", "_cores.py", "_files.py", "_host_pool.py", "_runtime_only.py", "build.py", "errors.py", "lengths.py",
                  "params.py", "reference.py", "runtime/__init__.py", "runtime/arrays.py", "runtime/layer.py",
                  "runtime/module.py", "target.py")
 KERNELS = ("fatbin", "source")

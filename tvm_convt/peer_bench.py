@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import select
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,8 @@ from .timing import layer_inputs
 # Seconds each call runs untimed before its timed calls in a round, and calls timed per round.
 SETTLE_S = 0.02
 NUMBER = 5
+# A worker that has not answered a request in this long (a compile, the reference, a timing round) is stuck.
+REPLY_TIMEOUT_S = 900.0
 # The tvm_convt worker's calls: the user's call (the ratios use it) and the module on prepared tensors.
 TVM_CALLS = ("layer", "module")
 
@@ -58,6 +61,11 @@ class Worker:
         try:
             self._proc.stdin.write(json.dumps(msg) + "\n")
             self._proc.stdin.flush()
+            # One reply line per request, so nothing is left buffered between them and select sees it.
+            if not select.select([self._proc.stdout], [], [], REPLY_TIMEOUT_S)[0]:
+                self._proc.kill()
+                raise WorkerError(f"{OP}: the {self.side} worker process did not answer {msg['op']!r} within "
+                                  f"{REPLY_TIMEOUT_S:g} s: {self._last_words()}")
             line = self._proc.stdout.readline()
         except (BrokenPipeError, OSError):
             line = ""
