@@ -316,3 +316,24 @@ def test_a_tuned_record_that_computes_wrong_is_not_used(monkeypatch, tmp_path):
     assert compiled.metadata.schedule.startswith("default:")
     x, w, b = random_inputs(p, 1, 12, "float32")
     assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, p), "float32")
+
+
+def test_run_checks_a_weight_swapped_into_the_list_it_checked_before():
+    """run() skips the checks of the very weights it checked last (6 us of a short call); a tensor
+    swapped into the same list is a new object and is checked."""
+    p = ConvTranspose1dParams(8, 4, 4, stride=2)
+    compiled = tvm_convt.compile(p, batch=1, length=6, prepack_weight=True)
+    x, w, b = random_inputs(p, 1, 6, "float32")
+    weights = compiled.prepare_weights(w, b)
+    xd = compiled.to_device(x)
+    expected = conv_transpose1d_reference(x, w, b, p)
+    for _ in range(2):
+        assert_close(compiled.run(xd, weights), expected, "float32")
+    import tvm
+
+    weights[1] = tvm.runtime.empty((5,), "float32", compiled.device)
+    with pytest.raises(ValueError, match=r"^conv_transpose1d: bias must have shape \(4,\)"):
+        compiled.run(xd, weights)
+    weights[1] = compiled.to_device(b.astype("float64"))
+    with pytest.raises(TypeError, match=r"^conv_transpose1d: bias must have dtype float32"):
+        compiled.run(xd, weights)
