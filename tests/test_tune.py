@@ -88,11 +88,18 @@ def test_tune_suite_writes_records_and_reports(tuned_logs):
 
 
 def test_compile_uses_tuned_record_and_stays_exact(tuned_logs):
+    from tvm_convt.errors import TunedRecordWarning
+
     logs, report = tuned_logs
     for name in report.best_seconds:
         w = SUITE[name]
-        compiled = tvm_convt.compile(w.params, batch=w.batch, length=w.length, logs=logs)
-        assert compiled.metadata.schedule == f"tuned:{logs / HOST_KEY}"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compiled = tvm_convt.compile(w.params, batch=w.batch, length=w.length, logs=logs)
+        # MetaSchedule's random search sometimes keeps a schedule that computes wrong (3 runs of this
+        # suite in 7 here, "up" each time): the build checks the record and takes the default instead.
+        refused = any(issubclass(c.category, TunedRecordWarning) for c in caught)
+        assert compiled.metadata.schedule.startswith("default:" if refused else f"tuned:{logs / HOST_KEY}")
         x, wt, b = random_inputs(w.params, w.batch, w.length, "float32")
         assert_close(compiled(x, wt, b), conv_transpose1d_reference(x, wt, b, w.params), "float32")
     other = SUITE["up"]
@@ -142,9 +149,10 @@ def test_bench_default_schedule_skips_the_records(tuned_logs):
     default = run_bench(suite, logs=logs, rounds=1, threads=1, tuned=False)
     # bench runs the layer's modules: where the best record is the cpu-gemm default itself
     # (tuning recorded it first and found nothing faster), its prepacked form is used instead.
+    # (or, where the record computed wrong and the build refused it, the default's prepacked form too).
     for c in tuned.records:
         assert (c.schedule == f"tuned:{logs / HOST_KEY}"
-                or (c.schedule == "default:cpu-gemm" and c.weight_packed)), (c.name, c.schedule)
+                or (c.schedule.startswith("default:") and c.weight_packed)), (c.name, c.schedule)
     assert all(c.schedule.startswith("default:") for c in default.records)
 
 

@@ -158,7 +158,7 @@ def _openvino_call(workload: Workload, x: np.ndarray, weight: np.ndarray, bias: 
         return lambda: request.infer({0: _onnx_input(x, form)}, share_outputs=False)[0].reshape(shape)
 
     form, call = faster_form(make)
-    return PeerCall(call, f"OpenVINO {ov.__version__}", form)
+    return PeerCall(call, f"OpenVINO {ov.__version__.split('-')[0]}", form)
 
 
 def faster_form(make: Callable[[str], Callable[[], np.ndarray]], seconds: float = 0.2) -> tuple[str, Callable[[], np.ndarray]]:
