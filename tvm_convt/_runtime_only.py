@@ -22,7 +22,6 @@ _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
 @functools.lru_cache(maxsize=1)
-@functools.lru_cache(maxsize=1)
 def compiler_available() -> bool:
     """Whether TVM's compiler library is loaded (False in a runtime-only install)."""
     return tvm_ffi.get_global_func("target.Target", allow_missing=True) is not None

@@ -26,8 +26,6 @@ from .runtime import compile as compile_module
 from .target import TargetLike, host_cores, resolve_target, set_cpu_threads, target_key
 from .timing import interleaved_medians, interleaved_samples, layer_inputs
 
-
-
 # A side whose median round is more than this many times its fastest was disturbed (another
 # process, frequency changes, a thread pool asleep): the layer is timed again, once, and a side
 # still that spread is reported with a warning (issue #26, 5: a 14 us call read 14.4 ms once).
@@ -37,15 +35,22 @@ MIN_ROUNDS = 5
 
 
 def timed_medians(fns: dict[str, Callable[[], object]], rounds: int) -> tuple[dict[str, float], list[str]]:
-    """Interleaved medians of ``fns`` and warnings about them: too few rounds, or a side's median
-    past :data:`SPREAD_LIMIT` times its fastest round after timing the layer a second time."""
-    samples = interleaved_samples(fns, rounds=rounds)
+    """Interleaved medians of ``fns`` and warnings about them (:func:`steady_medians`)."""
+    return steady_medians(lambda: interleaved_samples(fns, rounds=rounds), rounds)
+
+
+def steady_medians(sample: Callable[[], dict[Any, list[float]]], rounds: int,
+                   label: Callable[[Any], str] = str) -> tuple[dict[Any, float], list[str]]:
+    """Medians of ``sample()``'s rounds by side, and warnings about them: too few rounds, or a side's
+    median past :data:`SPREAD_LIMIT` times its fastest round after sampling a second time. ``label``
+    names a side in the warnings."""
+    samples = sample()
     if any(statistics.median(s) > SPREAD_LIMIT * min(s) for s in samples.values()):
-        samples = interleaved_samples(fns, rounds=rounds)
-    medians = {name: statistics.median(s) for name, s in samples.items()}
-    notes = [f"{name}: its median round, {medians[name] * 1e3:.3f} ms, is {medians[name] / min(s):.1f}x its "
-             f"fastest ({min(s) * 1e3:.3f} ms) twice: disturbed" for name, s in samples.items()
-             if medians[name] > SPREAD_LIMIT * min(s)]
+        samples = sample()
+    medians = {side: statistics.median(s) for side, s in samples.items()}
+    notes = [f"{label(side)}: its median round, {medians[side] * 1e3:.3f} ms, is {medians[side] / min(s):.1f}x its "
+             f"fastest ({min(s) * 1e3:.3f} ms) twice: disturbed" for side, s in samples.items()
+             if medians[side] > SPREAD_LIMIT * min(s)]
     if rounds < MIN_ROUNDS:
         notes.append(f"medians of {rounds} round(s): fewer than {MIN_ROUNDS} are not reliable")
     return medians, notes

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import tvm
 import tvm_ffi
 from tvm.target import Target
@@ -591,19 +590,17 @@ def _record_check(workload: Workload, tgt: Target) -> Any:
     :class:`_WrongRecord`; None where the module cannot run here (another CPU, a GPU target)."""
     from .reference import CHECK_TOLERANCE, conv_transpose1d_reference, relative_error
     from .target import missing_cpu_support
+    from .timing import layer_inputs
 
     if tgt.kind.name != "llvm" or missing_cpu_support(tgt) is not None:
         return None
 
     def check(executable: Any) -> None:
-        p = workload.params
-        rng = np.random.default_rng(0)
-        arrays = [rng.standard_normal(shape).astype(workload.dtype) for shape in
-                  [workload.input_shape, p.weight_shape] + ([(p.out_channels,)] if p.bias else [])]
+        x, weight, bias = layer_inputs(workload)
+        arrays = [x, weight] + ([bias] if bias is not None else [])
         out = tvm.runtime.empty(workload.output_shape, workload.dtype, tvm.cpu(0))
         executable["main"](*[tvm.runtime.tensor(a, tvm.cpu(0)) for a in arrays], out)
-        expected = conv_transpose1d_reference(arrays[0], arrays[1], arrays[2] if p.bias else None, p)
-        error = relative_error(out.numpy(), expected)
+        error = relative_error(out.numpy(), conv_transpose1d_reference(x, weight, bias, workload.params))
         if not error <= CHECK_TOLERANCE[workload.dtype]:
             raise _WrongRecord(error)
 

@@ -772,8 +772,9 @@ class _Interrupts:
         raise KeyboardInterrupt
 
 
-def _interrupted(prog: str, command: str) -> int:
-    after = INTERRUPTED.get(command)
+def _interrupted(prog: str, tool: str) -> int:
+    """The one line and exit status of an interrupt; ``prog`` is the tool's name and its command's."""
+    after = INTERRUPTED.get(prog.removeprefix(tool).strip())
     print(f"\n{prog}: interrupted{'; ' + after if after else ''}", file=sys.stderr)
     return 130
 
@@ -794,11 +795,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # argparse: --help, or a usage error already printed
         return _exit_status(done)
     except KeyboardInterrupt:
-        return _interrupted(prog, prog.removeprefix(parser.prog).strip())
+        return _interrupted(prog, parser.prog)
     except Exception as err:  # noqa: BLE001 - the one place every failure becomes one line
-        if interrupts.seen:
-            return _interrupted(prog, prog.removeprefix(parser.prog).strip())
-        return _report(err, prog)
+        return _interrupted(prog, parser.prog) if interrupts.seen else _report(err, prog)
 
 
 if __name__ == "__main__":  # pragma: no cover

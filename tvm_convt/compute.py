@@ -563,8 +563,7 @@ def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor, layout: SymbolicL
         g, o = tirx.indexdiv(co, cog), tirx.indexmod(co, cog)
         if weight_block is None:  # as it always was: the records of the unpacked form keep their hash
             return weight[g * cig + c, o, k]
-        m = o * p.kernel_size + k
-        return weight[g, tirx.indexdiv(m, weight_block), c, tirx.indexmod(m, weight_block)]
+        return _weight_reader(p, weight, weight_block)(g, c, o * p.kernel_size + k)
 
     def tap(r):
         # The last tap first: the input index then grows with t, which lets LLVM address a

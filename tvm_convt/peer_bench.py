@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import select
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .benchmark import MIN_ROUNDS, SPREAD_LIMIT, as_ms, machine_info
+from .benchmark import as_ms, machine_info, steady_medians
 from .params import OP, Workload
 from .peers import LABELS, PEERS
 from .reference import conv_transpose1d_reference
@@ -217,20 +216,6 @@ def _samples(workers: dict[str, Worker], calls: list[tuple[str, str]], rounds: i
     return samples
 
 
-def _timed(workers: dict[str, Worker], calls: list[tuple[str, str]], rounds: int) -> tuple[dict, list[str]]:
-    """Medians by call, timed again once when a call's median is past SPREAD_LIMIT times its fastest."""
-    samples = _samples(workers, calls, rounds)
-    if any(statistics.median(s) > SPREAD_LIMIT * min(s) for s in samples.values()):
-        samples = _samples(workers, calls, rounds)
-    medians = {c: statistics.median(s) for c, s in samples.items()}
-    notes = [f"{side} {call}: its median round, {medians[(side, call)] * 1e3:.3f} ms, is "
-             f"{medians[(side, call)] / min(s):.1f}x its fastest ({min(s) * 1e3:.3f} ms) twice: disturbed"
-             for (side, call), s in samples.items() if medians[(side, call)] > SPREAD_LIMIT * min(s)]
-    if rounds < MIN_ROUNDS:
-        notes.append(f"medians of {rounds} round(s): fewer than {MIN_ROUNDS} are not reliable")
-    return medians, notes
-
-
 def compare_layer(name: str, workload: Workload, workers: dict[str, Worker], setup: dict[str, Any],
                   rounds: int) -> PeerComparison:
     """Set every worker up on the layer (each checks its output), then time them in turns."""
@@ -245,7 +230,7 @@ def compare_layer(name: str, workload: Workload, workers: dict[str, Worker], set
         raise ResultMismatch(f"{OP}: {name}: {ours.get('why')}")
     ready = [p for p in PEERS if p in answers and answers[p].get("ok")]
     calls = [("tvm_convt", c) for c in TVM_CALLS] + [(p, "call") for p in ready]
-    medians, notes = _timed(workers, calls, rounds)
+    medians, notes = steady_medians(lambda: _samples(workers, calls, rounds), rounds, " ".join)
     return PeerComparison(
         name, workload, ours["schedule"], medians[("tvm_convt", "layer")], medians[("tvm_convt", "module")],
         {p: medians.get((p, "call")) for p in PEERS},

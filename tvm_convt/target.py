@@ -31,8 +31,6 @@ _CUDA_DEFAULTS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 
                   "thread_warp_size": 32}
 
 
-
-
 def logical_cpus() -> int:
     """Logical CPUs of this machine (at least those this process may run on)."""
     try:
