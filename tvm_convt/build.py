@@ -272,7 +272,8 @@ def schedule_symbolic(
     if fields is None and tuned and rule is None:
         fields, origin = _layer_fields(workload, target, logs)
     with tuned_fields(fields):
-        plan = plan_lengths(workload.params, workload.dtype, target, rule=rule, prepack_weight=prepack_weight)
+        plan = plan_lengths(workload.params, workload.dtype, target, rule=rule, prepack_weight=prepack_weight,
+                            stream=workload.stream)
     functions = dict(plan.functions)
     if plan.weight_block is not None:
         pack = weight_pack_func(workload.params, workload.dtype, plan.weight_block)

@@ -59,6 +59,9 @@ FULL = "full"
 MARGIN_LEFT = "margin_left"
 MARGIN_RIGHT = "margin_right"
 OUT = "y"
+# A stream's kernel: the partial sums it takes and the ones it leaves (ConvTranspose1dParams.overlap).
+STATE = "state"
+STATE_OUT = "state_out"
 
 # Beyond this many live taps per output the gather is a reduction loop, not an unrolled
 # sum: an unrolled sum's compile time (and TVM's recursion over it) grows with kernel_size.
@@ -257,6 +260,13 @@ def conv_transpose1d_te(w: Workload, form: str = GEMM, weight_block: int | None 
     variables), its intermediates padded as ``layout`` says; ``w`` (static) is then only the
     workload the layout was planned for.
     """
+    w, inputs, full = _full_te(w, form, weight_block, layout)
+    return inputs, _output(w, full, inputs[2] if len(inputs) > 2 else None)
+
+
+def _full_te(w: Workload, form: str, weight_block: int | None,
+             layout: SymbolicLayout | None) -> tuple[Workload | _SymbolicShape, list[te.Tensor], te.Tensor]:
+    """The workload's sizes (expressions with ``layout``), the inputs ``[x, weight(, bias)]`` and ``full``."""
     assert form in FORMS, form
     assert form != DIRECT or direct_applies(w), (form, w)
     assert form != BLOCKED or blocked_applies(w), (form, w)
@@ -274,17 +284,60 @@ def conv_transpose1d_te(w: Workload, form: str = GEMM, weight_block: int | None 
         full = _blocked_full(w, x, _weight_reader(p, weight, weight_block), layout)
     else:
         full = _direct_full(w, x, weight, layout, weight_block)
-    inputs = [x, weight] + ([bias] if bias is not None else [])
-    return inputs, _output(w, full, bias)
+    return w, [x, weight] + ([bias] if bias is not None else []), full
+
+
+def stream_te(w: Workload, form: str, weight_block: int | None,
+              layout: SymbolicLayout) -> tuple[list[te.Tensor], list[te.Tensor]]:
+    """A stream's kernel for ``w`` (whose params are a layer's ``stream_params()``), any batch and length.
+
+    Returns ``(inputs, outputs)``: inputs ``[x, weight(, bias)(, state)]``, outputs ``[y(, state_out)]``.
+    ``state`` and ``state_out`` are (batch, out_channels, overlap) partial sums in the accumulator dtype,
+    before the bias (none when ``overlap`` is not positive): ``state`` is what the chunk before left
+    past its final outputs, ``state_out`` what this one leaves. ``y`` is (batch, out_channels,
+    ``L_in * stride``): the chunk's padding-free output with ``state`` added to its first samples,
+    every sample of it final, plus the bias.
+    """
+    w, inputs, full = _full_te(w, form, weight_block, layout)
+    p = w.params
+    acc, stride, overlap = w.accumulator, p.stride, max(p.overlap, 0)
+    q_first, _ = w.phase_range
+    emitted = w.length * stride
+    bias = inputs[2] if p.bias else None
+    state = te.placeholder((w.batch, p.out_channels, overlap), acc, name=STATE) if overlap else None
+
+    def summed(n, co, u):
+        v = full[n, co, tirx.indexmod(u, stride), tirx.indexdiv(u, stride) - q_first]
+        if state is None:
+            return v
+        # A select on a clamped index: the load is always in bounds, so it may be speculated.
+        carried = state[n, co, tirx.min(u, overlap - 1)]
+        return v + tirx.Select(u < overlap, carried, tirx.const(0, acc))
+
+    def with_bias(v, co):
+        v = v + _widen(w, bias[co]) if bias is not None else v
+        return v if acc == w.dtype else v.astype(w.dtype)
+
+    y = te.compute((w.batch, p.out_channels, emitted), lambda n, co, u: with_bias(summed(n, co, u), co), name=OUT)
+    if state is None:
+        return inputs, [y]
+    left = te.compute((w.batch, p.out_channels, overlap), lambda n, co, v: summed(n, co, emitted + v),
+                      name=STATE_OUT)
+    return inputs + [state], [y, left]
 
 
 def prim_func(w: Workload, form: str, weight_block: int | None = None,
-              layout: SymbolicLayout | None = None) -> tirx.PrimFunc:
+              layout: SymbolicLayout | None = None, stream: bool = False) -> tirx.PrimFunc:
     """The unscheduled TensorIR function ``main(x, weight[, bias], y)`` in formulation ``form``:
     what is scheduled, tuned and looked up (the weight packed when ``weight_block`` is given;
-    symbolic in batch and length with ``layout``)."""
-    inputs, out = conv_transpose1d_te(w, form, weight_block, layout)
-    return te.create_prim_func(inputs + [out]).with_attr("global_symbol", "main")
+    symbolic in batch and length with ``layout``). With ``stream``, a stream's kernel
+    (:func:`stream_te`): ``main(x, weight[, bias][, state], y[, state_out])``."""
+    if stream:
+        inputs, outputs = stream_te(w, form, weight_block, layout)
+    else:
+        inputs, out = conv_transpose1d_te(w, form, weight_block, layout)
+        outputs = [out]
+    return te.create_prim_func(inputs + outputs).with_attr("global_symbol", "main")
 
 
 def weight_pack_func(p: ConvTranspose1dParams, dtype: str, block: int) -> tirx.PrimFunc:

@@ -302,6 +302,21 @@ class ConvTranspose1dParams:
         return ConvTranspose1dParams(**{**self.to_dict(), "output_padding": output_padding})
 
     @property
+    def overlap(self) -> int:
+        """How far the padding-free output of one input sample reaches past its ``stride`` own
+        samples: ``dilation * (kernel_size - 1) + 1 - stride`` (negative when the taps leave gaps).
+        A stream carries this many partial sums per channel from one chunk to the next."""
+        return self.dilation * (self.kernel_size - 1) + 1 - self.stride
+
+    def stream_params(self) -> ConvTranspose1dParams:
+        """The parameters a stream's kernel computes a chunk with: no padding (the stream crops and
+        folds the whole signal's ends itself), zeros mode, and the output padding that makes a chunk of
+        T samples give at least ``T * stride`` outputs. The bias is added in the kernel in zeros mode
+        only: the other modes fold margins that must not carry it."""
+        return ConvTranspose1dParams(**{**self.to_dict(), "padding": 0, "output_padding": max(0, -self.overlap),
+                                        "padding_mode": "zeros", "bias": self.bias and self.padding_mode == "zeros"})
+
+    @property
     def macs_per_sample(self) -> int:
         """Useful multiply-adds per input sample position and batch element."""
         return self.in_channels * self.out_per_group * self.kernel_size
@@ -417,6 +432,9 @@ class SymbolicWorkload:
 
     params: ConvTranspose1dParams
     dtype: str = "float32"
+    # A stream's kernel (:meth:`ConvTranspose1dParams.stream_params`): it also takes the partial sums
+    # the chunk before left and returns the chunk's ``L_in * stride`` final outputs and its own.
+    stream: bool = False
     batch = None
     length = None
     symbolic = True
@@ -426,6 +444,10 @@ class SymbolicWorkload:
             raise TypeError(f"{OP}: params must be a ConvTranspose1dParams, got params={self.params!r} "
                             f"({type(self.params).__name__})")
         object.__setattr__(self, "dtype", check_dtype(self.dtype))
+        if type(self.stream) is not bool:
+            raise TypeError(f"{OP}: stream must be a bool, got stream={self.stream!r}")
+        if self.stream and self.params.stream_params() != self.params:
+            raise ValueError(f"{OP}: a stream's workload takes the layer's stream_params(), got {self.params}")
 
     def at(self, batch: int, length: int) -> Workload:
         """The static workload of a call with ``batch`` rows of ``length`` samples."""
@@ -436,11 +458,12 @@ class SymbolicWorkload:
         return ACCUMULATOR.get(self.dtype, self.dtype)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"params": self.params.to_dict(), "batch": None, "length": None, "dtype": self.dtype}
+        d = {"params": self.params.to_dict(), "batch": None, "length": None, "dtype": self.dtype}
+        return {**d, "stream": True} if self.stream else d
 
 
 def workload_from_dict(d: dict[str, Any]) -> Workload | SymbolicWorkload:
     """A :class:`Workload`, or a :class:`SymbolicWorkload` where batch and length are null."""
     if d.get("batch") is None and d.get("length") is None:
-        return SymbolicWorkload(ConvTranspose1dParams.from_dict(d["params"]), d["dtype"])
+        return SymbolicWorkload(ConvTranspose1dParams.from_dict(d["params"]), d["dtype"], d.get("stream", False))
     return Workload.from_dict(d)

@@ -129,11 +129,12 @@ def _narrow_groups_direct(workload: Workload, target: Target) -> bool:
 
 
 def symbolic_schedule(workload: Workload, target: Target, *, rule: str | None = None,
-                      weight_block: int | None = None) -> tuple[s_tir.Schedule, str]:
+                      weight_block: int | None = None, stream: bool = False) -> tuple[s_tir.Schedule, str]:
     """The schedule of :func:`symbolic_choice`'s rule and its name. With ``weight_block``,
-    ``main`` reads the weight packed (the rule must then be one of :data:`PREPACKABLE`)."""
+    ``main`` reads the weight packed (the rule must then be one of :data:`PREPACKABLE`); with
+    ``stream``, ``main`` is a stream's kernel (:func:`tvm_convt.compute.stream_te`)."""
     chosen, form, layout, _ = symbolic_choice(workload, target, rule)
-    sch = chosen.apply(prim_func(workload, form, weight_block, layout), workload, target)
+    sch = chosen.apply(prim_func(workload, form, weight_block, layout, stream), workload, target)
     assert sch is not None, (chosen.name, workload)
     return sch, chosen.name
 

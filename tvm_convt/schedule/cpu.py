@@ -114,7 +114,7 @@ def _gather_writes_output(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> 
 
 def schedule_fold_cpu(sch: s_tir.Schedule) -> None:
     """The margins (replicate mode) and the output stage: parallel over (batch, channel)."""
-    for name in (C.MARGIN_LEFT, C.MARGIN_RIGHT, C.OUT):
+    for name in (C.MARGIN_LEFT, C.MARGIN_RIGHT, C.OUT, C.STATE_OUT):
         if has_block(sch, name):
             parallel_outer(sch, sch.get_sblock(name), 2)
 

@@ -137,7 +137,7 @@ def _bind_symbolic(sch: s_tir.Schedule, loops: list, threads: int) -> None:
 
 def _schedule_epilogue(sch: s_tir.Schedule, threads: int) -> None:
     """Margins and ``y``: one thread an output (margins: one an (n, channel), summing serially)."""
-    for name, n_spatial in ((C.MARGIN_LEFT, 2), (C.MARGIN_RIGHT, 2), (C.OUT, 3)):
+    for name, n_spatial in ((C.MARGIN_LEFT, 2), (C.MARGIN_RIGHT, 2), (C.OUT, 3), (C.STATE_OUT, 3)):
         if has_block(sch, name):
             block = sch.get_sblock(name)
             _bind_flat(sch, block, n_spatial, threads)

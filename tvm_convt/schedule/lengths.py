@@ -106,11 +106,12 @@ def plan_segments(params: ConvTranspose1dParams, dtype: str, target: Target, rul
 
 
 def plan_lengths(params: ConvTranspose1dParams, dtype: str, target: Target, *, rule: str | None = None,
-                 prepack_weight: bool = False) -> SymbolicPlan:
+                 prepack_weight: bool = False, stream: bool = False) -> SymbolicPlan:
     """Schedule the layer once per range of :func:`plan_segments` and merge neighbours that agree.
 
     With ``prepack_weight``, every function reads the weight packed by one column block when every
-    range's rule is one of :data:`PREPACKABLE` (and all pack alike); otherwise none does.
+    range's rule is one of :data:`PREPACKABLE` (and all pack alike); otherwise none does. With
+    ``stream``, the functions are a stream's kernels (:func:`tvm_convt.compute.stream_te`).
     """
     probes = _probe_workloads(params, dtype)
     segments = plan_segments(params, dtype, target, rule, probes)
@@ -121,7 +122,7 @@ def plan_lengths(params: ConvTranspose1dParams, dtype: str, target: Target, *, r
     block = _common_weight_block(reps, target, rule) if prepack_weight else None
     merged: list[tuple[int, int | None, s_tir.Schedule, str]] = []
     for (first, last), rep in zip(segments, reps):
-        sch, name = symbolic_schedule(rep, target, rule=rule, weight_block=block)
+        sch, name = symbolic_schedule(rep, target, rule=rule, weight_block=block, stream=stream)
         if merged and tvm_ffi.structural_equal(merged[-1][2].mod["main"], sch.mod["main"]):
             merged[-1] = (merged[-1][0], last, merged[-1][2], merged[-1][3])
         else:
