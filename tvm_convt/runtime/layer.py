@@ -152,6 +152,30 @@ class ConvTranspose1d:
         y = compiled._run_checked(compiled.to_device(xb, "input"), weights, out)
         return y[0] if unbatched else y
 
+    def stream(self, batch: int = 1, *, causal: bool = False, trim_right_ratio: float = 1.0) -> Any:
+        """A stream of this layer over ``batch`` rows (:class:`tvm_convt.runtime.streams.ConvTranspose1dStream`):
+        chunks pushed one after another give the layer's output on the whole signal. It reads the
+        layer's weights as they are at each push. ``causal`` takes Moshi's and EnCodec's convention
+        instead (no padding; ``trim_right_ratio`` of the overlap trimmed from the end)."""
+        from .streams import open_stream
+
+        return open_stream(self.params, self.dtype, self.target, self._stream_weights, batch=batch,
+                           causal=causal, trim_right_ratio=trim_right_ratio, logs=self.logs)
+
+    def _stream_weights(self, kernel: CompiledConvTranspose1d) -> Any:
+        """The layer's weights as a stream's kernel reads them, prepared once per assignment."""
+        in_kernel = kernel.params.bias
+        key = ("stream", kernel.metadata.weight_block, in_kernel)
+
+        def source() -> tuple[list[tvm.runtime.Tensor], np.ndarray | None]:
+            weight, bias, copies = self._state
+            prepared = copies.get(key)
+            if prepared is None:
+                prepared = copies[key] = kernel.prepare_weights(weight, bias if in_kernel else None)
+            return prepared, bias
+
+        return source
+
     def _plan(self, arr: np.ndarray | DeviceArray, output_size: Any) -> _CallPlan:
         """The module for an input like ``arr`` after every check of its shape, remembered by
         shape when ``output_size`` is None."""

@@ -360,6 +360,17 @@ class CompiledConvTranspose1d:
         y = self._run_checked(self.to_device(xb, "input"), self.prepare_weights(weight, bias), out)
         return y[0] if unbatched else y
 
+    def stream(self, weight: Any, bias: Any = None, *, batch: int = 1, causal: bool = False,
+               trim_right_ratio: float = 1.0) -> Any:
+        """A stream of this module's layer with these weights (read once, here) over ``batch`` rows
+        (:class:`tvm_convt.runtime.streams.ConvTranspose1dStream`), on the module's target; its kernel
+        is compiled (or found in the cache), which needs the full install."""
+        from .streams import fixed_weights, open_stream
+
+        self.check_weights(weight, bias)
+        return open_stream(self.params, self.workload.dtype, self.metadata.target, fixed_weights(weight, bias),
+                           batch=batch, causal=causal, trim_right_ratio=trim_right_ratio)
+
     # -- files ----------------------------------------------------------------------------
     def export(self, path: str | Path) -> Path:
         """Write the library to ``path`` (``.so``) and its metadata to the ``.json`` beside it."""
@@ -408,6 +419,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     rule: str | None = None,
     tuned: bool = True,
     prepack_weight: bool = False,
+    stream: bool = False,
 ) -> CompiledConvTranspose1d:
     """Compile the operator for one input shape, or for every one (or take it from the cache).
 
@@ -422,9 +434,16 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     rule and ``tuned=False`` ignores tuning records. With ``prepack_weight``, a default
     schedule that would pack the weight inside every call (``cpu-gemm``, ``cpu-gemm-blocked``) takes it packed
     instead, from :meth:`CompiledConvTranspose1d.prepare_weights`, which is then worth
-    calling once per weight (``weight_packed`` says whether this module does).
+    calling once per weight (``weight_packed`` says whether this module does). With ``stream``, the
+    module is the kernel of a stream of the layer (:class:`tvm_convt.runtime.stream.ConvTranspose1dStream`
+    runs it), for every batch and length.
     """
-    if batch is None or length is None:
+    if stream:
+        if batch is not None or length is not None:
+            raise ValueError(f"{OP}: a stream's kernel takes every batch and length, got batch={batch!r}, "
+                             f"length={length!r}")
+        workload = SymbolicWorkload(params.stream_params(), dtype, stream=True)
+    elif batch is None or length is None:
         workload = SymbolicWorkload(params, dtype)
     else:
         workload = Workload(params, batch, length, dtype)
@@ -461,8 +480,9 @@ class _ModuleCache:
         with self._lock:
             found = self._modules.get(key)
         if found is None:
-            found = compile(workload.params, batch=workload.batch, length=workload.length,
-                            dtype=workload.dtype, target=target, logs=logs, prepack_weight=prepack_weight)
+            found = compile(workload.params, batch=workload.batch, length=workload.length, dtype=workload.dtype,
+                            target=target, logs=logs, prepack_weight=prepack_weight,
+                            stream=getattr(workload, "stream", False))
             with self._lock:
                 found = self._modules.setdefault(key, found)
         return found
