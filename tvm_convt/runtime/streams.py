@@ -13,6 +13,7 @@ so the samples it reaches are held back until then.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ import tvm
 
 from ..params import OP, ConvTranspose1dParams, SymbolicWorkload, Workload, numpy_dtype
 from ..target import TargetLike, resolve_target
-from .arrays import Output, as_array, check_array, check_array_dtype, output_empty, shareable
+from .arrays import (Output, aligned_copy, aligned_empty, as_array, check_array, check_array_dtype, output_empty,
+                     shareable)
 from .module import _MODULES, CompiledConvTranspose1d
 
 # What a stream reads its weights through: the kernel's prepared weights and the layer's bias (None
@@ -75,7 +77,8 @@ class StreamGeometry:
                              f"stride, got padding={p.padding}, output_padding={p.output_padding}, "
                              f"padding_mode={p.padding_mode!r}, overlap={p.overlap}")
         right = math.ceil(p.overlap * ratio)
-        return cls(p.stride, p.overlap, p.overlap - right, -right, max(0, right), "zeros", 0)
+        # The output is full[overlap - right : frames*stride + overlap - right]: nothing to hold back.
+        return cls(p.stride, p.overlap, p.overlap - right, p.overlap - right, 0, "zeros", 0)
 
     @property
     def per_row(self) -> bool:
@@ -109,11 +112,20 @@ class ConvTranspose1dStream:
         acc = numpy_dtype(kernel.workload.accumulator)
         shape = (batch, params.out_channels, geometry.carried)
         # Two buffers of partial sums, read and written in turn: the kernel reads one and writes the other.
-        self._states = [output_empty(shape, acc.name), output_empty(shape, acc.name)]
+        self._states = [aligned_empty(shape, acc), aligned_empty(shape, acc)]
         self._state_tensors = [tvm.runtime.from_dlpack(s) for s in self._states] if geometry.carried else []
         self._current = 0  # the buffer the next push reads
-        self._flush_kind = Output()
+        self._flush_as = (Output(), False)
         self.reset()
+
+    def __deepcopy__(self, memo: dict) -> ConvTranspose1dStream:
+        """A stream at the same point with its own state (the kernel and the weights are shared)."""
+        twin = copy.copy(self)
+        twin._states = [aligned_copy(s) for s in self._states]
+        twin._state_tensors = [tvm.runtime.from_dlpack(s) for s in twin._states] if self.geometry.carried else []
+        for name in ("_pending", "_margin"):
+            setattr(twin, name, copy.deepcopy(getattr(self, name), memo))
+        return twin
 
     def __repr__(self) -> str:
         return f"ConvTranspose1dStream({self.params}, batch={self.batch}, dtype={self.dtype!r}, frames={self.frames})"
@@ -172,7 +184,7 @@ class ConvTranspose1dStream:
         seq = self._tail(bias, g.end(self._frames) + g.pad)
         y = self._emit(seq, g.end(self._frames), bias, right=True)
         self._ended = True
-        return self._hand_back(y, None, self._flush_kind, False)
+        return self._hand_back(y, None, *self._flush_as)
 
     # -- the kernel ---------------------------------------------------------------------------------
     def _checked_input(self, x: Any) -> tuple[np.ndarray, bool]:
@@ -186,7 +198,8 @@ class ConvTranspose1dStream:
             raise ValueError(f"{OP}: a stream of batch {self.batch} takes chunks of shape ({self.batch}, "
                              f"{p.in_channels}, T) with T >= 1, got input.shape={tuple(arr.shape)}")
         check_array_dtype(xb, "input", self.dtype)
-        self._flush_kind = Output.like(x)
+        # The flush hands back what the pushes did: their kind of array, batched or not.
+        self._flush_as = (Output.like(x), unbatched)
         return xb, unbatched
 
     def _push_shape(self, xb: np.ndarray) -> tuple[int, int, int]:
