@@ -275,3 +275,47 @@ def test_geometry_holds_back_what_the_end_may_change():
     assert StreamGeometry.of(ConvTranspose1dParams(4, 4, 16, stride=8, padding=4)).per_row is False
     assert StreamGeometry.of(ConvTranspose1dParams(4, 4, 16, stride=8)).per_row is True
 
+
+
+@needs_torch
+def test_torch_streaming_layer_matches_torch_and_keeps_its_state():
+    import io
+
+    from tvm_convt.torch import StreamingConvTranspose1d
+
+    torch.manual_seed(0)
+    layer = StreamingConvTranspose1d(8, 4, 8, stride=4, padding=2)
+    x = torch.randn(2, 8, 15)
+    expected = torch.nn.functional.conv_transpose1d(x.double(), layer.weight.double(), layer.bias.double(),
+                                                    stride=4, padding=2).detach().numpy()
+    head = layer(x[:, :, :6])
+    saved = io.BytesIO()
+    torch.save(layer.state_dict(), saved)
+    twin = copy.deepcopy(layer)
+    tail = torch.cat([layer(x[:, :, 6:]), layer.flush()], dim=2)
+    assert_close(torch.cat([head, tail], dim=2).numpy(), expected, "float32")
+    torch.testing.assert_close(torch.cat([twin(x[:, :, 6:]), twin.flush()], dim=2), tail, rtol=0, atol=0)
+    restored = StreamingConvTranspose1d(8, 4, 8, stride=4, padding=2)
+    saved.seek(0)
+    restored.load_state_dict(torch.load(saved))  # weights_only: the state is tensors and plain values
+    torch.testing.assert_close(torch.cat([restored(x[:, :, 6:]), restored.flush()], dim=2), tail, rtol=0, atol=0)
+    with torch.no_grad():  # the twin reads its own parameters, not the original's
+        layer.weight.zero_()
+    twin.reset()
+    assert twin(x).abs().max() > 0
+
+
+@needs_torch
+def test_torch_streaming_layer_moshi_convention_and_weight_norm():
+    from tvm_convt.torch import StreamingConvTranspose1d
+
+    torch.manual_seed(1)
+    layer = StreamingConvTranspose1d(6, 4, 8, stride=4, causal=True)
+    torch.nn.utils.parametrizations.weight_norm(layer)  # how Moshi's and EnCodec's layers ship
+    x = torch.randn(1, 6, 9)
+    full = torch.nn.functional.conv_transpose1d(x, layer.weight, layer.bias, stride=4)
+    got = torch.cat([layer(x[:, :, i:i + 1]) for i in range(9)], dim=2)
+    assert got.shape[2] == 9 * 4
+    assert_close(got.numpy(), full[:, :, :36].detach().double().numpy(), "float32")
+    with pytest.raises(ValueError, match="circular"):
+        StreamingConvTranspose1d(4, 4, 4, stride=2, padding=1, padding_mode="circular")

@@ -135,6 +135,28 @@ class ConvTranspose1dStream:
         """Input samples pushed since the stream started."""
         return self._frames
 
+    def state(self) -> dict[str, Any]:
+        """Where the stream stands, as plain values and arrays (copies): what :meth:`load_state` takes."""
+        return {"batch": self.batch, "frames": self._frames, "start": self._start, "ended": self._ended,
+                "partial": self._states[self._current].copy(), "margin": self._margin.copy(),
+                "pending": None if self._pending is None else self._pending.copy()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state`'s answer (of a stream of the same layer and batch)."""
+        g, p = self.geometry, self.params
+        expected = {"partial": (self.batch, p.out_channels, g.carried), "margin": (self.batch, p.out_channels, g.pad)}
+        if state.get("batch") != self.batch:
+            raise ValueError(f"{OP}: a stream state of batch {state.get('batch')!r} cannot load into a stream of "
+                             f"batch {self.batch}")
+        for name, shape in expected.items():
+            if np.shape(state[name]) != shape:
+                raise ValueError(f"{OP}: stream state {name} must have shape {shape}, got {np.shape(state[name])}")
+        self._current = 0
+        self._states[0][...] = state["partial"]
+        self._margin = np.array(state["margin"], self.dtype)
+        self._pending = None if state["pending"] is None else np.array(state["pending"], self.dtype)
+        self._frames, self._start, self._ended = int(state["frames"]), int(state["start"]), bool(state["ended"])
+
     def reset(self, rows: Any = None) -> None:
         """Start again: every row (``rows`` None), or only the rows listed, which needs a stream whose
         pushes return ``stride`` samples per input sample (:attr:`StreamGeometry.per_row`)."""

@@ -3,6 +3,7 @@
 - :class:`ConvTranspose1d`: ``torch.nn.ConvTranspose1d`` computed by a compiled module;
 - :func:`conv_transpose1d`: the functional form, the custom op ``tvm_convt::conv_transpose1d``
   (``torch.compile``, ``torch.export`` and autograd know it);
+- :class:`StreamingConvTranspose1d`: the layer fed chunk by chunk (pushes and a flush);
 - :func:`convert` / :func:`revert`: a model's layers to and from it, in place;
 - ``version``, ``set_threads``, ``functional_call``: what the benchmark needs.
 
@@ -33,6 +34,7 @@ from .bench import functional_call, set_threads, version
 from .convert import convert, revert
 from .module import ConvTranspose1d
 from .op import conv_transpose1d
+from .streaming import StreamingConvTranspose1d
 
-__all__ = ["ConvTranspose1d", "conv_transpose1d", "convert", "functional_call", "revert",
+__all__ = ["ConvTranspose1d", "StreamingConvTranspose1d", "conv_transpose1d", "convert", "functional_call", "revert",
            "set_threads", "version"]
