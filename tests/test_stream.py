@@ -319,3 +319,18 @@ def test_torch_streaming_layer_moshi_convention_and_weight_norm():
     assert_close(got.numpy(), full[:, :, :36].detach().double().numpy(), "float32")
     with pytest.raises(ValueError, match="circular"):
         StreamingConvTranspose1d(4, 4, 4, stride=2, padding=1, padding_mode="circular")
+
+
+def test_streaming_decoder_example_matches_the_whole_signal():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "streaming_decoder.py"
+    out = subprocess.run([sys.executable, str(script), "--frames", "12"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    diff = float(re.search(r"max \|streamed - whole\| / max\(1, max\|whole\|\): ([0-9.e+-]+)", out.stdout).group(1))
+    assert diff <= STREAM_TOLERANCE["float32"], out.stdout
+    assert re.search(r"output samples: (\d+) \(whole signal: \1\)", out.stdout), out.stdout
+    assert "per-push latency: p50" in out.stdout and "real-time factor" in out.stdout
