@@ -16,9 +16,10 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 SNIPPETS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_the_readme_has_its_three_python_snippets():
-    assert len(SNIPPETS) == 3
-    assert "import tvm_convt\n" in SNIPPETS[0] and "tvm_convt.torch" in SNIPPETS[1] and "relax" in SNIPPETS[2]
+def test_the_readme_has_its_four_python_snippets():
+    assert len(SNIPPETS) == 4
+    assert "import tvm_convt\n" in SNIPPETS[0] and "tvm_convt.torch" in SNIPPETS[1] and ".stream(" in SNIPPETS[2]
+    assert "relax" in SNIPPETS[3]
 
 
 def _run(code: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -31,8 +32,14 @@ def test_the_python_api_snippet_runs(tmp_path):
     assert (tmp_path / "hifigan_up1.so").is_file() and (tmp_path / "hifigan_up1.json").is_file()
 
 
+def test_the_streams_snippet_runs_and_matches(tmp_path):
+    result = _run(SNIPPETS[2], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout.split()[-1]) <= 1e-6, result.stdout
+
+
 @needs_torch
-@pytest.mark.parametrize("index", [1, 2], ids=["pytorch", "relax"])
+@pytest.mark.parametrize("index", [1, 3], ids=["pytorch", "relax"])
 def test_the_pytorch_and_relax_snippets_run(index, tmp_path):
     result = _run(SNIPPETS[index], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
