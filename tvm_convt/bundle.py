@@ -50,7 +50,7 @@ FFI_LEFT_OUT = ("include", "3rdparty", "src", "share", "cython", "stub")
 # tvm_convt's files that loading and running a module imports, and reference.py for run.py --check.
 RUNTIME_FILES = ("__init__.py", "_cores.py", "_files.py", "_host_pool.py", "_runtime_only.py", "build.py", "errors.py", "lengths.py",
                  "params.py", "reference.py", "runtime/__init__.py", "runtime/arrays.py", "runtime/layer.py",
-                 "runtime/module.py", "target.py")
+                 "runtime/module.py", "runtime/streams.py", "target.py")
 KERNELS = ("fatbin", "source")
 _PYTHON_VERSION = re.compile(r"3\.[0-9]{1,2}")
 FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
