@@ -43,3 +43,13 @@ def test_the_streams_snippet_runs_and_matches(tmp_path):
 def test_the_pytorch_and_relax_snippets_run(index, tmp_path):
     result = _run(SNIPPETS[index], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_readme_states_the_pytorch_integrations_limits():
+    """Issue #27, 16: the README was silent on loading an exported program, torch.func, TorchScript
+    and fork."""
+    text = " ".join(README.read_text().split())
+    for phrase in ("(`torch.export.load`) after `import tvm_convt.torch`", "`torch.func.grad` (and `vjp`, `jacrev`) do not",
+                   "TorchScript (`torch.jit.trace`, `torch.jit.script`) is not supported",
+                   "A process made by `fork`", "runs TVM's kernels on one thread"):
+        assert phrase in text, phrase

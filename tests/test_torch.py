@@ -737,3 +737,18 @@ def test_torchscript_tracing_is_refused_in_one_sentence():
     with pytest.raises(TypeError, match=r"does not support TorchScript \(torch.jit.trace or script\), got a call "
                                         r"while tracing; use torch.compile or torch.export"):
         torch.jit.trace(model, torch.randn(1, 16, 10))
+
+
+@pytest.mark.parametrize("weight_norm", [False, True])
+def test_torchscript_scripting_is_refused_in_one_sentence(weight_norm):
+    """Issue #27, 9: torch.jit.script failed inside TorchScript's own frontend, on pathlib."""
+    layer = torch.nn.ConvTranspose1d(16, 8, 4, stride=2)
+    if weight_norm:
+        torch.nn.utils.parametrizations.weight_norm(layer)
+    model = tt.convert(torch.nn.Sequential(layer))
+    with pytest.raises(TypeError, match=r"does not support TorchScript .*got torch.jit.script of a model with a "
+                                        r"tvm_convt layer; use torch.compile or torch.export, or "
+                                        r"tvm_convt.torch.revert\(model\) first"):
+        torch.jit.script(model)
+    tt.revert(model)
+    torch.jit.script(model)  # PyTorch's own layer scripts again

@@ -100,6 +100,10 @@ class ConvTranspose1d(torch.nn.ConvTranspose1d):
         conv = [self.stride[0], self.padding[0], output_padding[0], self.groups, self.dilation[0]]
         return op.call(input, self.weight, self.bias, conv, self.padding_mode, self._backend)
 
+    def __prepare_scriptable__(self) -> None:
+        # torch.jit.script asks every module of a model this before compiling it.
+        raise op.refuse_torchscript("torch.jit.script of a model with a tvm_convt layer")
+
     def extra_repr(self) -> str:
         text = super().extra_repr()
         return text if self.target == "llvm" else f"{text}, target={self.target!r}"

@@ -119,13 +119,18 @@ def conv_transpose1d(
     return call(input, weight, bias, conv, padding_mode, backend_arg(target, logs))
 
 
+def refuse_torchscript(what: str) -> TypeError:
+    """The one sentence for TorchScript, which cannot compile or trace the op's Python side."""
+    return TypeError(f"{OP}: tvm_convt.torch does not support TorchScript (torch.jit.trace or script), got {what}; "
+                     "use torch.compile or torch.export, or tvm_convt.torch.revert(model) first")
+
+
 def call(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], conv: list[int],
          padding_mode: str, backend: str) -> torch.Tensor:
     """The op on a batched or unbatched input, with its arguments already in the op's form."""
     if torch.jit.is_tracing():
         # Tracing turns the weight's sizes into tensors, which the layer's parameters cannot be.
-        raise TypeError(f"{OP}: tvm_convt.torch does not support TorchScript (torch.jit.trace or script), "
-                        "got a call while tracing; use torch.compile or torch.export")
+        raise refuse_torchscript("a call while tracing")
     for name, t in (("input", input), ("weight", weight), ("bias", bias)):
         if not isinstance(t, torch.Tensor) and (t is not None or name != "bias"):
             # NumPy arrays and the like: the package's own conv_transpose1d takes those.

@@ -13,6 +13,7 @@ from ..params import OP, ConvTranspose1dParams
 from ..runtime.streams import ConvTranspose1dStream, StreamGeometry, open_stream
 from ..target import TargetLike, resolve_target
 from ._tensors import _stamp
+from .op import refuse_torchscript
 
 __all__ = ["StreamingConvTranspose1d"]
 
@@ -144,6 +145,9 @@ class StreamingConvTranspose1d(torch.nn.ConvTranspose1d):
         self._stream = None
         self._engine(int(state["batch"])).load_state(
             {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()})
+
+    def __prepare_scriptable__(self) -> None:
+        raise refuse_torchscript("torch.jit.script of a model with a tvm_convt stream")
 
     def extra_repr(self) -> str:
         text = super().extra_repr()
