@@ -46,9 +46,11 @@ PLANS = [
     (AVX2, P(64, 32, 16, stride=8), 86, (8, 2, 6, False)),
     # m = 32: two vectors divide it, four do not.
     (INTEL_AVX512, P(16, 8, 4, stride=2), 8, (16, 2, 8, False)),
-    # m = 16: one vector; m = 8: half a vector's lanes.
-    (INTEL_AVX512, P(16, 4, 4, stride=2), 20, (16, 1, 12, True)),
-    (INTEL_AVX512, P(16, 2, 4, stride=2), 20, (8, 1, 12, True)),
+    # m = 16: one vector; m = 8: half a vector's lanes. 20 samples, at most two tiles of 12: two of 10.
+    (INTEL_AVX512, P(16, 4, 4, stride=2), 20, (16, 1, 10, True)),
+    (INTEL_AVX512, P(16, 2, 4, stride=2), 30, (8, 1, 12, True)),
+    # 8 samples on AVX2: two tiles of 4, not one of 6 and one of 2.
+    (AVX2, P(64, 32, 16, stride=8), 8, (8, 2, 4, False)),
     # The longer operand goes outside: here the input.
     (INTEL_AVX512, P(64, 32, 4, stride=2), 5000, (16, 4, 6, True)),
 ]
@@ -58,6 +60,12 @@ PLANS = [
 def test_gemm_plan_per_target(target, p, length, expected):
     plan = cpu.gemm_plan(Workload(p, 1, length), resolve_target(target))
     assert (plan.lanes, plan.vectors, plan.rows, plan.samples_outer) == expected
+
+
+@pytest.mark.parametrize("length, rows, expected", [(1, 6, 1), (6, 6, 6), (7, 6, 4), (8, 6, 4), (9, 6, 5),
+                                                    (12, 6, 6), (13, 6, 6), (5000, 6, 6), (20, 12, 10)])
+def test_balanced_rows(length, rows, expected):
+    assert cpu.balanced_rows(length, rows) == expected
 
 
 def test_gemm_plan_refuses_narrow_groups_and_odd_m():

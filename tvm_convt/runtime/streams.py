@@ -81,6 +81,11 @@ class StreamGeometry:
         return cls(p.stride, p.overlap, p.overlap - right, p.overlap - right, 0, "zeros", 0)
 
     @property
+    def per_row_after_start(self) -> bool:
+        """Whether, once past the cropped start, every push returns ``stride`` samples per input sample."""
+        return self.mode == "zeros" and self.hold == 0
+
+    @property
     def per_row(self) -> bool:
         """Whether every push returns ``stride`` samples per input sample, whatever came before (so
         rows can restart one by one)."""
@@ -183,10 +188,13 @@ class ConvTranspose1dStream:
         kind = Output.like(x)
         xb, unbatched = self._checked_input(x)
         weights, bias = self._weights()
-        direct = out if self.geometry.per_row and out is not None and _fits(out, self._push_shape(xb)) else None
+        # Once the cropped start has passed, a zeros-mode stream that holds nothing back hands the
+        # kernel's output over as it is (every push of a layer whose padding is at most its overlap).
+        through = self._start >= self.geometry.left and self._pending is None and self.geometry.per_row_after_start
+        direct = out if through and out is not None and _fits(out, self._push_shape(xb)) else None
         y = self._run(xb, weights, direct)
         self._frames += xb.shape[2]
-        if self.geometry.per_row:
+        if through:
             self._start = self._frames * self.geometry.stride
         else:
             y = self._release(y, bias)
@@ -274,7 +282,8 @@ class ConvTranspose1dStream:
             self._fold(values, lo - g.left, seq[:, :, end - start:] if right else None)
             if bias is not None:
                 values += bias[None, :, None]
-        self._pending = seq[:, :, end - start:] if not right else None
+        rest = seq.shape[2] - (end - start)
+        self._pending = seq[:, :, end - start:] if rest and not right else None
         self._start = end
         return values
 

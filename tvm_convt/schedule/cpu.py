@@ -114,7 +114,8 @@ def _gather_writes_output(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> 
 
 def schedule_fold_cpu(sch: s_tir.Schedule) -> None:
     """The margins (replicate mode) and the output stage: parallel over (batch, channel)."""
-    for name in (C.MARGIN_LEFT, C.MARGIN_RIGHT, C.OUT, C.STATE_OUT):
+    # (A stream's partial sums, overlap samples a channel, stay serial: a parallel region costs more.)
+    for name in (C.MARGIN_LEFT, C.MARGIN_RIGHT, C.OUT):
         if has_block(sch, name):
             parallel_outer(sch, sch.get_sblock(name), 2)
 
@@ -274,7 +275,16 @@ def gemm_plan(workload: Workload, target: Target) -> GemmPlan | None:
     # The operand walked by the inner loop is read once per block of the outer one:
     # keep the larger operand outside, so that the smaller is the one read again.
     samples_outer = workload.length > m_total
-    return GemmPlan(lanes, vectors, min(workload.length, rows), samples_outer)
+    return GemmPlan(lanes, vectors, balanced_rows(workload.length, rows), samples_outer)
+
+
+def balanced_rows(length: int, rows: int) -> int:
+    """Rows of the register tile for ``length`` samples and a blocking of ``rows``: an input of at most
+    two tiles is split into two equal ones (8 samples: two tiles of 4, where tiles of 6 left one of 2, a
+    third of its FMAs on loads, or a symbolic function's padding computed 12 rows)."""
+    if length <= rows:
+        return length
+    return -(-length // 2) if length <= 2 * rows else rows
 
 
 GATHER_MIN_ROWS = 16
