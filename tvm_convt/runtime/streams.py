@@ -53,16 +53,19 @@ class StreamGeometry:
 
     @classmethod
     def of(cls, p: ConvTranspose1dParams, causal: bool = False, trim_right_ratio: float = 1.0) -> StreamGeometry:
-        if p.padding_mode == "circular":
+        if p.padding_mode == "circular" and p.folds_margins:
             raise ValueError(f"{OP}: a stream cannot compute padding_mode='circular', whose last samples wrap "
-                             "onto its first ones before the end is known; got padding_mode='circular'")
+                             f"onto its first ones before the end is known; got padding_mode='circular', "
+                             f"padding={p.padding}")
         if causal:
             return cls._causal(p, trim_right_ratio)
         end_offset = p.overlap + p.output_padding - p.padding
+        # Without padding every mode is zeros mode (the kernel then adds the bias too: stream_params).
+        mode = p.padding_mode if p.folds_margins else "zeros"
         # The right fold reaches the last sample of the output (replicate) or the padding before it (reflect).
-        reach = {"zeros": 0, "replicate": 1, "reflect": p.padding + 1}[p.padding_mode]
-        pad = 0 if p.padding_mode == "zeros" else p.padding
-        return cls(p.stride, max(p.overlap, 0), p.padding, end_offset, max(0, reach - end_offset), p.padding_mode, pad)
+        reach = {"zeros": 0, "replicate": 1, "reflect": p.padding + 1}[mode]
+        pad = p.padding if p.folds_margins else 0
+        return cls(p.stride, max(p.overlap, 0), p.padding, end_offset, max(0, reach - end_offset), mode, pad)
 
     @classmethod
     def _causal(cls, p: ConvTranspose1dParams, ratio: float) -> StreamGeometry:
