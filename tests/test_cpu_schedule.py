@@ -276,7 +276,9 @@ def test_direct_rule_by_name_on_strided_layers(p, batch, length):
     ((ZEN5, 256), 11008, "gemm"),  # 256 input channels: the GEMM form's reduction is long enough
     (INTEL_AVX512, 11008, "gemm"),
     (ZEN4, 11008, "gemm"),
-    (AVX2, 11008, "gemm"),
+    (AVX2, 11008, "direct"),  # Zen 3 too, while the GEMM form's col (5.6 MB) stays under 8 MiB
+    (AVX2, 22016, "blocked"),  # past it (11 MB), the blocked form
+    ((AVX2, 128), 11008, "gemm"),  # 128 input channels: the GEMM form
 ])
 def test_long_strided_layers_take_the_form_of_their_core(target, length, form):
     target, channels = target if isinstance(target, tuple) else (target, 64)
@@ -284,7 +286,7 @@ def test_long_strided_layers_take_the_form_of_their_core(target, length, form):
     assert schedule_form(Workload(P(channels, 32, 4, stride=2, padding=1), 1, length), target) == form
     # Phases that meet different taps (6 is no multiple of 4): never direct; the GEMM form, blocked
     # at 11008 samples (its col, 8.4 MB, would pass CpuArch.blocked_col_bytes).
-    long_gemm = "blocked" if length == 11008 else "gemm"
+    long_gemm = "blocked" if length >= 11008 else "gemm"
     assert schedule_form(Workload(P(64, 32, 6, stride=4), 1, length), target) == long_gemm
     cuda = resolve_target({"kind": "cuda", "arch": "sm_90"})
     assert schedule_form(Workload(P(64, 32, 4, stride=2), 1, length), cuda) == "gemm"

@@ -374,3 +374,16 @@ def test_streaming_decoder_example_matches_the_whole_signal():
     assert diff <= STREAM_TOLERANCE["float32"], out.stdout
     assert re.search(r"output samples: (\d+) \(whole signal: \1\)", out.stdout), out.stdout
     assert "per-push latency: p50" in out.stdout and "real-time factor" in out.stdout
+
+
+def test_a_stream_longer_than_one_call_can_hold():
+    """A stream's whole signal may pass the index limits of one call (hours of audio): only the layer's
+    own refusals of its length apply at the flush."""
+    from tvm_convt.params import INDEX_LIMIT
+
+    layer = tvm_convt.ConvTranspose1d(2, 3, 4, stride=2, seed=0)
+    st = layer.stream()
+    x = np.ones((1, 2, 5), "float32")
+    st.push(x)
+    st._frames = INDEX_LIMIT  # as after hours of pushes
+    assert st.flush().shape == (1, 3, 2)

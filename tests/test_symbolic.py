@@ -228,7 +228,7 @@ def test_symbolic_module_vectorises_its_tiles():
 
     tgt = resolve_target("llvm")
     mod, source, ranges = schedule_symbolic(SymbolicWorkload(P(64, 32, 16, stride=8, padding=4)), tgt)
-    assert source in ("default:cpu-gemm", "default:cpu-gemm,cpu-gemm-blocked")
+    assert set(source.removeprefix("default:").split(",")) <= {"cpu-gemm", "cpu-gemm-blocked", "cpu-direct"}
     asm = tvm.compile(mod, target=tgt).mod.inspect_source("asm")
     assert "vfmadd231ps" in asm and ("%ymm" in asm or "%zmm" in asm)
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import tvm
 
-from ..params import OP, ConvTranspose1dParams, SymbolicWorkload, Workload, numpy_dtype
+from ..params import OP, ConvTranspose1dParams, SymbolicWorkload, numpy_dtype
 from ..target import TargetLike, resolve_target
 from .arrays import (Output, aligned_copy, aligned_empty, as_array, check_array, check_array_dtype, output_empty,
                      shareable)
@@ -189,7 +189,7 @@ class ConvTranspose1dStream:
         if self._ended:
             raise ValueError(f"{OP}: this stream was flushed; reset() starts it again")
         kind = Output.like(x)
-        xb, unbatched = self._checked_input(x)
+        xb, unbatched = self._checked_input(x, kind)
         weights, bias = self._weights()
         # Once the cropped start has passed, a zeros-mode stream that holds nothing back hands the
         # kernel's output over as it is (every push of a layer whose padding is at most its overlap).
@@ -211,7 +211,9 @@ class ConvTranspose1dStream:
             raise ValueError(f"{OP}: this stream was flushed already; reset() starts it again")
         if self._frames == 0:
             raise ValueError(f"{OP}: nothing was pushed: push at least {self.params.min_length} input samples first")
-        Workload(self.params, self.batch, self._frames, self.dtype)  # the layer's own checks of the whole signal
+        # The layer's own refusals of the whole signal (too short, reflect's padding); not its index limits,
+        # which bound one call's tensors and a stream never holds the whole signal.
+        self.params.output_length(self._frames)
         _, bias = self._weights()
         g = self.geometry
         seq = self._tail(bias, g.end(self._frames) + g.pad)
@@ -220,7 +222,7 @@ class ConvTranspose1dStream:
         return self._hand_back(y, None, *self._flush_as)
 
     # -- the kernel ---------------------------------------------------------------------------------
-    def _checked_input(self, x: Any) -> tuple[np.ndarray, bool]:
+    def _checked_input(self, x: Any, kind: Output) -> tuple[np.ndarray, bool]:
         arr = as_array(x, "input")
         if not isinstance(arr, np.ndarray):
             raise ValueError(f"{OP}: a stream runs on the CPU and takes host arrays, got input of type {type(x).__name__}")
@@ -232,7 +234,7 @@ class ConvTranspose1dStream:
                              f"{p.in_channels}, T) with T >= 1, got input.shape={tuple(arr.shape)}")
         check_array_dtype(xb, "input", self.dtype)
         # The flush hands back what the pushes did: their kind of array, batched or not.
-        self._flush_as = (Output.like(x), unbatched)
+        self._flush_as = (kind, unbatched)
         return xb, unbatched
 
     def _push_shape(self, xb: np.ndarray) -> tuple[int, int, int]:

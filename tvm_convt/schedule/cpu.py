@@ -147,7 +147,8 @@ class CpuArch:
     most ``strided_direct_channels`` input channels a group, go to the direct form too
     (:func:`tvm_convt.compute.form_for`; 0: none): on such a core, with a short reduction
     per ``col`` element, streaming the input once per tile beats writing ``col`` and
-    reading it back. Layers of the GEMM form whose ``col`` would exceed ``blocked_col_bytes``
+    reading it back, while that ``col`` would take at most ``strided_direct_col_bytes`` (None:
+    any; past it the blocked form, which keeps ``col`` in cache, can be faster). Layers of the GEMM form whose ``col`` would exceed ``blocked_col_bytes``
     (None: never) take the blocked form, ``col`` made and gathered a block of samples at a
     time, where it reads the weight at most ``blocked_weight_reads`` times the bytes of ``col``
     (:func:`tvm_convt.schedule.cpu_blocked.blocked_gemm`).
@@ -164,6 +165,7 @@ class CpuArch:
     gemm_resident_weight_bytes: int = 512 * 1024
     gemm_input_block_bytes: int = 64 * 1024
     strided_direct_channels: int = 0
+    strided_direct_col_bytes: int | None = None
     blocked_col_bytes: int | None = 8 << 20
     blocked_weight_reads: float = 6.0
 
@@ -180,7 +182,10 @@ class CpuArch:
 # cores issue two 512-bit FMAs a cycle but load two vectors: a 1-vector tile, one broadcast
 # load per FMA, is load-bound there, while Zen 4 issues one 512-bit FMA a cycle.
 # SSE, NEON and SVE (LLVM vectorises SVE at a fixed 128 bits here) are not measured.
-_AVX2 = CpuArch(vector_bits=256, registers=16, gemm_blockings=((2, 6), (1, 12)))
+# Zen 3's strided layers of up to 64 input channels run faster in the direct form while col would fit
+# the blocked form's threshold (hifigan_v1_up3, encodec_up3: 1.15-1.3x; 128 channels: not faster).
+_AVX2 = CpuArch(vector_bits=256, registers=16, gemm_blockings=((2, 6), (1, 12)),
+                strided_direct_channels=64, strided_direct_col_bytes=8 << 20)
 CPU_ARCHS: dict[str, CpuArch] = {
     "avx512": CpuArch(vector_bits=512, registers=32, gemm_blockings=((4, 6), (2, 12), (1, 12)),
                       direct_blocking=(4, 6), gather_tile_bytes=32768, blocked_weight_reads=12.0),

@@ -18,9 +18,9 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .. import compute as C
-from ..params import Workload, itemsize
+from ..params import ConvTranspose1dParams, Workload, itemsize
 from .common import blocks_writing, is_symbolic, read_index
-from .cpu import cpu_arch, cpu_vector_lanes, full_in_output_order, parallel_outer, schedule_fold_cpu
+from .cpu import col_row_bytes, cpu_arch, cpu_vector_lanes, full_in_output_order, parallel_outer, schedule_fold_cpu
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,15 @@ class DirectPlan:
     @property
     def width(self) -> int:
         return self.vectors * self.lanes
+
+
+def reduction_order(p: ConvTranspose1dParams, c: s_tir.schedule.LoopRV, t: s_tir.schedule.LoopRV) -> tuple:
+    """The tile's reduction loops, outer first. A strided layer's phase meets few taps (kernel_size /
+    stride, 2 for the usual K = 2S); with the taps inside the channels LLVM unrolled the pair and the
+    tile's x vectors for both spilled the accumulators (static modules: encodec_up3 1.29x and
+    mimi_depthwise 1.28x slower), so they go outside; stride 1 keeps the taps inside, where one input
+    row serves them all (dilated_s1 1.20x faster so). docs/performance.md has the A/B."""
+    return (t, c) if p.stride > 1 else (c, t)
 
 
 def direct_plan(workload: Workload, target: Target) -> DirectPlan:
@@ -62,8 +71,13 @@ def direct_plan(workload: Workload, target: Target) -> DirectPlan:
 def strided_direct(workload: Workload, target: Target) -> bool:
     """Whether ``target``'s core computes the strided ``workload`` in the direct form: groups
     of at most ``CpuArch.strided_direct_channels`` input channels, where the direct rule would
-    walk the samples outside."""
-    if workload.params.in_per_group > cpu_arch(target).strided_direct_channels or not C.direct_applies(workload):
+    walk the samples outside, and whose GEMM form's ``col`` would take at most
+    ``CpuArch.strided_direct_col_bytes``."""
+    arch = cpu_arch(target)
+    if workload.params.in_per_group > arch.strided_direct_channels or not C.direct_applies(workload):
+        return False
+    if arch.strided_direct_col_bytes is not None and \
+            workload.batch * workload.length * col_row_bytes(workload) > arch.strided_direct_col_bytes:
         return False
     return direct_plan(workload, target).samples_outer
 
@@ -88,17 +102,17 @@ def packed_weight_block(workload: Workload, target: Target) -> int | None:
 
 def _register_tiles(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> None:
     """Accumulate each tile under ``outer`` in registers over the whole reduction; its loops
-    end in (tile or channel block, c, t, row, vector, lane)."""
+    end in (tile or channel block, the two reduction loops, row, vector, lane)."""
     for name in blocks_writing(sch, outer, C.FULL):
         block = sch.get_sblock(name)
-        *_, tile, c, _, row, vector, lane = sch.get_loops(block)
+        *_, tile, first, _, row, vector, lane = sch.get_loops(block)
         acc = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(acc, tile)
         sch.vectorize(sch.get_loops(acc)[-1])
         sch.unroll(row)
         sch.unroll(vector)
         sch.vectorize(lane)
-        sch.decompose_reduction(block, c)
+        sch.decompose_reduction(block, first)
 
 
 def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan,
@@ -110,8 +124,8 @@ def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan,
     computes its channels' output: ``full`` becomes the block's own buffer (tens of KiB),
     read back from cache, where the whole of it went to memory and back.
     """
-    n, cob, r, tile, c, t, row, vector, lane = loops
-    sch.reorder(n, cob, r, tile, c, t, row, vector, lane)
+    n, cob, r, tile, red_outer, red_inner, row, vector, lane = loops
+    sch.reorder(n, cob, r, tile, red_outer, red_inner, row, vector, lane)
     outer = sch.fuse(n, cob) if output_inside else sch.fuse(n, cob, r)
     sch.parallel(outer)
     if output_inside:
@@ -130,8 +144,8 @@ def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan) -> s_tir.schedu
     """Parallel over the tiles of positions of each (batch, phase); every channel block
     passes over a tile while its window of the input is in cache. The last tile is a
     loop of its own, parallel over its channel blocks. Returns the (batch, phase) loop."""
-    n, cob, r, tile, c, t, row, vector, lane = loops
-    sch.reorder(n, r, tile, cob, c, t, row, vector, lane)
+    n, cob, r, tile, red_outer, red_inner, row, vector, lane = loops
+    sch.reorder(n, r, tile, cob, red_outer, red_inner, row, vector, lane)
     outer = sch.fuse(n, r)
     whole = plan.positions // plan.width
     # A symbolic function's positions run to whole tiles.
@@ -174,7 +188,7 @@ class CpuDirectRule:
         n, co, r, q, c, t = sch.get_loops(full)
         cob, row = sch.split(co, [None, plan.rows])
         tile, vector, lane = sch.split(q, [None, plan.vectors, plan.lanes])
-        loops = (n, cob, r, tile, c, t, row, vector, lane)
+        loops = (n, cob, r, tile, *reduction_order(workload.params, c, t), row, vector, lane)
         output_inside = not plan.samples_outer and _output_follows_blocks(workload)
         if plan.samples_outer:
             outer = _samples_outer(sch, loops, plan)
