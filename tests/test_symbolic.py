@@ -302,3 +302,72 @@ def test_an_inf_weight_reaches_only_the_outputs_that_use_it(length):
     finite = np.isfinite(expected)
     np.testing.assert_allclose(y[finite], expected[finite], rtol=1e-12)
     np.testing.assert_array_equal(y[~finite], expected[~finite])
+
+
+# One layer per CPU rule a symbolic module uses (GEMM, blocked at long lengths, direct: strided,
+# stride 1 and depthwise; the fallback for narrow layers; reflect's folds), and a stream's kernel.
+UNALIGNED_INPUT_LAYERS = [
+    (P(64, 32, 4, stride=2, padding=1), False),
+    (P(128, 64, 16, stride=8, padding=4), False),
+    (P(8, 4, 4, stride=2, padding=1), False),
+    (P(32, 32, 4, stride=2, groups=32), False),
+    (P(16, 8, 3, padding=2, dilation=2, padding_mode="reflect"), False),
+    (P(64, 32, 16, stride=8, padding=4), True),
+]
+
+
+def _vector_reads_of_input(func) -> list[str]:
+    """The lines of ``func``'s TVMScript that read the input ``x`` inside a vectorised loop."""
+    lines, found = func.script().splitlines(), []
+    for i, line in enumerate(lines):
+        if not any(tag in line for tag in (" x[", "(x[", "[x[")):
+            continue
+        depth = len(line) - len(line.lstrip())
+        for above in reversed(lines[:i]):
+            above_depth = len(above) - len(above.lstrip())
+            if above_depth < depth and above.strip().startswith("for "):
+                depth = above_depth
+                if "T.vectorized" in above:
+                    found.append(line.strip())
+                    break
+    return found
+
+
+@pytest.mark.parametrize("p, stream", UNALIGNED_INPUT_LAYERS)
+def test_symbolic_functions_read_the_input_in_scalars_only(p, stream):
+    """Why a symbolic CPU module takes an unaligned input as it is (runtime.module.to_device): no
+    function reads it in vectors, whose loads would assume TVM's 64-byte alignment. A rule that
+    starts to must make the runtime copy such inputs again."""
+    from tvm_convt.build import schedule_symbolic
+    from tvm_convt.target import resolve_target
+
+    workload = SymbolicWorkload(p.stream_params(), stream=True) if stream else SymbolicWorkload(p)
+    mod, source, _ = schedule_symbolic(workload, resolve_target("llvm"), prepack_weight=True, tuned=False)
+    for gv in mod.get_global_vars():
+        assert _vector_reads_of_input(mod[gv]) == [], (gv.name_hint, source)
+
+
+def test_the_scan_finds_a_vectorised_read():
+    """The scan above on a function that does read its input in vectors (a static module of the fallback
+    rule: why static modules still copy an unaligned input)."""
+    from tvm_convt.build import schedule
+    from tvm_convt.params import Workload
+    from tvm_convt.target import resolve_target
+
+    mod, _ = schedule(Workload(P(8, 4, 4, stride=2, padding=1), 1, 64), resolve_target("llvm"), tuned=False,
+                      rule="cpu-fallback")
+    assert any(_vector_reads_of_input(mod[gv]) for gv in mod.get_global_vars())
+
+
+@pytest.mark.parametrize("p, stream", UNALIGNED_INPUT_LAYERS[:5])
+def test_unaligned_inputs_are_shared_and_exact(p, stream):
+    layer = tvm_convt.ConvTranspose1d(**p.to_dict(), seed=0)
+    x, _, _ = random_inputs(p, 2, 300, "float32", seed=1)
+    raw = np.empty(x.size + 16, np.float32)
+    start = next(i for i in range(16) if (raw[i:].ctypes.data % 64) == 4)  # 4 bytes past a 64-byte boundary
+    unaligned = raw[start:start + x.size].reshape(x.shape)
+    unaligned[...] = x
+    compiled = layer.compiled_for(x.shape)
+    assert np.shares_memory(np.from_dlpack(compiled.to_device(unaligned, "input")), unaligned)
+    np.testing.assert_array_equal(layer(unaligned), layer(np.ascontiguousarray(x)))
+    assert_close(layer(unaligned), conv_transpose1d_reference(x, layer.weight, layer.bias, p), "float32")
