@@ -316,47 +316,31 @@ UNALIGNED_INPUT_LAYERS = [
 ]
 
 
-def _vector_reads_of_input(func) -> list[str]:
-    """The lines of ``func``'s TVMScript that read the input ``x`` inside a vectorised loop."""
-    lines, found = func.script().splitlines(), []
-    for i, line in enumerate(lines):
-        if not any(tag in line for tag in (" x[", "(x[", "[x[")):
-            continue
-        depth = len(line) - len(line.lstrip())
-        for above in reversed(lines[:i]):
-            above_depth = len(above) - len(above.lstrip())
-            if above_depth < depth and above.strip().startswith("for "):
-                depth = above_depth
-                if "T.vectorized" in above:
-                    found.append(line.strip())
-                    break
-    return found
-
-
 @pytest.mark.parametrize("p, stream", UNALIGNED_INPUT_LAYERS)
 def test_symbolic_functions_read_the_input_in_scalars_only(p, stream):
-    """Why a symbolic CPU module takes an unaligned input as it is (runtime.module.to_device): no
-    function reads it in vectors, whose loads would assume TVM's 64-byte alignment. A rule that
-    starts to must make the runtime copy such inputs again."""
+    """Every symbolic CPU module takes an unaligned input as it is (ModuleMetadata.input_alignment):
+    no function reads it in vectors, whose loads would assume TVM's 64-byte alignment."""
     from tvm_convt.build import schedule_symbolic
     from tvm_convt.target import resolve_target
+
+    from tvm_convt.schedule.common import reads_input_in_vectors
 
     workload = SymbolicWorkload(p.stream_params(), stream=True) if stream else SymbolicWorkload(p)
     mod, source, _ = schedule_symbolic(workload, resolve_target("llvm"), prepack_weight=True, tuned=False)
     for gv in mod.get_global_vars():
-        assert _vector_reads_of_input(mod[gv]) == [], (gv.name_hint, source)
+        assert not reads_input_in_vectors(mod[gv]), (gv.name_hint, source)
 
 
-def test_the_scan_finds_a_vectorised_read():
-    """The scan above on a function that does read its input in vectors (a static module of the fallback
-    rule: why static modules still copy an unaligned input)."""
-    from tvm_convt.build import schedule
-    from tvm_convt.params import Workload
-    from tvm_convt.target import resolve_target
-
-    mod, _ = schedule(Workload(P(8, 4, 4, stride=2, padding=1), 1, 64), resolve_target("llvm"), tuned=False,
-                      rule="cpu-fallback")
-    assert any(_vector_reads_of_input(mod[gv]) for gv in mod.get_global_vars())
+def test_a_module_that_reads_its_input_in_vectors_keeps_it_aligned():
+    """A static module of the fallback rule reads its input in vectors: the scan finds it, the module
+    needs 64-byte data and copies an unaligned input; a static GEMM module does not."""
+    fallback = tvm_convt.compile(P(8, 4, 4, stride=2, padding=1), batch=1, length=64, rule="cpu-fallback")
+    assert fallback.metadata.input_alignment == 64
+    gemm = tvm_convt.compile(P(64, 32, 16, stride=8), batch=1, length=64, rule="cpu-gemm")
+    assert gemm.metadata.input_alignment == 4
+    for module, shared in ((fallback, False), (gemm, True)):
+        x = np.empty(module.params.in_channels * 64 + 1, np.float32)[1:].reshape(1, -1, 64)
+        assert (x.ctypes.data % 64 != 0) and np.shares_memory(np.from_dlpack(module.to_device(x, "input")), x) == shared
 
 
 @pytest.mark.parametrize("p, stream", UNALIGNED_INPUT_LAYERS[:5])

@@ -29,7 +29,8 @@ from tvm.target import Target
 from ._files import read_json, write_atomic
 from .errors import CacheWarning, ModuleFileError, TunedRecordWarning
 from .lengths import LengthRange, check_ranges
-from .params import OP, PACK_WEIGHT, SymbolicWorkload, Workload, check_dtype_for_target, workload_from_dict
+from .params import (DATA_ALIGNMENT, OP, PACK_WEIGHT, SymbolicWorkload, Workload, check_dtype_for_target, itemsize,
+                     workload_from_dict)
 from .target import TargetLike, resolve_target, target_json, target_key
 
 # 2: the sidecar records the library's size and SHA-256 and a checksum of itself.
@@ -58,8 +59,15 @@ class ModuleMetadata:
     weight_block: int | None = None
     # A symbolic module's functions by input length (None for a static module, whose function is ``main``).
     ranges: tuple[LengthRange, ...] | None = None
+    # The bytes the functions need the input's data aligned to: DATA_ALIGNMENT, or the element's size
+    # where no function reads the input in vectors (input_alignment_of).
+    input_alignment: int = DATA_ALIGNMENT
 
     def __post_init__(self) -> None:
+        a = self.input_alignment
+        if isinstance(a, bool) or not isinstance(a, int) or not 1 <= a <= DATA_ALIGNMENT or a & (a - 1):
+            raise ValueError(f"{OP}: input_alignment must be a power of two from 1 to {DATA_ALIGNMENT}, "
+                             f"got input_alignment={a!r}")
         if (self.ranges is not None) != self.workload.symbolic:
             raise ValueError(f"{OP}: length ranges must be given for a symbolic module only, got "
                              f"ranges={self.ranges!r} for batch={self.workload.batch}, length={self.workload.length}")
@@ -93,7 +101,8 @@ class ModuleMetadata:
         if self.symbolic:
             packed = {**packed, "format": SYMBOLIC_METADATA_FORMAT, "ranges": [r.to_dict() for r in self.ranges]}
         w, p = self.workload, self.workload.params
-        return {**packed, "workload": w.to_dict(),
+        aligned = {} if self.input_alignment == DATA_ALIGNMENT else {"input_alignment": self.input_alignment}
+        return {**packed, **aligned, "workload": w.to_dict(),
                 # Derived, for readers of the file; from_dict recomputes them. null: any.
                 "input_shape": [w.batch, p.in_channels, w.length],
                 "weight_shape": list(p.weight_shape),
@@ -119,7 +128,8 @@ class ModuleMetadata:
                              f"got format={d['format']!r} with batch={workload.batch}, length={workload.length}")
         ranges = tuple(LengthRange.from_dict(r) for r in d["ranges"]) if symbolic else None
         metadata = cls(workload, json.dumps(d["target"], sort_keys=True),
-                       d["target_key"], d["schedule"], d["tvm_version"], d["package_version"], block, ranges)
+                       d["target_key"], d["schedule"], d["tvm_version"], d["package_version"], block, ranges,
+                       d.get("input_alignment", DATA_ALIGNMENT))
         p = metadata.workload.params
         if block is not None and (p.out_per_group * p.kernel_size) % block:
             raise ValueError(f"{OP}: weight_block must divide out_channels/groups * kernel_size, "
@@ -505,14 +515,26 @@ def program_key(mod: tvm.IRModule, tjson: str) -> str:
 
 
 def module_metadata(workload: Workload | SymbolicWorkload, tgt: Target, source: str, weight_block: int | None = None,
-                    ranges: tuple[LengthRange, ...] | None = None) -> ModuleMetadata:
+                    ranges: tuple[LengthRange, ...] | None = None,
+                    input_alignment: int = DATA_ALIGNMENT) -> ModuleMetadata:
     """The sidecar's description of ``workload`` compiled for ``tgt`` with the schedule ``source``
     (``main`` reading the weight packed by ``weight_block`` when given; a symbolic module's
-    functions by length in ``ranges``)."""
+    functions by length in ``ranges``; the input's alignment its functions need)."""
     from . import __version__
 
     return ModuleMetadata(workload, target_json(tgt), target_key(tgt), source, tvm.__version__, __version__,
-                          weight_block, ranges)
+                          weight_block, ranges, input_alignment)
+
+
+def input_alignment_of(mod: tvm.IRModule, workload: Workload | SymbolicWorkload, tgt: Target) -> int:
+    """The alignment a scheduled CPU module's functions need of their input: its element's size where
+    none reads it in vectors (:func:`tvm_convt.schedule.common.reads_input_in_vectors`), else TVM's."""
+    from .schedule.common import reads_input_in_vectors
+
+    if tgt.kind.name != "llvm" or any(reads_input_in_vectors(mod[gv]) for gv in mod.get_global_vars()
+                                      if gv.name_hint != PACK_WEIGHT):
+        return DATA_ALIGNMENT
+    return itemsize(workload.dtype)
 
 
 def build_library(
@@ -540,7 +562,7 @@ def build_library(
             check_fits_in_memory(workload)
         mod, source = schedule(workload, tgt, rule=rule, logs=logs, tuned=tuned, prepack_weight=prepack_weight)
         ranges = None
-    metadata = module_metadata(workload, tgt, source, weight_block_of(mod), ranges)
+    metadata = module_metadata(workload, tgt, source, weight_block_of(mod), ranges, input_alignment_of(mod, workload, tgt))
     # A tuned record is checked against the reference before its library is kept (MetaSchedule
     # measures speed only, and one record in a test run computed a wrong last sample).
     # (A symbolic module's record holds the default rules' own fields, not a MetaSchedule trace.)

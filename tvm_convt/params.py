@@ -31,6 +31,9 @@ CUDA_ONLY_DTYPES: tuple[str, ...] = tuple(ACCUMULATOR)
 # TVM indexes buffers with 32-bit integers: every tensor of the compute, and every
 # index into one, must stay below this.
 INDEX_LIMIT = 2**31
+# TVM's buffers assume their data starts on this many bytes (its allocations' alignment); from_dlpack
+# checks it unless told otherwise.
+DATA_ALIGNMENT = 64
 # Sizes are C int64 in TVM and in the DLPack shapes that carry them.
 SIZE_LIMIT = 2**63
 

@@ -16,7 +16,7 @@ import tvm
 import tvm_ffi
 
 from .._host_pool import pooled_empty
-from ..params import OP, numpy_dtype
+from ..params import DATA_ALIGNMENT, OP, numpy_dtype
 
 
 def as_array(value: Any, name: str) -> np.ndarray:
@@ -175,7 +175,7 @@ def host_array(arr: np.ndarray | DeviceArray) -> np.ndarray:
 
 
 # TVM imports host memory through DLPack only at this alignment (its allocations' own).
-ALIGNMENT = 64
+ALIGNMENT = DATA_ALIGNMENT
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: str | np.dtype) -> np.ndarray:

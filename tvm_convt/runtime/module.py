@@ -22,7 +22,7 @@ from ..errors import ModuleFileError
 from ..lengths import check_batch, check_sizes, range_for
 from ..params import OP, PACK_WEIGHT, ConvTranspose1dParams, SymbolicWorkload, Workload
 from ..target import TargetLike, check_linkable, missing_cpu_support, resolve_target
-from .arrays import (NUMPY_OUTPUT, DeviceArray, Output, aligned_copy, as_array, batched, check_array,
+from .arrays import (ALIGNMENT, NUMPY_OUTPUT, DeviceArray, Output, aligned_copy, as_array, batched, check_array,
                      check_array_dtype, check_channels, check_rank, describe, output_empty, shareable)
 
 
@@ -206,12 +206,15 @@ class CompiledConvTranspose1d:
             return self._on_device(arr, name)
         if not self._on_cpu:
             return tvm.runtime.tensor(np.ascontiguousarray(arr), self.device)
-        if name == "input" and self.symbolic and arr.flags.c_contiguous and arr.flags.writeable:
-            # A symbolic CPU function reads its input only in a scalar copy into its own tiles, never
-            # in vectors that assume TVM's 64-byte alignment (tests/test_symbolic.py checks every
-            # rule's functions): NumPy's 16-byte aligned arrays are shared, not copied (3 MB of
-            # encodec_up3: 0.13 ms of a 1.7 ms call).
-            return tvm_ffi.from_dlpack(arr, require_alignment=0)
+        alignment = self.metadata.input_alignment
+        if name == "input" and alignment < ALIGNMENT and arr.flags.c_contiguous and arr.flags.writeable:
+            # Functions that read the input only in scalar copies into their own tiles (the build
+            # checked: ModuleMetadata.input_alignment) share NumPy's 16-byte aligned arrays instead
+            # of copying them (3 MB of encodec_up3: 0.13 ms of a 1.7 ms call).
+            try:
+                return tvm_ffi.from_dlpack(arr, require_alignment=alignment)
+            except ValueError:  # a view that is not even aligned to its element
+                pass
         return tvm.runtime.from_dlpack(arr if shareable(arr) else aligned_copy(arr))
 
     def _on_device(self, arr: DeviceArray, name: str) -> tvm.runtime.Tensor:

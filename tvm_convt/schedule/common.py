@@ -73,3 +73,26 @@ def read_index(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buffer: str)
     reads = [r.source.name for r in sch.get(block).reads]
     assert buffer in reads, (buffer, reads)
     return reads.index(buffer)
+
+
+
+def reads_input_in_vectors(func: tirx.PrimFunc) -> bool:
+    """Whether scheduled ``func`` reads its input ``x`` inside a vectorised loop, whose loads assume
+    the buffer's 64-byte alignment; a function that reads it in scalars only (every rule's symbolic
+    functions, the GEMM and direct rules' static ones: they copy it into their own tiles first) can
+    take an input aligned to its element, as NumPy allocates them, without a copy.
+
+    Read from the function's TVMScript: a scheduled function (partitioned loops) fails the
+    well-formedness checks a ``Schedule`` starts with, and TVM 0.27's Python has no TIR visitor."""
+    lines = func.script().splitlines()
+    for i, line in enumerate(lines):
+        if not any(tag in line for tag in (" x[", "(x[", "[x[")):
+            continue
+        depth = len(line) - len(line.lstrip())
+        for above in reversed(lines[:i]):
+            above_depth = len(above) - len(above.lstrip())
+            if above_depth < depth and above.strip().startswith("for "):
+                depth = above_depth
+                if "T.vectorized" in above:
+                    return True
+    return False
