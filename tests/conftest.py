@@ -79,3 +79,23 @@ def random_inputs(p: ConvTranspose1dParams, batch: int | None, length: int, dtyp
     w = rng.standard_normal(p.weight_shape).astype(dtype)
     b = rng.standard_normal(p.out_channels).astype(dtype) if p.bias else None
     return x, w, b
+
+
+def random_layer(rng: np.random.Generator, modes=("zeros", "zeros", "reflect", "replicate", "circular"),
+                 max_length: int = 25) -> tuple[ConvTranspose1dParams, int]:
+    """A random valid small layer (every padding mode in ``modes``, groups, stride, dilation, output
+    padding; circular without padding) and an input length it takes."""
+    while True:
+        g = int(rng.choice([1, 1, 2, 4]))
+        mode = str(rng.choice(list(modes)))
+        stride, dilation = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+        try:
+            p = ConvTranspose1dParams(g * int(rng.integers(1, 6)), g * int(rng.integers(1, 5)), int(rng.integers(1, 9)),
+                                      stride, 0 if mode == "circular" else int(rng.integers(0, 8)),
+                                      int(rng.integers(0, max(stride, dilation))), g, bool(rng.integers(0, 2)),
+                                      dilation, mode)
+            length = int(rng.integers(p.min_length, p.min_length + max_length))
+            p.output_length(length)
+        except ValueError:
+            continue
+        return p, length

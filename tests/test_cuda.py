@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import tvm
 
@@ -18,7 +19,7 @@ from tvm_convt.schedule import default_schedule
 from tvm_convt.suite import default_suite
 from tvm_convt.target import resolve_target
 
-from conftest import assert_close, random_inputs
+from conftest import assert_close, random_inputs, random_layer
 
 P = ConvTranspose1dParams
 CUDA_LAYERS = [
@@ -191,8 +192,9 @@ def test_cuda_modules_for_every_length_compute_the_reference_on_cpu(p, arch):
         assert_close(out.numpy(), conv_transpose1d_reference(x, weight, b, p), "float32")
 
 
-SUITE_CPU_CASES = ([(name, "float32") for name in SUITE_RULES]
-                   + [(name, dtype) for name in ("hifigan_v1_up0", "mimi_depthwise") for dtype in ("float16", "bfloat16")])
+# Every layer in float32 and float16 (the half dtype CUDA users take); bfloat16 on two.
+SUITE_CPU_CASES = ([(name, dtype) for name in SUITE_RULES for dtype in ("float32", "float16")]
+                   + [(name, "bfloat16") for name in ("hifigan_v1_up0", "mimi_depthwise")])
 
 
 @pytest.mark.parametrize("name, dtype", SUITE_CPU_CASES, ids=[f"{n}-{d}" for n, d in SUITE_CPU_CASES])
@@ -220,6 +222,26 @@ def test_default_suite_cuda_programs_compute_the_reference_on_cpu(name, dtype):
         out = tvm.runtime.empty((1, p.out_channels, p.output_length(length)), dtype)
         executable[function](*[tvm.runtime.tensor(a) for a in (x, weight, b) if a is not None], out)
         assert_close(out.numpy(), conv_transpose1d_reference(x, weight, b, p), dtype)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_layers_cuda_programs_compute_the_reference_on_cpu(seed):
+    """Issue #26, 3: a seeded sample of random layers (conftest.random_layer: every padding mode,
+    groups, dilation, output padding): the per-shape module of their default CUDA rule and the module
+    for every length, threads run as loops, against the reference."""
+    p, length = random_layer(np.random.default_rng(4100 + seed))
+    target = _cuda("sm_80")
+    static_sch, _ = default_schedule(Workload(p, 2, length), target)
+    mod, _, ranges = schedule_symbolic(SymbolicWorkload(p), target, tuned=False)
+    programs = {"static": static_sch.mod["main"].with_attr("global_symbol", "static"), **{
+        gv.name_hint: mod[gv] for gv in mod.get_global_vars()}}
+    executable = tvm.compile(_threads_as_loops(tvm.IRModule(programs)), target="llvm")
+    for function, batch, n in (("static", 2, length), (range_for(ranges, length).function, 1, length),
+                               (range_for(ranges, length + 40).function, 3, length + 40)):
+        x, weight, b = random_inputs(p, batch, n, "float32", seed=seed)
+        out = tvm.runtime.empty((batch, p.out_channels, p.output_length(n)), "float32")
+        executable[function](*[tvm.runtime.tensor(a) for a in (x, weight, b) if a is not None], out)
+        assert_close(out.numpy(), conv_transpose1d_reference(x, weight, b, p), "float32")
 
 
 def test_cuda_module_for_every_length_refuses_a_batch_its_grid_cannot_hold():

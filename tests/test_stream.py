@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import assert_close, needs_torch, random_inputs, torch, torch_conv_transpose1d
+from conftest import assert_close, needs_torch, random_inputs, random_layer, torch, torch_conv_transpose1d
 
 import tvm_convt
 from tvm_convt.params import ConvTranspose1dParams
@@ -227,23 +227,11 @@ def test_circular_is_refused_where_it_wraps():
 
 
 def random_case(rng: np.random.Generator) -> tuple[ConvTranspose1dParams, int, bool, float]:
-    """A random valid layer and input length (every mode a stream computes, groups, dilation, output
-    padding), and whether to stream it in the causal convention, with which trim_right_ratio."""
-    while True:
-        g = int(rng.choice([1, 1, 2, 4]))
-        mode = str(rng.choice(["zeros", "zeros", "reflect", "replicate", "circular"]))
-        stride, dilation = int(rng.integers(1, 6)), int(rng.integers(1, 4))
-        try:
-            p = ConvTranspose1dParams(g * int(rng.integers(1, 6)), g * int(rng.integers(1, 5)), int(rng.integers(1, 9)),
-                                      stride, 0 if mode == "circular" else int(rng.integers(0, 8)),
-                                      int(rng.integers(0, max(stride, dilation))), g, bool(rng.integers(0, 2)),
-                                      dilation, mode)
-            length = int(rng.integers(p.min_length, p.min_length + 25))
-            p.output_length(length)
-        except ValueError:
-            continue
-        causal = not p.padding and not p.output_padding and p.overlap >= 0 and rng.random() < 0.3
-        return p, length, causal, float(rng.choice([0.0, 0.5, 1.0]))
+    """A random valid layer and input length (conftest.random_layer), and whether to stream it in the
+    causal convention, with which trim_right_ratio."""
+    p, length = random_layer(rng)
+    causal = not p.padding and not p.output_padding and p.overlap >= 0 and rng.random() < 0.3
+    return p, length, causal, float(rng.choice([0.0, 0.5, 1.0]))
 
 
 @pytest.mark.parametrize("case", range(12))
