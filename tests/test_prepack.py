@@ -79,7 +79,7 @@ def test_prepacked_module_is_exact_and_identical_to_the_packing_one(target, p, b
 
 # (id, params, length, rule): layers the default schedule serves without packing the weight.
 UNPACKED = [
-    ("fallback-depthwise", P(8, 8, 4, stride=2, groups=8), 20, "cpu-fallback"),
+    ("fallback-narrow", P(8, 4, 4, stride=2), 20, "cpu-fallback"),
     ("fallback-odd-m", P(16, 3, 3, stride=2), 10, "cpu-fallback"),
 ]
 

@@ -64,6 +64,8 @@ def schedule_form(workload: Workload, target: Target, rule: str | None = None) -
         return _named_rule(kind, rule).form
     strided = kind == "llvm" and cpu_direct.strided_direct(workload, target)
     form = form_for(workload, kind, strided_direct=strided)
+    if form == GEMM and _narrow_groups_direct(workload, target):
+        return DIRECT
     if form == GEMM and kind == "llvm" and cpu_blocked.blocked_gemm(workload, target):
         return BLOCKED
     return form
@@ -107,8 +109,6 @@ def symbolic_choice(workload: Workload, target: Target, rule: str | None = None
     layout and plan key (equal choices give the same function)."""
     kind = target.kind.name
     form = schedule_form(workload, target, rule)
-    if rule is None and form == GEMM and _narrow_groups_direct(workload, target):
-        form = DIRECT
     candidates = [_named_rule(kind, rule)] if rule is not None else [r for r in RULES[kind] if r.form == form]
     for candidate in candidates:
         layout = getattr(candidate, "symbolic_layout", lambda *_: None)(workload, target)
@@ -120,10 +120,10 @@ def symbolic_choice(workload: Workload, target: Target, rule: str | None = None
 
 def _narrow_groups_direct(workload: Workload, target: Target) -> bool:
     """Grouped layers too narrow for the GEMM rule's register tile (fewer than 16 input channels a
-    group: depthwise and the like) take the direct form in a symbolic module, where the GEMM form's
-    fallback would write ``col`` (kernel_size times the input) and gather it back: 1.1-1.5x faster
-    on mimi_depthwise and groups of 1-8 channels (docs/performance.md). Static modules keep the
-    fallback until it is measured on the other CPU classes."""
+    group: depthwise and the like) take the direct form, where the GEMM form's fallback would write
+    ``col`` (kernel_size times the input) and gather it back: 1.1-1.5x faster on mimi_depthwise and
+    groups of 1-8 channels (docs/performance.md), and the direct form reads its input in scalar copies
+    only, so an unaligned input is not copied (the fallback's vector reads need 64-byte data)."""
     return (target.kind.name == "llvm" and workload.params.groups > 1 and direct_applies(workload)
             and cpu.gemm_plan(workload, target) is None)
 
