@@ -194,7 +194,7 @@ class ConvTranspose1dStream:
         # Once the cropped start has passed, a zeros-mode stream that holds nothing back hands the
         # kernel's output over as it is (every push of a layer whose padding is at most its overlap).
         through = self._start >= self.geometry.left and self._pending is None and self.geometry.per_row_after_start
-        direct = out if through and out is not None and _fits(out, self._push_shape(xb)) else None
+        direct = out if through and out is not None and _fits(out, self._push_shape(xb), self.dtype) else None
         y = self._run(xb, weights, direct)
         self._frames += xb.shape[2]
         if through:
@@ -313,7 +313,7 @@ class ConvTranspose1dStream:
     def _hand_back(self, y: np.ndarray, out: np.ndarray | None, kind: Output, unbatched: bool) -> Any:
         if out is not None:
             if out is not y:
-                if not _fits(out, y.shape):
+                if not _fits(out, y.shape, self.dtype):
                     raise ValueError(f"{OP}: out must be a writable C-contiguous {self.dtype} array of shape "
                                      f"{y.shape}, got {_describe(out)}")
                 np.copyto(out, y)
@@ -322,9 +322,10 @@ class ConvTranspose1dStream:
         return y[0] if unbatched else y
 
 
-def _fits(out: Any, shape: tuple[int, ...]) -> bool:
-    return (isinstance(out, np.ndarray) and out.shape == tuple(shape) and out.flags.c_contiguous
-            and out.flags.writeable and shareable(out))
+def _fits(out: Any, shape: tuple[int, ...], dtype: str) -> bool:
+    """Whether the kernel can write into ``out`` as it is."""
+    return (isinstance(out, np.ndarray) and out.shape == tuple(shape) and out.dtype == numpy_dtype(dtype)
+            and out.flags.c_contiguous and out.flags.writeable and shareable(out))
 
 
 def _describe(out: Any) -> str:
