@@ -376,3 +376,18 @@ def test_a_stream_longer_than_one_call_can_hold():
     st.push(x)
     st._frames = INDEX_LIMIT  # as after hours of pushes
     assert st.flush().shape == (1, 3, 2)
+
+
+def test_streams_refuse_gpu_targets():
+    """Streams run on CPU targets: the layer's, the function's and the PyTorch layer's say so in one line."""
+    cuda = {"kind": "cuda", "arch": "sm_80"}
+    layer = tvm_convt.ConvTranspose1d(4, 3, 4, stride=2, target=cuda)
+    with pytest.raises(ValueError, match="conv_transpose1d: streams run on CPU targets, got target kind 'cuda'"):
+        layer.stream()
+    with pytest.raises(ValueError, match="streams run on CPU targets, got target kind 'cuda'"):
+        tvm_convt.stream(np.zeros((4, 3, 4), "float32"), stride=2, target=cuda)
+    if torch is not None:
+        from tvm_convt.torch import StreamingConvTranspose1d
+
+        with pytest.raises(ValueError, match="streams run on CPU targets, got target kind 'cuda'"):
+            StreamingConvTranspose1d(4, 3, 4, stride=2, target=cuda)

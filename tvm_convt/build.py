@@ -562,7 +562,8 @@ def build_library(
             check_fits_in_memory(workload)
         mod, source = schedule(workload, tgt, rule=rule, logs=logs, tuned=tuned, prepack_weight=prepack_weight)
         ranges = None
-    metadata = module_metadata(workload, tgt, source, weight_block_of(mod), ranges, input_alignment_of(mod, workload, tgt))
+    metadata = module_metadata(workload, tgt, source, weight_block_of(mod), ranges,
+                               input_alignment_of(mod, workload, tgt))
     # A tuned record is checked against the reference before its library is kept (MetaSchedule
     # measures speed only, and one record in a test run computed a wrong last sample).
     # (A symbolic module's record holds the default rules' own fields, not a MetaSchedule trace.)

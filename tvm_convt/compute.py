@@ -300,23 +300,19 @@ def stream_te(w: Workload, form: str, weight_block: int | None,
     """
     w, inputs, full = _full_te(w, form, weight_block, layout)
     p = w.params
-    acc, stride, overlap = w.accumulator, p.stride, max(p.overlap, 0)
-    q_first, _ = w.phase_range
-    emitted = w.length * stride
-    bias = inputs[2] if p.bias else None
+    acc, overlap = w.accumulator, max(p.overlap, 0)
+    emitted = w.length * p.stride
+    full_at = _full_reader(w, full)
+    with_bias = _bias_adder(w, inputs[2] if p.bias else None)
     state = te.placeholder((w.batch, p.out_channels, overlap), acc, name=STATE) if overlap else None
 
     def summed(n, co, u):
-        v = full[n, co, tirx.indexmod(u, stride), tirx.indexdiv(u, stride) - q_first]
+        v = full_at(n, co, u)
         if state is None:
             return v
         # A select on a clamped index: the load is always in bounds, so it may be speculated.
         carried = state[n, co, tirx.min(u, overlap - 1)]
         return v + tirx.Select(u < overlap, carried, tirx.const(0, acc))
-
-    def with_bias(v, co):
-        v = v + _widen(w, bias[co]) if bias is not None else v
-        return v if acc == w.dtype else v.astype(w.dtype)
 
     y = te.compute((w.batch, p.out_channels, emitted), lambda n, co, u: with_bias(summed(n, co, u), co), name=OUT)
     if state is None:
@@ -634,19 +630,28 @@ def _direct_full(w: Workload, x: te.Tensor, weight: te.Tensor, layout: SymbolicL
         name=FULL)
 
 
-def _output(w: Workload, full: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
-    """``y``: ``full`` cropped (zeros mode) or folded through the padding's adjoint, plus the bias."""
-    p = w.params
-    acc, stride, pad, l_out = w.accumulator, p.stride, p.padding, w.out_length
-    q_first, _ = w.phase_range
+def _full_reader(w: Workload, full: te.Tensor):
+    """``full_at(n, co, u)``: position ``u`` of the padding-free output, read from ``full``'s phase layout."""
+    stride, (q_first, _) = w.params.stride, w.phase_range
+    return lambda n, co, u: full[n, co, tirx.indexmod(u, stride), tirx.indexdiv(u, stride) - q_first]
 
-    def full_at(n, co, u):
-        return full[n, co, tirx.indexmod(u, stride), tirx.indexdiv(u, stride) - q_first]
+
+def _bias_adder(w: Workload, bias: te.Tensor | None):
+    """``with_bias(v, co)``: ``v`` (the accumulator dtype) plus channel ``co``'s bias, cast back to the dtype once."""
+    acc = w.accumulator
 
     def with_bias(v, co):
         v = v + _widen(w, bias[co]) if bias is not None else v
         return v if acc == w.dtype else v.astype(w.dtype)
 
+    return with_bias
+
+
+def _output(w: Workload, full: te.Tensor, bias: te.Tensor | None) -> te.Tensor:
+    """``y``: ``full`` cropped (zeros mode) or folded through the padding's adjoint, plus the bias."""
+    p = w.params
+    acc, pad, l_out = w.accumulator, p.padding, w.out_length
+    full_at, with_bias = _full_reader(w, full), _bias_adder(w, bias)
     if p.padding_mode == "zeros":
         fold = lambda n, co, l: full_at(n, co, l + pad)  # noqa: E731
     else:

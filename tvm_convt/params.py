@@ -354,6 +354,7 @@ class Workload:
     length: int
     dtype: str = "float32"
     symbolic = False
+    stream = False  # a stream's kernel is a SymbolicWorkload
 
     def __post_init__(self) -> None:
         if not isinstance(self.params, ConvTranspose1dParams):

@@ -446,7 +446,7 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     schedule that would pack the weight inside every call (``cpu-gemm``, ``cpu-gemm-blocked``) takes it packed
     instead, from :meth:`CompiledConvTranspose1d.prepare_weights`, which is then worth
     calling once per weight (``weight_packed`` says whether this module does). With ``stream``, the
-    module is the kernel of a stream of the layer (:class:`tvm_convt.runtime.stream.ConvTranspose1dStream`
+    module is the kernel of a stream of the layer (:class:`tvm_convt.runtime.streams.ConvTranspose1dStream`
     runs it), for every batch and length.
     """
     if stream:
@@ -492,8 +492,7 @@ class _ModuleCache:
             found = self._modules.get(key)
         if found is None:
             found = compile(workload.params, batch=workload.batch, length=workload.length, dtype=workload.dtype,
-                            target=target, logs=logs, prepack_weight=prepack_weight,
-                            stream=getattr(workload, "stream", False))
+                            target=target, logs=logs, prepack_weight=prepack_weight, stream=workload.stream)
             with self._lock:
                 found = self._modules.setdefault(key, found)
         return found

@@ -92,7 +92,7 @@ class StreamGeometry:
     def per_row(self) -> bool:
         """Whether every push returns ``stride`` samples per input sample, whatever came before (so
         rows can restart one by one)."""
-        return self.mode == "zeros" and self.left == 0 and self.hold == 0
+        return self.per_row_after_start and self.left == 0
 
     def end(self, frames: int) -> int:
         """Where the output of ``frames`` input samples ends (exclusive)."""
@@ -346,10 +346,16 @@ def _rows(rows: Any, batch: int) -> Any:
 def stream_kernel(params: ConvTranspose1dParams, dtype: str, target: TargetLike,
                   logs: Any = None) -> CompiledConvTranspose1d:
     """The compiled kernel of the layer's streams (cached like the layer's modules)."""
-    if resolve_target(target).kind.name != "llvm":
-        raise ValueError(f"{OP}: streams run on CPU targets, got target kind {resolve_target(target).kind.name!r}")
+    check_stream_target(target)
     workload = SymbolicWorkload(params.stream_params(), dtype, stream=True)
     return _MODULES.get(workload, target, logs, prepack_weight=True)
+
+
+def check_stream_target(target: TargetLike) -> None:
+    """Streams run on CPU targets (their Python side holds host arrays)."""
+    kind = resolve_target(target).kind.name
+    if kind != "llvm":
+        raise ValueError(f"{OP}: streams run on CPU targets, got target kind {kind!r}")
 
 
 def check_batch_size(batch: Any) -> int:
@@ -358,8 +364,8 @@ def check_batch_size(batch: Any) -> int:
     return int(batch)
 
 
-def open_stream(params: ConvTranspose1dParams, dtype: str, target: TargetLike, weights: Callable[[CompiledConvTranspose1d], WeightSource],
-                *, batch: int = 1, causal: bool = False, trim_right_ratio: float = 1.0,
+def open_stream(params: ConvTranspose1dParams, dtype: str, target: TargetLike,
+                weights: Callable[[CompiledConvTranspose1d], WeightSource], *, batch: int = 1, causal: bool = False, trim_right_ratio: float = 1.0,
                 logs: Any = None) -> ConvTranspose1dStream:
     """A stream of the layer ``params``; ``weights(kernel)`` makes its :data:`WeightSource`."""
     batch = check_batch_size(batch)

@@ -75,7 +75,6 @@ def read_index(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, buffer: str)
     return reads.index(buffer)
 
 
-
 def reads_input_in_vectors(func: tirx.PrimFunc) -> bool:
     """Whether scheduled ``func`` reads its input ``x`` inside a vectorised loop, whose loads assume
     the buffer's 64-byte alignment; a function that reads it in scalars only (every rule's symbolic

@@ -148,8 +148,8 @@ class CpuArch:
     (:func:`tvm_convt.compute.form_for`; 0: none): on such a core, with a short reduction
     per ``col`` element, streaming the input once per tile beats writing ``col`` and
     reading it back, while that ``col`` would take at most ``strided_direct_col_bytes`` (None:
-    any; past it the blocked form, which keeps ``col`` in cache, can be faster). Layers of the GEMM form whose ``col`` would exceed ``blocked_col_bytes``
-    (None: never) take the blocked form, ``col`` made and gathered a block of samples at a
+    any; past it the blocked form, which keeps ``col`` in cache, can be faster). Layers of the
+    GEMM form whose ``col`` would exceed ``blocked_col_bytes`` (None: never) take the blocked form, ``col`` made and gathered a block of samples at a
     time, where it reads the weight at most ``blocked_weight_reads`` times the bytes of ``col``
     (:func:`tvm_convt.schedule.cpu_blocked.blocked_gemm`).
     """

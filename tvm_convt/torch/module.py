@@ -14,15 +14,20 @@ from . import op
 __all__ = ["ConvTranspose1d", "backend_attributes"]
 
 
+def layer_params(layer: torch.nn.ConvTranspose1d) -> ConvTranspose1dParams:
+    """A torch layer's parameters, checked (a bad layer raises here)."""
+    return ConvTranspose1dParams(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                 layer.padding, layer.output_padding, layer.groups, layer.bias is not None,
+                                 layer.dilation, layer.padding_mode)
+
+
 def backend_attributes(layer: torch.nn.ConvTranspose1d, target: TargetLike,
                        logs: str | Path | None, prepack_weight: bool = False) -> dict[str, Any]:
     """The attributes a converted layer adds, after checking its parameters and the target
     (so that a bad layer fails when built or converted, not at its first call)."""
     if not isinstance(prepack_weight, bool):
         raise TypeError(f"{OP}: prepack_weight must be a bool, got prepack_weight={prepack_weight!r}")
-    ConvTranspose1dParams(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                          layer.padding, layer.output_padding, layer.groups, layer.bias is not None,
-                          layer.dilation, layer.padding_mode)
+    layer_params(layer)
     resolve_target(target)
     # _backend: the op's string form of target and logs, made once rather than per call.
     return {"_target": target, "_logs": None if logs is None else str(logs),

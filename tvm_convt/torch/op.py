@@ -291,13 +291,16 @@ def _make_plan(input, weight, bias, conv, padding_mode, backend) -> _Plan:
     return _Plan(shape, compiled, func, kind == "cuda", compiled.weight_packed)
 
 
+def weights_for(compiled: Any, packed: bool, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> list[Any]:
+    """``[weight(, bias)]`` as ``compiled``'s functions read them (the weight packed when ``packed``),
+    made once per change of each tensor (the process's caches, :mod:`._tensors`)."""
+    weight_arg = _PACKED.get(weight, compiled) if packed else _COPIES.get(weight)
+    return [weight_arg] if bias is None else [weight_arg, _COPIES.get(bias)]
+
+
 def _run(plan: _Plan, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     y = aligned_empty(input, plan.output_shape)
-    weight_arg = _PACKED.get(weight, plan.compiled) if plan.packed else _COPIES.get(weight)
-    if bias is None:
-        args = (to_tvm(input), weight_arg, to_tvm(y))
-    else:
-        args = (to_tvm(input), weight_arg, _COPIES.get(bias), to_tvm(y))
+    args = (to_tvm(input), *weights_for(plan.compiled, plan.packed, weight, bias), to_tvm(y))
     if plan.cuda:  # untested on hardware: run on torch's current stream
         with _tvm_stream(input.device, torch.cuda.current_stream(input.device).cuda_stream):
             plan.func(*args)

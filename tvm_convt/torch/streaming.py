@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from ..params import OP, ConvTranspose1dParams
-from ..runtime.streams import ConvTranspose1dStream, StreamGeometry, open_stream
-from ..target import TargetLike, resolve_target
-from ._tensors import _stamp
-from .op import refuse_torchscript
+from ..runtime.streams import ConvTranspose1dStream, StreamGeometry, check_stream_target, open_stream
+from ..target import TargetLike
+from .module import layer_params
+from .op import refuse_torchscript, weights_for
 
 __all__ = ["StreamingConvTranspose1d"]
 
@@ -59,17 +59,14 @@ class StreamingConvTranspose1d(torch.nn.ConvTranspose1d):
         self.padding_mode = padding_mode
         if not isinstance(causal, bool):
             raise TypeError(f"{OP}: causal must be a bool, got causal={causal!r}")
-        if resolve_target(target).kind.name != "llvm":
-            raise ValueError(f"{OP}: streams run on CPU targets, got target={target!r}")
+        check_stream_target(target)
         StreamGeometry.of(self._params(), causal, trim_right_ratio)  # refused now, not at the first push
         self.causal, self.trim_right_ratio, self.target = causal, trim_right_ratio, target
         self.logs = None if logs is None else str(logs)
         self._stream: ConvTranspose1dStream | None = None
 
     def _params(self) -> ConvTranspose1dParams:
-        return ConvTranspose1dParams(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                                     self.padding, self.output_padding, self.groups, self.bias is not None,
-                                     self.dilation, self.padding_mode)
+        return layer_params(self)
 
     def _engine(self, batch: int) -> ConvTranspose1dStream:
         """The stream of ``batch`` rows (made at the first push after a reset; its kernel is cached)."""
@@ -80,20 +77,14 @@ class StreamingConvTranspose1d(torch.nn.ConvTranspose1d):
         return self._stream
 
     def _weight_source(self, kernel: Any) -> Any:
-        """The parameters as the kernel reads them, prepared again when one of them changes (version
-        counter, data pointer or an optimizer step, as the converted layer's packed weights are)."""
-        kept: dict[str, Any] = {}
+        """The parameters as the kernel reads them, from the op's caches: prepared again when one of them
+        changes (version counter, data pointer or an optimizer step), as the converted layer's are."""
+        in_kernel = kernel.params.bias
 
         def source() -> tuple[list[Any], np.ndarray | None]:
             weight, bias = self.weight, self.bias
-            stamp = (id(weight), _stamp(weight), id(bias), None if bias is None else _stamp(bias))
-            # An inference tensor has no stamp (no version counter): its values are never kept.
-            stamped = stamp[1] is not None and (bias is None or stamp[3] is not None)
-            if not stamped or kept.get("stamp") != stamp:
-                host_bias = None if bias is None else bias.detach().numpy()
-                prepared = kernel.prepare_weights(weight.detach().numpy(), host_bias if kernel.params.bias else None)
-                kept.update(stamp=stamp, value=(prepared, host_bias))
-            return kept["value"]
+            prepared = weights_for(kernel, kernel.weight_packed, weight, bias if in_kernel else None)
+            return prepared, None if bias is None else bias.detach().numpy()
 
         return source
 
