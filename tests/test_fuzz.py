@@ -218,16 +218,25 @@ def test_user_mattr_is_kept_beside_the_host_cpu():
     assert "-avx512f" in [str(f) for f in resolve_target({"kind": "llvm", "mattr": ["-avx512f"]}).attrs["mattr"]]
 
 
-@pytest.mark.parametrize("target", [
-    {"kind": "llvm", "mtriple": "aarch64-linux-gnu"},
-    {"kind": "llvm", "mtriple": "x86_64-pc-windows-msvc"},
-    {"kind": "llvm", "host": {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}},
+@pytest.mark.parametrize("target, said", [
+    ({"kind": "llvm", "mtriple": "x86_64-pc-windows-msvc"}, "a CPU module is linked into a Linux shared library"),
+    ({"kind": "llvm", "mtriple": "aarch64-apple-darwin"}, "a CPU module is linked into a Linux shared library"),
+    ({"kind": "llvm", "mtriple": "riscv64-linux-gnu"}, "a CPU module is linked into a Linux shared library"),
+    ({"kind": "llvm", "host": {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}},
+     "a target and its host must be for one architecture"),
 ])
-def test_cpu_targets_this_machine_cannot_link_are_refused_before_compiling(target):
+def test_cpu_targets_this_machine_cannot_link_are_refused_before_compiling(target, said):
     """TVM compiled them and the linker failed, with a RuntimeError holding ld's output."""
-    with pytest.raises(ValueError, match=OPERATOR + "a CPU module is linked into a shared library by this "
-                                                    "machine's compiler, so mtriple must name"):
+    with pytest.raises(ValueError, match=OPERATOR + said):
         tvm_convt.compile(P(2, 3, 3), batch=1, length=3, target=target)
+
+
+def test_a_cross_target_without_a_cross_linker_says_what_to_install(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ValueError, match=OPERATOR + "a module for aarch64 is linked by a cross linker, and none "
+                                                    "of aarch64-linux-gnu-gcc, ld.lld.* is on PATH; install one "
+                                                    r"\(Debian/Ubuntu: apt-get install gcc-aarch64-linux-gnu"):
+        tvm_convt.compile(P(2, 3, 3), batch=1, length=3, target={"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
 
 
 def test_a_module_for_a_cpu_this_machine_lacks_raises_instead_of_sigill(tmp_path):

@@ -27,16 +27,23 @@ def compiler_available() -> bool:
     return tvm_ffi.get_global_func("target.Target", allow_missing=True) is not None
 
 
+# The /proc/cpuinfo field that lists the instruction-set flags, per architecture.
+_FLAGS_FIELD = {"x86_64": "flags", "aarch64": "Features"}
+
+
 @functools.lru_cache(maxsize=1)
 def _cpu_flags() -> frozenset[str]:
-    """The instruction-set flags of this machine's CPU, from /proc/cpuinfo (empty if unreadable)."""
+    """The instruction-set flags of this machine's CPU, from /proc/cpuinfo (empty if unreadable, or
+    if the file is another architecture's: qemu-user shows the host's)."""
+    here = platform.machine().lower()
+    field = _FLAGS_FIELD.get(_ARCH_ALIASES.get(here, here))
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return frozenset()
     for line in text.splitlines():
         name, _, value = line.partition(":")
-        if name.strip() in ("flags", "Features"):
+        if name.strip() == field:
             return frozenset(value.split())
     return frozenset()
 

@@ -29,6 +29,7 @@ from tvm.target import Target
 from ._files import read_json, write_atomic
 from .errors import CacheWarning, ModuleFileError, TunedRecordWarning
 from .lengths import LengthRange, check_ranges
+from .linker import linker_for
 from .params import (DATA_ALIGNMENT, OP, PACK_WEIGHT, SymbolicWorkload, Workload, check_dtype_for_target, itemsize,
                      workload_from_dict)
 from .target import TargetLike, resolve_target, target_json, target_key
@@ -341,13 +342,15 @@ def device_source(workload: Workload | SymbolicWorkload, *, target: TargetLike, 
     return "\n".join(m.inspect_source("cuda") for m in executable.mod.imports if m.kind == "cuda")
 
 
-def write_library(executable: Any, metadata: ModuleMetadata, library: Path) -> None:
+def write_library(executable: Any, metadata: ModuleMetadata, library: Path, target: Target | None = None) -> None:
     """Export ``executable`` to ``library`` and its sidecar, each atomically; the sidecar
-    goes last, so a reader that finds it also finds a complete library."""
+    goes last, so a reader that finds it also finds a complete library. A CPU ``target`` of
+    another architecture is linked by its cross linker (:func:`tvm_convt.linker.linker_for`)."""
     digest: list[LibraryDigest] = []
+    options = linker_for(target).export_options() if target is not None else {}
 
     def export(tmp: Path) -> None:
-        executable.export_library(str(tmp))
+        executable.export_library(str(tmp), **options)
         digest.append(LibraryDigest.of(tmp.read_bytes()))
 
     write_atomic(library, export, 0o755)
@@ -636,4 +639,4 @@ def _compile_into(mod: tvm.IRModule, tgt: Target, metadata: ModuleMetadata, libr
         executable = tvm.compile(mod, target=tgt)
     if check is not None:
         check(executable)
-    write_library(executable, metadata, library)
+    write_library(executable, metadata, library, tgt)

@@ -35,25 +35,30 @@ import tvm
 
 from . import __version__
 from .build import ModuleMetadata, module_metadata, schedule, schedule_symbolic, write_library
+from .linker import host_arch, target_arch
 from .params import OP, SymbolicWorkload, Workload
 from .target import TargetLike, resolve_target, target_json, target_key
 
 MANIFEST_FORMAT = 1
 # What a runtime-only install leaves out of the installed packages (paths relative to each);
-# everything listed is compiler-only or sources/headers, checked by tests/test_bundle.py.
+# everything listed is compiler-only or sources/headers, checked by tests/test_bundle.py. The RPC
+# server (rpc, exec) stays: a board measures tuning candidates with it.
 TVM_LEFT_OUT = ("lib/libtvm_compiler.so", "lib/libtvm_runtime_extra.so", "3rdparty", "src", "include",
-                "web", "relax", "topi", "s_tir", "contrib", "rpc", "exec", "testing", "cmake", "lib64",
+                "web", "relax", "topi", "s_tir", "contrib", "testing", "cmake", "lib64",
                 "backend/adreno", "backend/cuda", "backend/hexagon", "backend/metal", "backend/opencl",
                 "backend/rocm", "backend/trn", "backend/vulkan", "backend/webgpu")
 CPU_LEFT_OUT = ("lib/libtvm_runtime_cuda.so",)  # a CPU bundle needs no CUDA runtime
 FFI_LEFT_OUT = ("include", "3rdparty", "src", "share", "cython", "stub")
 # tvm_convt's files that loading and running a module imports, and reference.py for run.py --check.
 RUNTIME_FILES = ("__init__.py", "_cores.py", "_files.py", "_host_pool.py", "_runtime_only.py", "build.py", "errors.py", "lengths.py",
-                 "params.py", "reference.py", "runtime/__init__.py", "runtime/arrays.py", "runtime/layer.py",
+                 "linker.py", "params.py", "reference.py", "runtime/__init__.py", "runtime/arrays.py", "runtime/layer.py",
                  "runtime/module.py", "runtime/streams.py", "target.py")
 KERNELS = ("fatbin", "source")
 _PYTHON_VERSION = re.compile(r"3\.[0-9]{1,2}")
 FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
+# pip's platform tags of the other architectures a bundle's runtime can be for (manylinux 2.28: the
+# glibc of Debian 12, Ubuntu 20.04 and Raspberry Pi OS bookworm and later).
+WHEEL_PLATFORMS = {"aarch64": "manylinux_2_28_aarch64"}
 
 
 @dataclass(frozen=True)
@@ -91,33 +96,76 @@ def _package_dir(name: str) -> Path:
     return Path(module.__file__).resolve().parent
 
 
-def _download_ffi(python: str, into: Path) -> Path:
-    """The ``tvm_ffi`` folder of the installed apache-tvm-ffi version built for ``python``,
-    fetched with pip (its compiled extension must match the Python that imports it)."""
-    version = importlib.metadata.version("apache-tvm-ffi")
-    cmd = [sys.executable, "-m", "pip", "download", f"apache-tvm-ffi=={version}", "--python-version", python,
+def _download(dist: str, python: str, platform: str | None, into: Path) -> Path:
+    """The wheel of the installed version of ``dist`` built for ``python`` (and pip's ``platform``
+    tag; None: this machine's), fetched with pip: compiled extensions must match the machine and
+    the Python that import them."""
+    version = importlib.metadata.version(dist)
+    into = into / dist
+    cmd = [sys.executable, "-m", "pip", "download", f"{dist}=={version}", "--python-version", python,
            "--only-binary=:all:", "--no-deps", "--quiet", "-d", str(into)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wheels = sorted(into.glob("apache_tvm_ffi-*.whl"))
+    done = subprocess.run(cmd + (["--platform", platform] if platform else []), capture_output=True, text=True,
+                          check=False)
+    wheels = sorted(into.glob("*.whl"))
     if done.returncode != 0 or not wheels:
         why = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "no wheel found")
-        raise ValueError(f"{OP}: a bundle for Python {python} needs apache-tvm-ffi=={version} built for it, "
-                         f"and pip could not download it ({why.strip()}); bundle for this machine's "
-                         f"Python {this_python()} or where pip can reach PyPI")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        wheel.extractall(into / "unpacked")
-    return into / "unpacked" / "tvm_ffi"
+        where = f"Python {python} on {platform}" if platform else f"Python {python}"
+        raise ValueError(f"{OP}: a bundle for {where} needs {dist}=={version} built for it, and pip could not "
+                         f"download it ({why.strip()}); bundle where pip can reach PyPI")
+    return wheels[0]
 
 
-def copy_runtime(folder: Path, python: str, cuda: bool) -> None:
-    """The TVM runtime packages, psutil and tvm_convt's runtime files, into ``folder``."""
-    _copy_package(_package_dir("tvm"), folder / "tvm", TVM_LEFT_OUT + (() if cuda else CPU_LEFT_OUT))
-    with tempfile.TemporaryDirectory(prefix="tvm_convt-ffi-") as tmp:
-        ffi = _package_dir("tvm_ffi") if python == this_python() else _download_ffi(python, Path(tmp))
-        _copy_package(ffi, folder / "tvm_ffi", FFI_LEFT_OUT)
-    _copy_package(_package_dir("psutil"), folder / "psutil", ())
+def _unpack(wheel: Path, package: str, dest: Path, left_out: tuple[str, ...]) -> None:
+    """Extract the folder ``package`` of ``wheel`` to ``dest``, without ``left_out`` (paths relative
+    to it) and byte-code caches; compiler-only files are never written."""
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.infolist():
+            parts = Path(member.filename).parts
+            if not parts or parts[0] != package or member.is_dir() or "__pycache__" in parts:
+                continue
+            rel = "/".join(parts[1:])
+            if any(rel == out or rel.startswith(out + "/") for out in left_out):
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as src, target.open("wb") as out_file:
+                shutil.copyfileobj(src, out_file)
+            if (member.external_attr >> 16) & 0o111:
+                target.chmod(0o755)
+
+
+def bundle_platform(arch: str) -> str | None:
+    """pip's platform tag for a bundle whose modules run on ``arch`` (None: this machine's)."""
+    if arch == host_arch():
+        return None
+    if arch not in WHEEL_PLATFORMS:
+        raise ValueError(f"{OP}: a bundle can hold the runtime of this machine's architecture ({host_arch()}) "
+                         f"or of {', '.join(WHEEL_PLATFORMS)}, got a target for {arch}")
+    return WHEEL_PLATFORMS[arch]
+
+
+def copy_runtime(folder: Path, python: str, cuda: bool, platform: str | None = None) -> None:
+    """The TVM runtime packages, psutil, cloudpickle and tvm_convt's runtime files into ``folder``, for
+    ``python`` on pip's ``platform`` (None: this machine; otherwise NumPy for it too): the installed
+    packages where they fit, wheels downloaded for that Python and platform where they do not."""
+    # (distribution, its folders, left out of the first, whether the installed one fits)
+    plan = [("apache-tvm", ("tvm",), TVM_LEFT_OUT + (() if cuda else CPU_LEFT_OUT), platform is None),
+            ("apache-tvm-ffi", ("tvm_ffi",), FFI_LEFT_OUT, platform is None and python == this_python()),
+            ("psutil", ("psutil",), (), platform is None)]  # abi3: one build serves every Python 3
+    if platform is not None:  # a board has no NumPy at hand as this machine has; its OpenBLAS beside it
+        plan.append(("numpy", ("numpy", "numpy.libs"), ("tests",), False))
+    with tempfile.TemporaryDirectory(prefix="tvm_convt-wheels-") as tmp:
+        for dist, packages, left_out, installed in plan:
+            if installed:
+                _copy_package(_package_dir(packages[0]), folder / packages[0], left_out)
+                continue
+            wheel = _download(dist, python, platform, Path(tmp))
+            for package in packages:
+                _unpack(wheel, package, folder / package, left_out if package == packages[0] else ())
+    import cloudpickle  # the RPC server's workers (tvm.exec.rpc_server); pure Python
     import typing_extensions  # tvm_ffi's one pure-Python dependency
 
+    _copy_package(_package_dir("cloudpickle"), folder / "cloudpickle", ())
     shutil.copy2(typing_extensions.__file__, folder / "typing_extensions.py")
     (folder / "tvm_convt").mkdir()
     here = Path(__file__).resolve().parent
@@ -320,24 +368,34 @@ def _tolerances() -> dict[str, float]:
 
 def manifest(entries: list[dict[str, Any]], target: tvm.target.Target,
              python: str, kernels: str, folder: Path) -> dict[str, Any]:
-    sizes = {name: _tree_bytes(folder / name) for name in ("tvm", "tvm_ffi", "psutil", "tvm_convt", "modules")}
+    parts = ("tvm", "tvm_ffi", "psutil", "cloudpickle", "tvm_convt", "modules", "numpy", "numpy.libs")
+    sizes = {name: _tree_bytes(folder / name) for name in parts if (folder / name).exists()}
     sizes["typing_extensions"] = (folder / "typing_extensions.py").stat().st_size
-    return {"format": MANIFEST_FORMAT, "python": python, "tvm": tvm.__version__,
+    numpy = [] if (folder / "numpy").exists() else ["numpy"]
+    return {"format": MANIFEST_FORMAT, "python": python, "arch": bundle_arch(target), "tvm": tvm.__version__,
             "tvm_ffi": importlib.metadata.version("apache-tvm-ffi"), "tvm_convt": __version__,
             "target": json.loads(target_json(target)), "target_key": target_key(target),
             "cuda_kernels": kernels_statement(target, kernels), "workloads": entries,
-            "tolerance": _tolerances(), "needs": ["python " + python, "numpy", "ml_dtypes (bfloat16 only)"],
+            "tolerance": _tolerances(), "needs": ["python " + python, *numpy, "ml_dtypes (bfloat16 only)"],
             "sizes": {**sizes, "total": sum(sizes.values())}}
 
 
+def bundle_arch(target: tvm.target.Target) -> str:
+    """The architecture of the CPU that runs a bundle for ``target`` (a CUDA target's host: this one's)."""
+    return target_arch(target) if target.kind.name == "llvm" else host_arch()
+
+
 def write_modules(suite: dict[str, Workload], target: tvm.target.Target, folder: Path, *, kernels: str,
-                  logs: Path | None) -> list[dict[str, Any]]:
+                  logs: Path | None, any_length: bool = False) -> list[dict[str, Any]]:
+    """One module per suite entry: for its shape, or (``any_length``) for every batch and length,
+    which ``run.py --check`` runs at the entry's shape and at lengths on either side of it."""
     (folder / "modules").mkdir()
     entries = []
     for index, (name, workload) in enumerate(suite.items()):
         path = folder / "modules" / f"{_file_stem(index, name)}.so"
-        metadata = write_module(workload, target, path, kernels=kernels, logs=logs)
-        entries.append({"name": name, "workload": workload.to_dict(),
+        built = SymbolicWorkload(workload.params, workload.dtype) if any_length else workload
+        metadata = write_module(built, target, path, kernels=kernels, logs=logs)
+        entries.append({"name": name, "workload": workload.to_dict(), "any_length": any_length,
                         "library": str(path.relative_to(folder)),
                         "sidecar": str(path.with_suffix(".json").relative_to(folder)),
                         "schedule": metadata.schedule, "bytes": path.stat().st_size,
@@ -346,8 +404,13 @@ def write_modules(suite: dict[str, Workload], target: tvm.target.Target, folder:
 
 
 def write_bundle(suite: dict[str, Workload], folder: str | Path, *, target: TargetLike = "llvm",
-                 python: str | None = None, kernels: str = "fatbin", logs: Path | None = None) -> BundleReport:
+                 python: str | None = None, kernels: str = "fatbin", logs: Path | None = None,
+                 any_length: bool = False) -> BundleReport:
     """Write a self-contained runtime-only folder for ``suite`` compiled for ``target``.
+
+    A CPU target of another architecture (aarch64 on an x86 machine) gets that architecture's
+    runtime: TVM's runtime libraries, tvm_ffi, psutil and NumPy from the wheels for it and
+    ``python``, downloaded with pip.
 
     Args:
         suite: workloads by name (a suite file's, :func:`tvm_convt.suite.load_suite`).
@@ -356,11 +419,13 @@ def write_bundle(suite: dict[str, Workload], folder: str | Path, *, target: Targ
         python: the ``3.N`` Python version that will run it (default: this one's).
         kernels: CUDA kernels as a "fatbin" compiled here (default) or as "source".
         logs: tuning logs to take schedules from (default: as :func:`tvm_convt.compile`).
+        any_length: one module per layer for every batch and length, instead of the suite's shape.
     """
     python = check_python_version(this_python() if python is None else python)
     if kernels not in KERNELS:
         raise ValueError(f"{OP}: kernels must be one of {', '.join(KERNELS)}, got kernels={kernels!r}")
     tgt = resolve_target(target)
+    platform = bundle_platform(bundle_arch(tgt))
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ValueError(f"{OP}: the bundle folder must not exist or be empty, got {str(folder)!r}")
@@ -371,8 +436,8 @@ def write_bundle(suite: dict[str, Workload], folder: str | Path, *, target: Targ
         raise type(err)(err.errno, f"{OP}: cannot write a bundle into {folder.parent}: {err.strerror}") from None
     work.chmod(0o755)
     try:
-        copy_runtime(work, python, cuda=tgt.kind.name == "cuda")
-        entries = write_modules(suite, tgt, work, kernels=kernels, logs=logs)
+        copy_runtime(work, python, cuda=tgt.kind.name == "cuda", platform=platform)
+        entries = write_modules(suite, tgt, work, kernels=kernels, logs=logs, any_length=any_length)
         info = manifest(entries, tgt, python, kernels, work)
         write_docs(work, info)
         if folder.exists():
@@ -416,17 +481,25 @@ def import_runtime():
     try:
         import numpy as np
         from tvm_convt import CompiledConvTranspose1d
-        from tvm_convt.params import numpy_dtype
+        from tvm_convt.params import Workload, numpy_dtype
         from tvm_convt.reference import conv_transpose1d_reference
     except Exception as err:  # noqa: BLE001 - a damaged library raises whatever its loader raises
         print(f"run.py: error: the bundle's runtime does not import here: {type(err).__name__}: {err}")
         return None
-    return np, CompiledConvTranspose1d, numpy_dtype, conv_transpose1d_reference
+    return np, CompiledConvTranspose1d, numpy_dtype, conv_transpose1d_reference, Workload
 
 
-def relative_error(module, rng, np, numpy_dtype, reference):
-    \"\"\"The module's largest error on random input, relative to max(1, max|reference|).\"\"\"
-    w = module.workload
+def check_shapes(entry, workload_class):
+    \"\"\"The shapes a module is checked at: its entry's; for a module of every length, also lengths 1
+    and a prime beyond it, and batch 2.\"\"\"
+    w = workload_class.from_dict(entry["workload"])
+    if not entry.get("any_length"):
+        return [w]
+    return [w] + [workload_class(w.params, batch, length, w.dtype) for batch, length in ((1, 1), (2, w.length + 7))]
+
+
+def relative_error(w, module, rng, np, numpy_dtype, reference):
+    \"\"\"The module's largest error on random input of ``w``'s shape, relative to max(1, max|reference|).\"\"\"
     dtype = numpy_dtype(w.dtype)
     x = rng.standard_normal(w.input_shape).astype(dtype)
     weight = rng.standard_normal(w.params.weight_shape).astype(dtype)
@@ -440,14 +513,15 @@ def relative_error(module, rng, np, numpy_dtype, reference):
 
 def check_module(entry, check, manifest, runtime, rng):
     \"\"\"One module's line and whether it passed.\"\"\"
-    np, compiled_class, numpy_dtype, reference = runtime
+    np, compiled_class, numpy_dtype, reference, workload_class = runtime
     name = entry.get("name", "?")
     try:
         module = compiled_class.load(HERE / entry["library"])
         line = f"{name}: loaded {entry['library']} ({module.metadata.target_key})"
         if not check:
             return line + ": OK", True
-        error = relative_error(module, rng, np, numpy_dtype, reference)
+        error = max(relative_error(w, module, rng, np, numpy_dtype, reference)
+                    for w in check_shapes(entry, workload_class))
     except RuntimeError as err:  # no GPU, or a CPU without the target's instructions
         return f"{name}: FAIL: cannot run here: {err}", False
     except Exception as err:  # noqa: BLE001 - a damaged file: say so and go on to the next module
@@ -495,25 +569,33 @@ def readme(info: dict[str, Any]) -> str:
     s = info["sizes"]
     first = info["workloads"][0]["library"]
     kernels = f"\nCUDA kernels: {info['cuda_kernels']}.\n" if info["cuda_kernels"] else ""
+    numpy = s.get("numpy", 0) + s.get("numpy.libs", 0)
+    numpy_row = f"\n| numpy (for this architecture) | {_mib(numpy)} |" if numpy else ""
+    needs = " and ".join(n for n in info["needs"] if not n.startswith("ml_dtypes")) + " (ml_dtypes for bfloat16)"
     return f"""# tvm_convt runtime bundle ({info['target_key']})
 
 Compiled ConvTranspose1d modules and the runtime that loads them, without TVM's compiler.
 Target: `{json.dumps(info['target'], sort_keys=True)}`; tvm {info['tvm']}, tvm_ffi {info['tvm_ffi']},
-tvm_convt {info['tvm_convt']}; for Python {info['python']} on this OS and architecture.
+tvm_convt {info['tvm_convt']}; for Python {info['python']} on Linux {info['arch']}.
 {kernels}
 | part | size |
 |---|---|
 | tvm (runtime libraries and Python, no libtvm_compiler.so) | {_mib(s['tvm'])} |
 | tvm_ffi | {_mib(s['tvm_ffi'])} |
-| psutil, typing_extensions | {_mib(s['psutil'] + s['typing_extensions'])} |
+| psutil, cloudpickle, typing_extensions | {_mib(s['psutil'] + s['cloudpickle'] + s['typing_extensions'])} |{numpy_row}
 | tvm_convt (runtime files) | {_mib(s['tvm_convt'])} |
 | modules ({len(info['workloads'])} x .so + .json) | {_mib(s['modules'])} |
 | total | {_mib(s['total'])} |
 
-The machine needs Python {info['python']} and NumPy (ml_dtypes for bfloat16), nothing else.
+The machine needs {needs}, nothing else.
 
     python run.py --check          # load every module, run it, compare with the NumPy reference
     PYTHONPATH=$PWD python -c "from tvm_convt import CompiledConvTranspose1d as C; print(C.load('{first}'))"
+
+To tune for this machine from another one (`tvm-convt tune --rpc-tracker HOST:9190 --rpc-key KEY` there),
+start TVM's RPC server here with this runtime; it measures the modules it is sent, no compiler needed:
+
+    PYTHONPATH=$PWD python -m tvm.exec.rpc_server --tracker HOST:9190 --key KEY
 
 `CompiledConvTranspose1d.load(path)(x, weight, bias)` takes NumPy arrays or DLPack tensors
 (torch, CuPy; CUDA tensors stay on the GPU) and returns the caller's kind of array.

@@ -416,7 +416,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     from .suite import load_suite
 
     report = write_bundle(load_suite(args.suite), args.output, target=args.target, python=args.python,
-                          kernels=args.kernels, logs=args.logs)
+                          kernels=args.kernels, logs=args.logs, any_length=args.any_length)
     m = report.manifest
     print(f"bundled {len(m['workloads'])} module(s) for {m['target_key']}, Python {m['python']}: "
           f"{m['sizes']['total'] / 2**20:.1f} MiB in {report.folder}")
@@ -666,12 +666,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile every layer of a suite for one target and write them into a folder with "
                     "the TVM runtime (no compiler library), tvm_ffi for the Python that will run it, "
                     "tvm_convt's runtime files, a manifest, a README and run.py (--check compares each "
-                    "module with the NumPy reference). The machine that runs it needs Python and NumPy.")
+                    "module with the NumPy reference). The machine that runs it needs Python and NumPy; "
+                    "a bundle for another architecture (an aarch64 target) holds that architecture's "
+                    "runtime and NumPy, downloaded with pip, and the machine needs only Python.")
     bundle.add_argument("--suite", type=existing_file, required=True,
                         help="JSON list of layers, the format tune and bench read")
     bundle.add_argument("--target", type=target_arg, default="llvm",
                         help="'llvm' (this CPU) or a JSON target, e.g. '{\"kind\": \"cuda\", \"arch\": "
-                             "\"sm_90\"}' (default: %(default)s)")
+                             "\"sm_90\"}' or '{\"kind\": \"llvm\", \"mtriple\": \"aarch64-linux-gnu\", "
+                             "\"mcpu\": \"cortex-a76\"}' (default: %(default)s)")
+    bundle.add_argument("--any-length", action="store_true",
+                        help="one module per layer for every batch and length (default: the suite's shapes)")
     bundle.add_argument("-o", "--output", type=bundle_folder, required=True, help="the folder to write (new or empty)")
     bundle.add_argument("--python", type=python_version_arg, default=None,
                         help="Python version of the machine that runs it, 3.N (default: this one's)")

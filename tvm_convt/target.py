@@ -22,6 +22,7 @@ from tvm.target import Target
 from ._cores import host_cores  # noqa: F401 - used here and imported from here by the benchmarks
 from ._runtime_only import compiler_available
 from .errors import CompilerUnavailable
+from .linker import triple_arch
 from .params import OP
 
 TargetLike = str | dict[str, Any] | Target
@@ -164,7 +165,7 @@ def _check_cpu_features(config: dict[str, Any]) -> None:
     (i386 on x86_64): LLVM aborts or writes a library that cannot run."""
     host = tvm.target.codegen.llvm_get_system_triple()
     triple = config.get("mtriple", host)
-    if not isinstance(triple, str) or _triple_arch(triple) != _triple_arch(host):
+    if not isinstance(triple, str) or triple_arch(triple) != triple_arch(host):
         return  # another architecture: built and run elsewhere (tuning over RPC)
     isa = {str(k) for k in dict(_host_cpu_features())}
     generic = Target({"kind": "llvm", "mcpu": "generic", **({"mtriple": triple} if "mtriple" in config else {})})
@@ -173,15 +174,15 @@ def _check_cpu_features(config: dict[str, Any]) -> None:
     for entry in mattr if isinstance(mattr, (list, tuple)) else []:
         if not (isinstance(entry, str) and entry[:1] in ("+", "-") and entry[1:] in isa):
             raise ValueError(f"{OP}: mattr entries must be +feature or -feature for an instruction-set "
-                             f"feature of {_triple_arch(host)} such as +avx2 or -avx512f, got {entry!r}")
+                             f"feature of {triple_arch(host)} such as +avx2 or -avx512f, got {entry!r}")
         if entry[0] == "-" and entry[1:] in baseline:
-            raise ValueError(f"{OP}: mattr cannot switch off {entry[1:]}, which every {_triple_arch(host)} "
+            raise ValueError(f"{OP}: mattr cannot switch off {entry[1:]}, which every {triple_arch(host)} "
                              f"CPU has, got {entry!r}")
     if isinstance(config.get("mcpu"), str):
         cpu = Target({k: v for k, v in config.items() if k in ("kind", "mtriple", "mcpu")})
         lacking = sorted(baseline - {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(cpu)})
         if lacking:
-            raise ValueError(f"{OP}: mcpu must name an {_triple_arch(host)} CPU, but {config['mcpu']!r} lacks "
+            raise ValueError(f"{OP}: mcpu must name an {triple_arch(host)} CPU, but {config['mcpu']!r} lacks "
                              f"{', '.join(lacking)} (a 32-bit CPU?), got mcpu={config['mcpu']!r}")
 
 
@@ -367,34 +368,6 @@ _INTRINSIC_ONLY = frozenset({
     "cmpccxadd", "enqcmd", "hreset", "kl", "widekl", "lwp", "movrs", "mwaitx", "pconfig", "pku",
     "prefetchi", "ptwrite", "raoint", "rdpru", "rtm", "sgx", "sha512", "shstk", "sm3", "sm4", "sse4a",
     "uintr", "usermsr", "waitpkg", "wbnoinvd"})
-# Object formats the host's linker cannot put into a Linux shared library.
-_FOREIGN_SYSTEMS = ("windows", "win32", "mingw", "cygwin", "msvc", "coff", "darwin", "macos", "ios",
-                    "tvos", "watchos", "xros", "uefi", "macho")
-_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
-
-
-def _triple_arch(triple: str) -> str:
-    arch = triple.split("-")[0]
-    return _ARCH_ALIASES.get(arch, arch)
-
-
-def check_linkable(target: Target) -> None:
-    """Refuse a CPU target whose library this machine's compiler cannot link (another
-    architecture, or a non-ELF system): TVM would fail in the linker, after compiling."""
-    if target.host is not None and target.host.kind.name == "llvm" and not target.host.same_as(target):
-        check_linkable(target.host)
-    if target.kind.name != "llvm":
-        return
-    host = tvm.target.codegen.llvm_get_system_triple()
-    triple = str(target.attrs.get("mtriple", "")) or host
-    system = triple.split("-")[1:]
-    if _triple_arch(triple) != _triple_arch(host) or any(
-            part.startswith(_FOREIGN_SYSTEMS) for part in system):
-        raise ValueError(
-            f"{OP}: a CPU module is linked into a shared library by this machine's compiler, so mtriple "
-            f"must name this machine's architecture ({_triple_arch(host)}) and an ELF system such as "
-            f"{host}, got mtriple={triple!r}; to tune for another machine, measure there over RPC "
-            "(tvm-convt tune --rpc-tracker)")
 
 
 def missing_cpu_support(target: Target) -> str | None:
@@ -407,8 +380,8 @@ def missing_cpu_support(target: Target) -> str | None:
     if target.kind.name != "llvm":
         return None
     host_triple = tvm.target.codegen.llvm_get_system_triple()
-    arch = _triple_arch(str(target.attrs.get("mtriple", "")) or host_triple)
-    if arch != _triple_arch(host_triple):
+    arch = triple_arch(str(target.attrs.get("mtriple", "")) or host_triple)
+    if arch != triple_arch(host_triple):
         return f"an {arch} CPU"
     host = {str(k): bool(v) for k, v in dict(_host_cpu_features()).items()}
     wanted = [str(f) for f in tvm.target.codegen.llvm_get_cpu_features(target)]

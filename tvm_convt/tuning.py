@@ -9,6 +9,7 @@ from ``tuning_logs/``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -27,7 +29,8 @@ from typing import Any
 import tvm
 
 from . import _tvmscript_patch
-from .params import OP, Workload, check_dtype_for_target
+from .linker import Linker, host_arch, linker_for
+from .params import OP, Workload, check_dtype_for_target, numpy_dtype
 from .records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, default_logs_dir, directory_kind, open_database,
                       read_index, workload_modules, write_index)
 from .remeasure import tuned_module
@@ -320,6 +323,10 @@ def tune(
     if tgt.kind.name == "cuda" and not build_only and rpc_tracker is None and not tvm.cuda(0).exist:
         raise ValueError(f"{OP}: tuning target {key} needs a GPU to measure on: run on a GPU machine, "
                          "measure over RPC (rpc_tracker, rpc_key), or pass build_only=True")
+    linker = linker_for(tgt)
+    if linker.arch != host_arch() and not build_only and rpc_tracker is None:
+        raise ValueError(f"{OP}: tuning target {key} needs an {linker.arch} CPU to measure on: measure on one "
+                         "over RPC (rpc_tracker, rpc_key; a bundle for it runs the server), or pass build_only=True")
     logs_root = Path(logs) if logs is not None else default_logs_dir()
     db_dir = logs_root / key
     work = Path(work_dir) if work_dir is not None else db_dir / "work"
@@ -332,7 +339,8 @@ def tune(
     names = sorted(named)
     mods = {name: tuned_module(named[name], tgt) for name in names}
     tasks = _tune_contexts(mods, tgt, work, seed, build_only)
-    builder = LocalBuilder(timeout_sec=build_timeout, initializer=_tvmscript_patch.install)
+    builder = LocalBuilder(timeout_sec=build_timeout, initializer=_tvmscript_patch.install,
+                           f_export=None if rpc_tracker is None else functools.partial(export_shared, linker))
     runner = _runner(build_only, rpc_tracker, rpc_key, run_timeout)
     if not build_only:
         write_index(db_dir, list(named.values()))
@@ -425,6 +433,30 @@ def _tune_contexts(mods: dict[str, tvm.IRModule], target, work: Path, seed: int 
     ]
 
 
+def export_shared(linker: Linker, mod: Any) -> str:
+    """A candidate as a shared library linked here (MetaSchedule's default is a tar of objects, which
+    the measuring machine links, so it would need a compiler; a board's runtime-only server has none)."""
+    path = os.path.join(tempfile.mkdtemp(prefix="tvm_convt-candidate-"), "candidate.so")
+    mod.export_library(path, **linker.export_options())
+    return path
+
+
+def alloc_random(session: Any, device: Any, args_info: list[Any], alloc_repeat: int) -> list[list[Any]]:
+    """A candidate's arguments, random, made here and copied to the measuring device: MetaSchedule's
+    default fills them on the device with a function that TVM's runtime-only library lacks."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def tensor(kind: str, dtype: str, shape: list[int]) -> Any:
+        assert kind == "TENSOR", kind  # the operator's arguments are all tensors
+        array = tvm.runtime.empty(shape, dtype, device)
+        array.copyfrom(rng.uniform(-1.0, 1.0, shape).astype(numpy_dtype(dtype)))
+        return array
+
+    return [[tensor(*info) for info in args_info] for _ in range(alloc_repeat)]
+
+
 def _runner(build_only: bool, rpc_tracker: str | None, rpc_key: str | None, run_timeout: float) -> Any:
     """Where candidates are measured: nowhere (build only), over RPC, or on this machine."""
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner, RPCConfig, RPCRunner
@@ -436,7 +468,7 @@ def _runner(build_only: bool, rpc_tracker: str | None, rpc_key: str | None, run_
         host, port = parse_tracker(rpc_tracker)
         return RPCRunner(RPCConfig(tracker_host=host, tracker_port=port, tracker_key=rpc_key,
                                    session_timeout_sec=int(run_timeout)),
-                         evaluator_config=evaluator)
+                         evaluator_config=evaluator, f_alloc_argument=alloc_random)
     return LocalRunner(timeout_sec=run_timeout, evaluator_config=evaluator)
 
 

@@ -20,8 +20,9 @@ from ..build import (ModuleMetadata, build_library, copy_library, discard, load_
 from .._runtime_only import compiler_available, load_cuda_runtime, missing_isa
 from ..errors import ModuleFileError
 from ..lengths import check_batch, check_sizes, range_for
+from ..linker import check_linkable
 from ..params import OP, PACK_WEIGHT, ConvTranspose1dParams, SymbolicWorkload, Workload
-from ..target import TargetLike, check_linkable, missing_cpu_support, resolve_target
+from ..target import TargetLike, missing_cpu_support, resolve_target
 from .arrays import (ALIGNMENT, NUMPY_OUTPUT, DeviceArray, Output, aligned_copy, as_array, batched, check_array,
                      check_array_dtype, check_channels, check_rank, describe, output_empty, shareable)
 
