@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
@@ -99,3 +108,49 @@ def random_layer(rng: np.random.Generator, modes=("zeros", "zeros", "reflect", "
         except ValueError:
             continue
         return p, length
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def rpc_device(server: list[str], key: str, *, env: dict[str, str] | None = None, cwd: str | None = None,
+               timeout: float = 120) -> Iterator[str]:
+    """A real TVM RPC tracker on 127.0.0.1 (free ports) and a server registered with it under ``key``,
+    started by the interpreter command ``server`` (this Python, or an emulated one); yields the tracker's
+    HOST:PORT and stops both afterwards."""
+    import tvm
+
+    tracker_port, server_port = free_port(), free_port()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
+                               "--port", str(tracker_port), "--port-end", str(tracker_port + 1)], **quiet)]
+    tracker = f"127.0.0.1:{tracker_port}"
+
+    def queue() -> dict:
+        return tvm.rpc.connect_tracker("127.0.0.1", tracker_port).summary()["queue_info"]
+
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                queue()
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                assert time.monotonic() < deadline, "the RPC tracker did not start"
+                time.sleep(0.5)
+        procs.append(subprocess.Popen(
+            [*server, "-m", "tvm.exec.rpc_server", "--tracker", tracker, "--key", key, "--host", "127.0.0.1",
+             "--port", str(server_port), "--port-end", str(server_port + 1)], env=env, cwd=cwd, **quiet))
+        while key not in queue():
+            assert procs[-1].poll() is None, "the RPC server exited"
+            assert time.monotonic() < deadline, "the RPC server did not register"
+            time.sleep(0.5)
+        yield tracker
+    finally:
+        for proc in reversed(procs):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +30,7 @@ from tvm_convt.suite import load_suite
 from tvm_convt import tuning
 from tvm_convt.tuning import INTERRUPT_HINT, prune, tune
 
-from conftest import assert_close, random_inputs
+from conftest import assert_close, free_port, random_inputs, rpc_device
 
 P = ConvTranspose1dParams
 SUITE = {
@@ -583,55 +582,25 @@ def test_interrupted_runs_keep_records_and_resume(tmp_path):
     assert compiled.metadata.schedule == f"tuned:{directory}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def rpc_device():
-    """A real TVM RPC tracker and server on 127.0.0.1, with free ports; stopped afterwards."""
-    tracker_port, server_port = _free_port(), _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-                               "--port", str(tracker_port), "--port-end", str(tracker_port + 1)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
-    tracker = f"127.0.0.1:{tracker_port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                tvm.rpc.connect_tracker("127.0.0.1", tracker_port).summary()
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                assert time.monotonic() < deadline, "the RPC tracker did not start"
-                time.sleep(0.5)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", tracker, "--key", "test-cpu",
-             "--host", "127.0.0.1", "--port", str(server_port), "--port-end", str(server_port + 1)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        while "test-cpu" not in tvm.rpc.connect_tracker("127.0.0.1", tracker_port).summary()["queue_info"]:
-            assert time.monotonic() < deadline, "the RPC server did not register"
-            time.sleep(0.5)
+def rpc_cpu():
+    """A real TVM RPC tracker and server (this Python) on 127.0.0.1; stopped afterwards."""
+    with rpc_device([sys.executable], "test-cpu") as tracker:
         yield tracker
-    finally:
-        for proc in reversed(procs):
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
 
 
-def test_tune_over_rpc(rpc_device, tmp_path, small_search):
-    _, report = tune(SUITE["up"], trials=2, trials_per_iter=2, logs=tmp_path, rpc_tracker=rpc_device,
+def test_tune_over_rpc(rpc_cpu, tmp_path, small_search):
+    _, report = tune(SUITE["up"], trials=2, trials_per_iter=2, logs=tmp_path, rpc_tracker=rpc_cpu,
                      rpc_key="test-cpu", seed=0, progress=False)
     assert report.trials == 2 and report.run_errors == 0 and report.build_errors == 0
     assert report.best_seconds["main"] > 0
     with pytest.raises(ValueError, match="has no device with rpc_key='gpu'; it knows \\['test-cpu'\\]"):
-        tune(SUITE["up"], trials=2, logs=tmp_path, rpc_tracker=rpc_device, rpc_key="gpu")
+        tune(SUITE["up"], trials=2, logs=tmp_path, rpc_tracker=rpc_cpu, rpc_key="gpu")
 
 
 def test_rpc_errors_before_tuning(tmp_path):
     with pytest.raises(ValueError, match="cannot reach the RPC tracker at 127.0.0.1:"):
-        tune(SUITE["up"], trials=2, logs=tmp_path, rpc_tracker=f"127.0.0.1:{_free_port()}", rpc_key="x")
+        tune(SUITE["up"], trials=2, logs=tmp_path, rpc_tracker=f"127.0.0.1:{free_port()}", rpc_key="x")
     with pytest.raises(ValueError, match="rpc_tracker must be HOST:PORT, got rpc_tracker='nohost'"):
         tune(SUITE["up"], trials=2, logs=tmp_path, rpc_tracker="nohost", rpc_key="x")
     with pytest.raises(ValueError, match="rpc_tracker and rpc_key go together"):

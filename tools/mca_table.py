@@ -1,6 +1,7 @@
 """Predict the default CPU rules' inner-loop throughput on ARM cores with llvm-mca (issue #25).
 
     .venv/bin/python tools/mca_table.py                          # every suite layer, the three cores
+    .venv/bin/python tools/mca_table.py --mca llvm-mca-19 --markdown  # the table in docs/performance.md
     .venv/bin/python tools/mca_table.py --mcpu neoverse-v1 --layers hifigan_v1_up0 --show-loop
     .venv/bin/python tools/mca_table.py --json mca.json --mca llvm-mca-19
     .venv/bin/python tools/mca_table.py --blocking 2x8 --direct 4x6    # try other CpuArch blockings
@@ -146,15 +147,14 @@ def innermost_loops(function: str, lines: list[str]) -> list[Loop]:
         target = _branch_target(line)
         if target is not None and target in where and where[target] < i:
             spans.append((where[target], i))
+    named = _all_targets(lines)
     loops = []
     for start, end in spans:
         if any((s, e) != (start, end) and start <= s and e <= end for s, e in spans):
             continue
         body = lines[start:end + 1]
-        targets = {_branch_target(line) for line in body} - {None}
         # Blocks: the loop's label, and each label inside that a branch names.
-        blocks = 1 + sum(1 for line in body[1:] if LABEL.match(line)
-                         and LABEL.match(line).group(1) in targets | _all_targets(lines))
+        blocks = 1 + sum(1 for line in body[1:] if LABEL.match(line) and LABEL.match(line).group(1) in named)
         loops.append(Loop(function, body[0][:-1], body, blocks))
     return loops
 
@@ -419,7 +419,8 @@ HEADER = ("layer", "module", "rule", "mcpu (model)", "FMA/it", "cyc/it", "% peak
           "model FMA/cyc", "bottleneck")
 
 
-def table_lines(rows: list[Row], markdown: bool = False) -> list[str]:
+def table_lines(rows: list[Row]) -> list[str]:
+    """One line per row, aligned."""
     cells = []
     for r in rows:
         model = r.mcpu if r.model == r.mcpu else f"{r.mcpu} ({r.model})"
@@ -428,12 +429,31 @@ def table_lines(rows: list[Row], markdown: bool = False) -> list[str]:
                       "yes" if r.spills else "no",
                       "-" if r.model_fmas_per_cycle is None else f"{r.model_fmas_per_cycle:g}",
                       r.bottleneck or r.note))
-    if markdown:
-        out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        return out + ["| " + " | ".join(c) + " |" for c in cells]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(HEADER)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*HEADER), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c) for c in cells]
+    return [fmt.format(*HEADER), fmt.format(*("-" * w for w in widths))] + [fmt.format(*c).rstrip() for c in cells]
+
+
+def markdown_lines(rows: list[Row], mcpus: list[str]) -> list[str]:
+    """One line per (layer, module), a column per core: cycles per iteration and % of the FMA peak."""
+    keys = list(dict.fromkeys((r.layer, r.module) for r in rows))
+    by = {(r.layer, r.module, r.mcpu): r for r in rows}
+    model = {r.mcpu: r.model for r in rows}
+    cores = [m if model.get(m, m) == m else f"{m} ({model[m]} model)" for m in mcpus]
+    head = ["layer", "module", "rule", "FMA/it", "loads/it", *(f"{c}: cyc/it, % peak" for c in cores), "spills"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for layer, module in keys:
+        cells = [by.get((layer, module, m)) for m in mcpus]
+        first = next(c for c in cells if c is not None)
+        spills = [m for m, c in zip(mcpus, cells) if c is not None and c.spills]
+        out.append("| " + " | ".join([
+            layer + (" *" if first.dense else ""), module.split(":")[0], first.rule,
+            "/".join(dict.fromkeys(f"{c.fmas:g}" for c in cells if c)),
+            "/".join(dict.fromkeys(str(c.loads) for c in cells if c)),
+            *("-" if c is None else f"{c.cycles:.2f}, **{100 * c.peak_fraction:.0f} %**" for c in cells),
+            ", ".join(f"{m} ({by[(layer, module, m)].spill_loads} ld, {by[(layer, module, m)].spill_stores} st)"
+                      for m in spills) or "no"]) + " |")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,7 +508,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.show_loop:
                 for r in new:
                     print(f"\n## {r.layer} {r.module} {r.rule} {r.mcpu}\n" + "\n".join(r.loop))
-    print("\n".join(table_lines(rows, args.markdown)))
+    print("\n".join(markdown_lines(rows, mcpus) if args.markdown else table_lines(rows)))
+    for mcpu in mcpus:
+        mine = [r for r in rows if r.mcpu == mcpu and r.model_fmas_per_cycle]
+        if mine:
+            units = sorted({u for r in mine for u in r.model_fma_units.split(",") if u})
+            print(f"# {mcpu}: llvm-mca -mcpu={mine[0].model} issues 128-bit fmla to {', '.join(units)}: "
+                  f"{max(r.model_fmas_per_cycle for r in mine):g} a cycle; the core has {CORE_PIPES[mcpu]}")
     dense = [r for r in rows if r.dense]
     if dense:
         low = [r for r in dense if r.peak_fraction < 0.8 or r.spills]

@@ -181,7 +181,9 @@ class CpuArch:
 # Blockings measured with tools/probe_blocking.py; see docs/performance.md. Intel's AVX-512
 # cores issue two 512-bit FMAs a cycle but load two vectors: a 1-vector tile, one broadcast
 # load per FMA, is load-bound there, while Zen 4 issues one 512-bit FMA a cycle.
-# SSE, NEON and SVE (LLVM vectorises SVE at a fixed 128 bits here) are not measured.
+# SSE is not measured. NEON and SVE (LLVM vectorises SVE at a fixed 128 bits here) were chosen from
+# llvm-mca's models of Cortex-A76, Neoverse N1 and V1 (tools/mca_table.py): the direct rule's 4 x 6 tile
+# spilled accumulators on dilated_s1, 4 x 4 does not.
 # Zen 3's strided layers of up to 64 input channels run faster in the direct form while col would fit
 # the blocked form's threshold (hifigan_v1_up3, encodec_up3: 1.15-1.3x; 128 channels: not faster).
 _AVX2 = CpuArch(vector_bits=256, registers=16, gemm_blockings=((2, 6), (1, 12)),
@@ -192,8 +194,8 @@ CPU_ARCHS: dict[str, CpuArch] = {
     "avx2": _AVX2,
     "avx": _AVX2,
     "sse4": CpuArch(vector_bits=128, registers=16, gemm_blockings=((2, 6), (1, 12))),
-    "neon": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12)), direct_blocking=(4, 6)),
-    "sve": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12)), direct_blocking=(4, 6)),
+    "neon": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12)), direct_blocking=(4, 4)),
+    "sve": CpuArch(vector_bits=128, registers=32, gemm_blockings=((2, 12), (1, 12)), direct_blocking=(4, 4)),
 }
 # Cores whose best blocking differs from their instruction set's, by LLVM's mcpu name. Zen 4
 # splits a 512-bit FMA in two halves; Zen 5 issues two whole ones a cycle, like Intel's cores,
