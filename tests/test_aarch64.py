@@ -205,3 +205,37 @@ def test_tuning_on_an_emulated_board_over_rpc(emulated_python, tmp_path):
     bundle = _bundle(tmp_path / "tuned", {"layer": workload}, "--logs", str(logs), target=aarch64("neoverse-n1"))
     assert json.loads((bundle / "manifest.json").read_text())["workloads"][0]["schedule"].startswith("tuned:")
     _check_lines(_emulated(emulated_python, [str(bundle / "run.py"), "--check"], bundle), ["layer"])
+
+
+# -- the inner loops, by llvm-mca's models of the cores ----------------------------------------------
+DENSE = ("hifigan_v1_up0", "hifigan_v1_up1", "hifigan_train_up0", "encodec_up0", "dilated_s1", "grouped_g8")
+
+
+@pytest.fixture(scope="module")
+def llvm_mca() -> str:
+    """llvm-mca-19 (Neoverse N1 and V1 models; LLVM 14's model every core as a Cortex-A57), installed by
+    tools/aarch64_env.py where apt can, or a skip."""
+    subprocess.run([sys.executable, str(REPO / "tools" / "aarch64_env.py"), "--mca"], capture_output=True,
+                   timeout=900, check=False)
+    if shutil.which("llvm-mca-19") is None:
+        pytest.skip("llvm-mca-19 is not installed (apt-get install llvm-19)")
+    return "llvm-mca-19"
+
+
+@pytest.mark.slow
+def test_the_default_rules_inner_loops_keep_the_fma_pipes_busy_without_spills(llvm_mca, tmp_path):
+    """Issue #25's proxy for speed on ARM: on the dense default-suite layers, every module form's inner loop
+    is predicted at 80 % or more of the FMA pipes of Cortex-A76, Neoverse N1 and V1, with no load or store
+    off the stack in it."""
+    out = tmp_path / "mca.json"
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "mca_table.py"), "--mca", llvm_mca, "--layers",
+                           *DENSE, "--json", str(out)], capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["layer"], r["mcpu"]) for r in rows} == {(n, c) for n in DENSE
+                                                      for c in ("cortex-a76", "neoverse-n1", "neoverse-v1")}
+    slow = [(r["layer"], r["module"], r["mcpu"], round(r["peak_fraction"], 2)) for r in rows
+            if r["peak_fraction"] < 0.8]
+    spills = [(r["layer"], r["module"], r["mcpu"], r["spill_loads"], r["spill_stores"]) for r in rows
+              if r["spill_loads"] or r["spill_stores"]]
+    assert not slow and not spills, (slow, spills)

@@ -9,6 +9,7 @@ server workers) are emulated too.
 
     python tools/aarch64_env.py            # prints the interpreter's path; exit 1 and why if it cannot
     python tools/aarch64_env.py --check    # also runs it once
+    python tools/aarch64_env.py --mca      # and installs llvm-mca-19 for tools/mca_table.py where apt can
 
 Folder: ``$TVM_CONVT_AARCH64_ROOT``, else ``~/.cache/tvm_convt/aarch64``. The tests
 (``tests/test_aarch64.py``) call this and skip, with its reason, where it fails.
@@ -29,6 +30,9 @@ PACKAGES = ("python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib
             "zlib1g", "libffi8", "libssl3", "libgcc-s1", "libstdc++6", "libbz2-1.0", "liblzma5", "libsqlite3-0",
             "libuuid1", "libncursesw6", "libtinfo6", "libreadline8", "libcrypt1", "libtirpc3", "libnsl2")
 HOST_PACKAGES = {"qemu-aarch64": "qemu-user", "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu"}
+# llvm-mca with scheduling models of Neoverse N1 and V1 (LLVM 14's use Cortex-A57's), for
+# tools/mca_table.py; installed where apt has it, not needed to run anything.
+MCA_PACKAGES = {"llvm-mca-19": "llvm-19"}
 PYTHON = "3.11"
 
 
@@ -68,6 +72,18 @@ def ensure_host_tools() -> None:
         raise Unavailable(f"{', '.join(missing)} missing, and apt-get is not usable here (needs root)")
     _run(["apt-get", "update", "-qq"], "apt-get update")
     _run(["apt-get", "install", "-y", "-qq", *missing], f"apt-get install {' '.join(missing)}")
+
+
+def ensure_mca() -> str | None:
+    """llvm-mca-19 on PATH, installed with apt where missing and possible; None (and why) otherwise."""
+    missing = [pkg for tool, pkg in MCA_PACKAGES.items() if shutil.which(tool) is None]
+    if missing and _apt_usable():
+        try:
+            _run(["apt-get", "update", "-qq"], "apt-get update")
+            _run(["apt-get", "install", "-y", "-qq", *missing], f"apt-get install {' '.join(missing)}")
+        except Unavailable as err:
+            return str(err)
+    return None if all(shutil.which(tool) for tool in MCA_PACKAGES) else f"{', '.join(MCA_PACKAGES)} missing"
 
 
 def make_root(root: Path) -> None:
@@ -121,8 +137,11 @@ def check(python: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="run the interpreter once and print what it is")
+    parser.add_argument("--mca", action="store_true", help="also install llvm-mca-19 (llvm-19) where apt can")
     args = parser.parse_args()
     try:
+        if args.mca and (why := ensure_mca()) is not None:
+            print(f"aarch64_env: no llvm-mca-19: {why}", file=sys.stderr)
         python = ensure()
         if args.check:
             print(check(python), file=sys.stderr)
