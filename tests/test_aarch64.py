@@ -68,6 +68,19 @@ def test_an_unknown_aarch64_cpu_is_refused_with_close_names():
         resolve_target(aarch64("neoverse-n9"))
 
 
+@pytest.mark.parametrize("mattr, said", [
+    (["+avx2"], "mattr entries must be \\+feature or -feature for an instruction-set feature of aarch64 such as "
+                "\\+sve or \\+fullfp16, got '\\+avx2'"),
+    (["+bogus"], "mattr entries must be .* got '\\+bogus'"),
+    (["-neon"], "mattr cannot switch off neon, which every aarch64 CPU has, got '-neon'"),
+])
+def test_aarch64_features_are_checked_like_this_machines(mattr, said):
+    """LLVM ignored an unknown feature with a warning and built for what was left."""
+    with pytest.raises(ValueError, match="^conv_transpose1d: " + said):
+        resolve_target(aarch64("neoverse-n1", mattr=mattr))
+    resolve_target(aarch64("cortex-a76", mattr=["+sve", "-fullfp16"]))
+
+
 @needs_cross_linker
 def test_a_module_for_aarch64_is_an_aarch64_shared_library_that_this_machine_refuses_to_run(tmp_path):
     compiled = tvm_convt.compile(P(8, 6, 4, stride=2), target=aarch64("neoverse-n1"))

@@ -22,7 +22,7 @@ from tvm.target import Target
 from ._cores import host_cores  # noqa: F401 - used here and imported from here by the benchmarks
 from ._runtime_only import compiler_available
 from .errors import CompilerUnavailable
-from .linker import triple_arch
+from .linker import CROSS_LINKERS, triple_arch
 from .params import OP
 
 TargetLike = str | dict[str, Any] | Target
@@ -157,32 +157,52 @@ def _add_host_cpu(config: dict[str, Any]) -> None:
     # else: not a list, which Target() refuses below with TVM's message
 
 
+# Examples of mattr entries per architecture, for the error message.
+_MATTR_EXAMPLES = {"x86_64": "+avx2 or -avx512f", "aarch64": "+sve or +fullfp16"}
+
+
+@functools.lru_cache(maxsize=8)
+def _arch_features(triple: str) -> tuple[frozenset[str], frozenset[str]]:
+    """The features some CPU of ``triple``'s architecture has and those every one has, as LLVM lists
+    them (for another architecture than this machine's, which has no host CPU to ask)."""
+    base = {"kind": "llvm", "mtriple": triple}
+    cpus = [str(c) for c in tvm.target.codegen.llvm_get_cpu_archlist(Target(base))]
+    each = [frozenset(str(f) for f in tvm.target.codegen.llvm_get_cpu_features(Target({**base, "mcpu": cpu})))
+            for cpu in cpus]
+    return frozenset().union(*each), frozenset.intersection(*each)
+
+
 def _check_cpu_features(config: dict[str, Any]) -> None:
-    """For this machine's architecture, refuse an mattr entry that is not an instruction-set
-    feature (LLVM's mode and ABI switches such as +16bit-mode, +soft-float or
-    +retpoline-external-thunk crash the process when compiling or calling), one that switches
-    off what every CPU of the architecture has (-sse, -64bit), and an mcpu that lacks those
-    (i386 on x86_64): LLVM aborts or writes a library that cannot run."""
+    """Refuse an mattr entry that is not a feature of the target's architecture (LLVM ignores an
+    unknown one with a warning; on this machine's architecture, its mode and ABI switches such as
+    +16bit-mode, +soft-float or +retpoline-external-thunk crash the process when compiling or
+    calling), one that switches off what every CPU of the architecture has (-sse, -64bit, -neon),
+    and an mcpu that lacks those (i386 on x86_64): LLVM aborts or writes a library that cannot run."""
     host = tvm.target.codegen.llvm_get_system_triple()
     triple = config.get("mtriple", host)
-    if not isinstance(triple, str) or triple_arch(triple) != triple_arch(host):
-        return  # another architecture: built and run elsewhere (tuning over RPC)
-    isa = {str(k) for k in dict(_host_cpu_features())}
+    if not isinstance(triple, str):
+        return  # Target() refuses it below with TVM's message
+    arch = triple_arch(triple)
     generic = Target({"kind": "llvm", "mcpu": "generic", **({"mtriple": triple} if "mtriple" in config else {})})
-    baseline = isa & {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(generic)}
+    if arch == triple_arch(host):
+        isa = {str(k) for k in dict(_host_cpu_features())}
+        baseline = isa & {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(generic)}
+    elif arch in CROSS_LINKERS:
+        isa, baseline = (set(features) for features in _arch_features(triple))
+    else:
+        return  # refused by check_linkable when compiled
     mattr = config.get("mattr", [])
     for entry in mattr if isinstance(mattr, (list, tuple)) else []:
         if not (isinstance(entry, str) and entry[:1] in ("+", "-") and entry[1:] in isa):
             raise ValueError(f"{OP}: mattr entries must be +feature or -feature for an instruction-set "
-                             f"feature of {triple_arch(host)} such as +avx2 or -avx512f, got {entry!r}")
+                             f"feature of {arch} such as {_MATTR_EXAMPLES.get(arch, '+feature')}, got {entry!r}")
         if entry[0] == "-" and entry[1:] in baseline:
-            raise ValueError(f"{OP}: mattr cannot switch off {entry[1:]}, which every {triple_arch(host)} "
-                             f"CPU has, got {entry!r}")
+            raise ValueError(f"{OP}: mattr cannot switch off {entry[1:]}, which every {arch} CPU has, got {entry!r}")
     if isinstance(config.get("mcpu"), str):
         cpu = Target({k: v for k, v in config.items() if k in ("kind", "mtriple", "mcpu")})
         lacking = sorted(baseline - {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(cpu)})
         if lacking:
-            raise ValueError(f"{OP}: mcpu must name an {triple_arch(host)} CPU, but {config['mcpu']!r} lacks "
+            raise ValueError(f"{OP}: mcpu must name an {arch} CPU, but {config['mcpu']!r} lacks "
                              f"{', '.join(lacking)} (a 32-bit CPU?), got mcpu={config['mcpu']!r}")
 
 

@@ -37,6 +37,11 @@ class ScheduleRule(Protocol):
         ...
 
 
+# TVM 0.27 lowers every "local" allocation to a TVMBackendAllocWorkspace call, while a "global" one
+# under 1 KiB becomes a stack alloca that LLVM promotes to registers: so a CPU register tile is "global".
+CPU_ACCUMULATOR_SCOPE = "global"
+
+
 def is_symbolic(sch: s_tir.Schedule) -> bool:
     """Whether the scheduled function takes any batch and length (its input's shape is not constant)."""
     from ..compute import OUT

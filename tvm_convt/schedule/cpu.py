@@ -16,7 +16,7 @@ from tvm.target import Target
 from .. import compute as C
 from ..params import Workload, itemsize, within_index_range
 from ..target import cpu_isa
-from .common import blocks_writing, has_block, is_symbolic, read_index
+from .common import CPU_ACCUMULATOR_SCOPE, blocks_writing, has_block, is_symbolic, read_index
 
 
 def parallel_outer(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, n_outer: int) -> None:
@@ -331,7 +331,7 @@ def _register_tile(sch: s_tir.Schedule, block_name: str, lanes: int) -> None:
     """
     block = sch.get_sblock(block_name)
     *_, tile, c, ji, mi = sch.get_loops(block)
-    acc = sch.cache_write(block, 0, "local")
+    acc = sch.cache_write(block, 0, CPU_ACCUMULATOR_SCOPE)
     sch.reverse_compute_at(acc, tile)
     _pad_col_rows(sch, acc, lanes)
     sch.vectorize(sch.get_loops(acc)[-1])

@@ -19,7 +19,7 @@ from tvm.target import Target
 
 from .. import compute as C
 from ..params import ConvTranspose1dParams, Workload, itemsize
-from .common import blocks_writing, is_symbolic, read_index
+from .common import CPU_ACCUMULATOR_SCOPE, blocks_writing, is_symbolic, read_index
 from .cpu import col_row_bytes, cpu_arch, cpu_vector_lanes, full_in_output_order, parallel_outer, schedule_fold_cpu
 
 
@@ -106,7 +106,7 @@ def _register_tiles(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> None:
     for name in blocks_writing(sch, outer, C.FULL):
         block = sch.get_sblock(name)
         *_, tile, first, _, row, vector, lane = sch.get_loops(block)
-        acc = sch.cache_write(block, 0, "local")
+        acc = sch.cache_write(block, 0, CPU_ACCUMULATOR_SCOPE)
         sch.reverse_compute_at(acc, tile)
         sch.vectorize(sch.get_loops(acc)[-1])
         sch.unroll(row)
