@@ -37,8 +37,9 @@ class ScheduleRule(Protocol):
         ...
 
 
-# TVM 0.27 lowers every "local" allocation to a TVMBackendAllocWorkspace call, while a "global" one
-# under 1 KiB becomes a stack alloca that LLVM promotes to registers: so a CPU register tile is "global".
+# A CPU register tile's scope: TVM 0.27's LowerTVMBuiltin turns every "local" allocation into a
+# TVMBackendAllocWorkspace call (whose pointers, live across it, spill), a "global" one under 1 KiB
+# into a stack alloca that LLVM keeps in registers.
 CPU_ACCUMULATOR_SCOPE = "global"
 
 
