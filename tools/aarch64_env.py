@@ -18,11 +18,14 @@ Folder: ``$TVM_CONVT_AARCH64_ROOT``, else ``~/.cache/tvm_convt/aarch64``. The te
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 # Debian 12's aarch64 Python 3.11 and the libraries its interpreter and standard library load.
@@ -134,15 +137,26 @@ def check(python: Path) -> str:
     return done.stdout.strip()
 
 
+@contextlib.contextmanager
+def locked() -> Iterator[None]:
+    """One process at a time makes the folder and runs apt (test workers start this together)."""
+    folder = env_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="run the interpreter once and print what it is")
     parser.add_argument("--mca", action="store_true", help="also install llvm-mca-19 (llvm-19) where apt can")
     args = parser.parse_args()
     try:
-        if args.mca and (why := ensure_mca()) is not None:
-            print(f"aarch64_env: no llvm-mca-19: {why}", file=sys.stderr)
-        python = ensure()
+        with locked():
+            if args.mca and (why := ensure_mca()) is not None:
+                print(f"aarch64_env: no llvm-mca-19: {why}", file=sys.stderr)
+            python = ensure()
         if args.check:
             print(check(python), file=sys.stderr)
     except Unavailable as err:
