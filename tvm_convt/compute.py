@@ -126,13 +126,16 @@ class SymbolicLayout:
     ``block_rows``: the blocked form's rows per block (:func:`block_rows` of a static workload);
     ``halo``: the GEMM form's ``col`` holds rows for the samples before and after the input that
     the gather reads, computed as zeros, so the gather needs no clamp (worth it where they are few
-    next to the input's: :func:`halo_pays`).
+    next to the input's: :func:`halo_pays`). ``flat_batch`` (without a halo): ``x_tiles`` and ``col``
+    run over the batch's samples one after the other, (1, tile, input channel, ``col_rows``), so only
+    the last of all rows pads a tile where each row of the batch padded its own.
     """
 
     col_rows: int = 1
     positions: int = 1
     block_rows: int | None = None
     halo: bool = True
+    flat_batch: bool = False
 
 
 class _SymbolicShape:
@@ -412,25 +415,24 @@ def _symbolic_gemm_full(w: _SymbolicShape, x: te.Tensor, weight_at, layout: Symb
     input (:func:`gather_halo`) and the rows run to the last sample the gather's positions (to a
     multiple of ``layout.positions``) read: row ``j`` is sample ``j - halo`` and every row the gather
     reads exists, so it needs no clamp. Without, the rows are the input's, to whole tiles, and the
-    gather clamps its row. Either way a sample's bounds are a select, not a branch around the load.
+    gather clamps its row, and with ``layout.flat_batch`` the batch's rows follow one another in one
+    ``col`` (:func:`_flat_tiles`). Either way a sample's bounds are a select, not a branch around the load.
     """
     p = w.params
     cig, rows = p.in_per_group, layout.col_rows
     halo = gather_halo(p) if layout.halo else 0
     q_first, n_q = w.phase_range
     positions = ceil_to(n_q, layout.positions)
-    needed = q_first + positions + halo if layout.halo else w.length
-    tiles = (needed + rows - 1) // rows
-
-    def sample(n, t, ci, jj):
-        i = t * rows + jj - halo
-        inside = tirx.all(i >= 0, i < w.length)
-        return tirx.if_then_else(inside, x[n, ci, tirx.max(tirx.min(i, w.length - 1), 0)], tirx.const(0, w.dtype))
-
-    x_tiles = te.compute((w.batch, tiles, p.in_channels, rows), sample, name=X_TILES)
+    flat = layout.flat_batch and not layout.halo
+    if flat:
+        x_tiles = _flat_tiles(w, x, rows)
+    else:
+        needed = q_first + positions + halo if layout.halo else w.length
+        x_tiles = _batch_tiles(w, x, rows, (needed + rows - 1) // rows, halo)
+    batch, tiles = x_tiles.shape[0], x_tiles.shape[1]
     c = te.reduce_axis((0, cig), name="c")
     col = te.compute(
-        (w.batch, p.groups, tiles * rows, p.out_per_group * p.kernel_size),
+        (batch, p.groups, tiles * rows, p.out_per_group * p.kernel_size),
         lambda n, g, j, m: te.sum(
             _widen(w, x_tiles[n, tirx.indexdiv(j, rows), g * cig + c, tirx.indexmod(j, rows)])
             * _widen(w, weight_at(g, c, m)), axis=c),
@@ -442,9 +444,36 @@ def _symbolic_gemm_full(w: _SymbolicShape, x: te.Tensor, weight_at, layout: Symb
         # own bounds decide, in a select (the load stays in col either way).
         i = q + q_first + d
         row = i + halo if layout.halo else tirx.max(tirx.min(i, w.length - 1), 0)
-        return [i >= 0, i < w.length], col[n, g, row, m]
+        exists = [i >= 0, i < w.length]
+        return exists, (col[0, g, n * w.length + row, m] if flat else col[n, g, row, m])
 
     return _tap_sums(w, col_row, positions=positions)
+
+
+def _batch_tiles(w: _SymbolicShape, x: te.Tensor, rows: int, tiles, halo: int) -> te.Tensor:
+    """``x_tiles``: each batch row's samples by tiles of ``rows``, from ``halo`` before its first, zero
+    outside the input."""
+    def sample(n, t, ci, jj):
+        i = t * rows + jj - halo
+        inside = tirx.all(i >= 0, i < w.length)
+        # No clamp: the copy is never vectorised by TVM (if_then_else stays a branch), and a clamp left
+        # in the tiles that the partition frees of the bounds check kept LLVM copying one float at a time.
+        return tirx.if_then_else(inside, x[n, ci, i], tirx.const(0, w.dtype))
+
+    return te.compute((w.batch, tiles, w.params.in_channels, rows), sample, name=X_TILES)
+
+
+def _flat_tiles(w: _SymbolicShape, x: te.Tensor, rows: int) -> te.Tensor:
+    """``x_tiles`` over the batch's samples one after the other (sample ``f`` is row ``f // length``'s
+    sample ``f % length``), by tiles of ``rows``, zero past the last."""
+    samples = w.batch * w.length
+
+    def sample(_, t, ci, jj):
+        f = t * rows + jj
+        return tirx.if_then_else(f < samples, x[tirx.indexdiv(f, w.length), ci, tirx.indexmod(f, w.length)],
+                                 tirx.const(0, w.dtype))
+
+    return te.compute((1, (samples + rows - 1) // rows, w.params.in_channels, rows), sample, name=X_TILES)
 
 
 def _blocked_full(w: Workload, x: te.Tensor, weight_at, layout: SymbolicLayout | None = None) -> te.Tensor:

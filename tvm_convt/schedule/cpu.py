@@ -396,7 +396,7 @@ class CpuGemmRule:
             return None
         positions = _gather_rows(workload, cpu_arch(target)) or 1
         halo = C.halo_pays(workload.params, workload.length, plan.rows, positions)
-        return C.SymbolicLayout(col_rows=plan.rows, positions=positions, halo=halo)
+        return C.SymbolicLayout(col_rows=plan.rows, positions=positions, halo=halo, flat_batch=not halo)
 
     def plan_key(self, workload: Workload, target: Target) -> tuple:
         """What a symbolic function's schedule takes from the length: the register tile and the

@@ -198,6 +198,10 @@ class CpuDirectRule:
         # After the tiles' register caches are made, so that those stay compact.
         full_in_output_order(sch, workload)
         parallel_outer(sch, sch.get_sblock(C.X_PAD), 2)
+        if is_symbolic(sch):
+            # Split where the input starts and ends: the copy between is then plain vector moves,
+            # where a bounds check on every sample made LLVM mask each load.
+            sch.annotate(sch.get_loops(sch.get_sblock(C.X_PAD))[-1], "pragma_loop_partition_hint", 1)
         if output_inside:
             if not is_symbolic(sch):  # a symbolic output's length is no known multiple of the lanes
                 _vectorize_output(sch, workload, plan.lanes)
