@@ -92,9 +92,14 @@ def _schedule_epilogue_cpu(sch: s_tir.Schedule, workload: Workload, gather_rows:
         outer = sch.fuse(n, co)
     sch.parallel(outer)
     if vector_phases and gather_rows is None and not is_symbolic(sch):
-        # (Symbolic: the output's bound is not known, and its predicate would make every vector
-        # of phases scalar; the output stays a stage of its own, a contiguous copy.)
         _gather_writes_output(sch, outer)
+        return
+    if vector_phases and gather_rows is None:
+        # Symbolic: inlined, the output's unknown bound would be a predicate that makes every vector of
+        # phases scalar; it is a copy of its own, but of each (batch, channel) row right after the
+        # gather wrote it, while the row is in L1, not in a second pass over all of full.
+        sch.vectorize(sch.get_loops(full)[-1])
+        sch.reverse_compute_at(sch.get_sblock(C.OUT), outer)
         return
     if vector_phases:
         # With tiles the output stays a stage of its own: the predicate of
