@@ -421,6 +421,11 @@ class CpuGemmRule:
         # A symbolic function's col holds whole tiles, read from its own copy of x by tiles.
         if is_symbolic(sch):
             copy_tiles_partitioned(sch, C.X_TILES)
+            if _batch_flattened(sch):
+                # The row and sample of each copied one are a division by the length: the channels go
+                # innermost, so that it is made once per sample, not once per element.
+                *_, channel, row = sch.get_loops(sch.get_sblock(C.X_TILES))
+                sch.reorder(row, channel)
         elif input_pack_fits(workload, plan.rows):
             _pack_input(sch, plan.rows, workload.length)
         if plan.samples_outer:
@@ -429,6 +434,13 @@ class CpuGemmRule:
             _gemm_weight_outer(sch, workload, plan, arch.gemm_channel_block, pack=not prepacked)
         _schedule_epilogue_cpu(sch, workload, _gather_rows(workload, arch))
         return sch
+
+
+def _batch_flattened(sch: s_tir.Schedule) -> bool:
+    """Whether a symbolic function's ``x_tiles`` holds the batch's samples one after the other
+    (:attr:`tvm_convt.compute.SymbolicLayout.flat_batch`): its batch extent is the constant 1."""
+    batch = sch.get(sch.get_sblock(C.X_TILES)).writes[0].source.shape[0]
+    return isinstance(batch, tirx.IntImm) and int(batch) == 1
 
 
 def copy_tiles_partitioned(sch: s_tir.Schedule, name: str) -> None:
