@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -135,6 +136,17 @@ def test_bundle_run_script_checks_every_module(cpu_bundle, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == len(SUITE) and all(line.endswith(": OK") for line in lines), lines
+
+
+def test_bundle_run_script_times_every_module(cpu_bundle, tmp_path):
+    """How a board's user measures the modules' speed there without TVM's compiler."""
+    done = _isolated([str(cpu_bundle / "run.py"), "--check", "--time"], cpu_bundle, _numpy_only(tmp_path / "np"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(SUITE), lines
+    for line in lines:
+        match = re.search(r", ([0-9.]+) ms, ([0-9.]+) GFLOP/s, max relative error .*: OK$", line)
+        assert match and float(match.group(1)) > 0 and float(match.group(2)) > 0, line
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed: CUDA kernels cannot be compiled")

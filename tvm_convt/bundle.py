@@ -450,9 +450,10 @@ def write_bundle(suite: dict[str, Workload], folder: str | Path, *, target: Targ
 
 RUN_PY = '''\"\"\"Load every module of this bundle; with --check, run each on random input against the NumPy reference.
 
-Usage: python run.py [--check]   (it puts its own folder first on sys.path)
-Prints one line per module (OK or FAIL and why) and exits with 1 when any failed, 2 when the bundle
-itself cannot be used here (its manifest, the Python version it was built for, its libraries).
+Usage: python run.py [--check] [--time]   (it puts its own folder first on sys.path)
+Prints one line per module (OK or FAIL and why; with --time, the median of 21 calls at the manifest's
+shape, NumPy in and a new array out, and its GFLOP/s) and exits with 1 when any failed, 2 when the
+bundle itself cannot be used here (its manifest, the Python version it was built for, its libraries).
 \"\"\"
 
 import argparse
@@ -511,13 +512,35 @@ def relative_error(w, module, rng, np, numpy_dtype, reference):
     return float(np.max(np.abs(y - expected))) / max(1.0, float(np.max(np.abs(expected))))
 
 
-def check_module(entry, check, manifest, runtime, rng):
+def median_call(w, module, rng, np, numpy_dtype, calls=21):
+    \"\"\"Median seconds of the module's call on random input of ``w``'s shape, after two warm-up calls.\"\"\"
+    import time
+
+    dtype = numpy_dtype(w.dtype)
+    x = rng.standard_normal(w.input_shape).astype(dtype)
+    weight = rng.standard_normal(w.params.weight_shape).astype(dtype)
+    bias = rng.standard_normal(w.params.out_channels).astype(dtype) if w.params.bias else None
+    module(x, weight, bias)
+    module(x, weight, bias)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        module(x, weight, bias)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[calls // 2]
+
+
+def check_module(entry, check, manifest, runtime, rng, timed=False):
     \"\"\"One module's line and whether it passed.\"\"\"
     np, compiled_class, numpy_dtype, reference, workload_class = runtime
     name = entry.get("name", "?")
     try:
         module = compiled_class.load(HERE / entry["library"])
         line = f"{name}: loaded {entry['library']} ({module.metadata.target_key})"
+        if timed:
+            w = workload_class.from_dict(entry["workload"])
+            seconds = median_call(w, module, rng, np, numpy_dtype)
+            line += f", {seconds * 1e3:.3f} ms, {w.flops / seconds / 1e9:.1f} GFLOP/s"
         if not check:
             return line + ": OK", True
         error = max(relative_error(w, module, rng, np, numpy_dtype, reference)
@@ -534,6 +557,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="run each module on random input and compare with the float64 reference")
+    parser.add_argument("--time", action="store_true",
+                        help="time each module's call at the manifest's shape (median of 21) and its GFLOP/s")
     args = parser.parse_args()
     manifest = read_manifest()
     if manifest is None:
@@ -549,7 +574,7 @@ def main():
     rng = runtime[0].random.default_rng(0)
     failed = 0
     for entry in manifest["workloads"]:
-        line, ok = check_module(entry, args.check, manifest, runtime, rng)
+        line, ok = check_module(entry, args.check, manifest, runtime, rng, timed=args.time)
         failed += not ok
         print(line)
     return 1 if failed else 0
@@ -590,6 +615,7 @@ tvm_convt {info['tvm_convt']}; for Python {info['python']} on Linux {info['arch'
 The machine needs {needs}, nothing else.
 
     python run.py --check          # load every module, run it, compare with the NumPy reference
+    python run.py --time           # and time each one here (median ms and GFLOP/s)
     PYTHONPATH=$PWD python -c "from tvm_convt import CompiledConvTranspose1d as C; print(C.load('{first}'))"
 
 To tune for this machine from another one (`tvm-convt tune --rpc-tracker HOST:9190 --rpc-key KEY` there),
