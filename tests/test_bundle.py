@@ -145,7 +145,7 @@ def test_bundle_run_script_times_every_module(cpu_bundle, tmp_path):
     lines = done.stdout.splitlines()
     assert len(lines) == len(SUITE), lines
     for line in lines:
-        match = re.search(r", ([0-9.]+) ms, ([0-9.]+) GFLOP/s, max relative error .*: OK$", line)
+        match = re.search(r", ([0-9.]+) ms, ([0-9.e+-]+) GFLOP/s, max relative error .*: OK$", line)
         assert match and float(match.group(1)) > 0 and float(match.group(2)) > 0, line
 
 

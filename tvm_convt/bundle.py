@@ -540,7 +540,7 @@ def check_module(entry, check, manifest, runtime, rng, timed=False):
         if timed:
             w = workload_class.from_dict(entry["workload"])
             seconds = median_call(w, module, rng, np, numpy_dtype)
-            line += f", {seconds * 1e3:.3f} ms, {w.flops / seconds / 1e9:.1f} GFLOP/s"
+            line += f", {seconds * 1e3:.3f} ms, {w.flops / seconds / 1e9:.3g} GFLOP/s"
         if not check:
             return line + ": OK", True
         error = max(relative_error(w, module, rng, np, numpy_dtype, reference)
