@@ -88,6 +88,7 @@ for i, entry in enumerate(manifest["workloads"]):
 
 @needs_cross_linker
 @pytest.mark.slow
+@pytest.mark.arm
 def test_the_default_suite_and_a_sweep_run_on_aarch64(emulated_python, tmp_path):
     """Every default-suite layer and every kind of layer, for Pi 5's core, against the float64 reference
     (computed here: NumPy under emulation took twice as long as the modules); the bundle holds aarch64
@@ -128,6 +129,7 @@ def llvm_mca() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.arm
 def test_the_default_rules_inner_loops_keep_the_fma_pipes_busy_without_spills(llvm_mca, tmp_path):
     """Issue #25's proxy for speed on ARM: on the dense default-suite layers, every module form's inner loop
     is predicted at 80 % or more of the FMA pipes of Cortex-A76, Neoverse N1 and V1, with no load or store

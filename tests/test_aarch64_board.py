@@ -48,6 +48,7 @@ SHAPES = ((None, 1), (1, 2), (2, 7), (1, 31), (3, 64), (None, 97), (1, 250))
 
 @needs_cross_linker
 @pytest.mark.slow
+@pytest.mark.arm
 def test_modules_of_every_length_run_on_aarch64(emulated_python, tmp_path):
     """The symbolic modules (one function per length range), on Graviton2's core: lengths 1 to 250 across
     the ranges, batches 1-3 and unbatched (batch 0 refused in a sentence), every kind of layer of the sweep
@@ -79,6 +80,7 @@ def test_modules_of_every_length_run_on_aarch64(emulated_python, tmp_path):
 
 @needs_cross_linker
 @pytest.mark.slow
+@pytest.mark.arm
 def test_tuning_on_an_emulated_board_over_rpc(emulated_python, tmp_path):
     """The board workflow: a tracker here, the RPC server of an aarch64 bundle under emulation, `tvm-convt
     tune --rpc-tracker`, the records applied by compile, and a bundle of the tuned module checked there."""
