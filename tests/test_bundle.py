@@ -138,6 +138,19 @@ def test_bundle_run_script_checks_every_module(cpu_bundle, tmp_path):
     assert len(lines) == len(SUITE) and all(line.endswith(": OK") for line in lines), lines
 
 
+def test_a_bundle_of_modules_for_every_length_checks_them_at_several_lengths(tmp_path):
+    """--any-length: one module per layer for every batch and length, which run.py checks at the suite's
+    shape, at length 1 and beyond it."""
+    suite = write_suite(tmp_path / "suite.json", SUITE)
+    assert cli.main(["bundle", "--suite", str(suite), "--any-length", "-o", str(tmp_path / "out")]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert all(entry["any_length"] for entry in manifest["workloads"])
+    done = _isolated([str(tmp_path / "out" / "run.py"), "--check"], tmp_path / "out", _numpy_only(tmp_path / "np"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(SUITE) and all(line.endswith(": OK") for line in lines), lines
+
+
 def test_bundle_run_script_times_every_module(cpu_bundle, tmp_path):
     """How a board's user measures the modules' speed there without TVM's compiler."""
     done = _isolated([str(cpu_bundle / "run.py"), "--check", "--time"], cpu_bundle, _numpy_only(tmp_path / "np"))

@@ -18,7 +18,8 @@ import tvm_ffi
 # The flags /proc/cpuinfo must list for each instruction set a target key names.
 ISA_FLAGS = {"avx512": ("avx512f", "avx2", "fma"), "avx2": ("avx2", "fma"), "avx": ("avx",),
              "sse4": ("sse4_2",), "neon": ("asimd",), "sve": ("sve",)}
-_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+# LLVM triples and platform.machine() name these architectures two ways.
+ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,7 +37,7 @@ def _cpu_flags() -> frozenset[str]:
     """The instruction-set flags of this machine's CPU, from /proc/cpuinfo (empty if unreadable, or
     if the file is another architecture's: qemu-user shows the host's)."""
     here = platform.machine().lower()
-    field = _FLAGS_FIELD.get(_ARCH_ALIASES.get(here, here))
+    field = _FLAGS_FIELD.get(ARCH_ALIASES.get(here, here))
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -54,7 +55,7 @@ def missing_isa(target_key: str) -> str | None:
     Coarser than :func:`tvm_convt.target.missing_cpu_support`, which asks LLVM."""
     _, arch, isa = (target_key.split("-", 2) + ["", ""])[:3]
     here = platform.machine().lower()
-    if arch and _ARCH_ALIASES.get(here, here) != arch:
+    if arch and ARCH_ALIASES.get(here, here) != arch:
         return f"an {arch} CPU"
     flags = _cpu_flags()
     lacking = [f for f in ISA_FLAGS.get(isa, ()) if flags and f not in flags]

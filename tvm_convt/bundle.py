@@ -50,9 +50,9 @@ TVM_LEFT_OUT = ("lib/libtvm_compiler.so", "lib/libtvm_runtime_extra.so", "3rdpar
 CPU_LEFT_OUT = ("lib/libtvm_runtime_cuda.so",)  # a CPU bundle needs no CUDA runtime
 FFI_LEFT_OUT = ("include", "3rdparty", "src", "share", "cython", "stub")
 # tvm_convt's files that loading and running a module imports, and reference.py for run.py --check.
-RUNTIME_FILES = ("__init__.py", "_cores.py", "_files.py", "_host_pool.py", "_runtime_only.py", "build.py", "errors.py", "lengths.py",
-                 "linker.py", "params.py", "reference.py", "runtime/__init__.py", "runtime/arrays.py", "runtime/layer.py",
-                 "runtime/module.py", "runtime/streams.py", "target.py")
+RUNTIME_FILES = ("__init__.py", "_cores.py", "_files.py", "_host_pool.py", "_runtime_only.py", "build.py",
+                 "errors.py", "lengths.py", "linker.py", "params.py", "reference.py", "runtime/__init__.py",
+                 "runtime/arrays.py", "runtime/layer.py", "runtime/module.py", "runtime/streams.py", "target.py")
 KERNELS = ("fatbin", "source")
 _PYTHON_VERSION = re.compile(r"3\.[0-9]{1,2}")
 FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
@@ -491,20 +491,26 @@ def import_runtime():
 
 
 def check_shapes(entry, workload_class):
-    \"\"\"The shapes a module is checked at: its entry's; for a module of every length, also lengths 1
-    and a prime beyond it, and batch 2.\"\"\"
+    \"\"\"The shapes a module is checked at: its entry's; for a module of every length, also length 1
+    (batch 1) and 7 beyond the entry's (batch 2).\"\"\"
     w = workload_class.from_dict(entry["workload"])
     if not entry.get("any_length"):
         return [w]
     return [w] + [workload_class(w.params, batch, length, w.dtype) for batch, length in ((1, 1), (2, w.length + 7))]
 
 
-def relative_error(w, module, rng, np, numpy_dtype, reference):
-    \"\"\"The module's largest error on random input of ``w``'s shape, relative to max(1, max|reference|).\"\"\"
+def random_inputs(w, rng, numpy_dtype):
+    \"\"\"x, weight and bias (None without one) of ``w``'s shapes, random.\"\"\"
     dtype = numpy_dtype(w.dtype)
     x = rng.standard_normal(w.input_shape).astype(dtype)
     weight = rng.standard_normal(w.params.weight_shape).astype(dtype)
     bias = rng.standard_normal(w.params.out_channels).astype(dtype) if w.params.bias else None
+    return x, weight, bias
+
+
+def relative_error(w, module, rng, np, numpy_dtype, reference):
+    \"\"\"The module's largest error on random input of ``w``'s shape, relative to max(1, max|reference|).\"\"\"
+    x, weight, bias = random_inputs(w, rng, numpy_dtype)
     y = np.asarray(module(x, weight, bias), dtype=np.float64)
     expected = reference(x, weight, bias, w.params)
     if expected.size == 0:
@@ -512,14 +518,11 @@ def relative_error(w, module, rng, np, numpy_dtype, reference):
     return float(np.max(np.abs(y - expected))) / max(1.0, float(np.max(np.abs(expected))))
 
 
-def median_call(w, module, rng, np, numpy_dtype, calls=21):
+def median_call(w, module, rng, numpy_dtype, calls=21):
     \"\"\"Median seconds of the module's call on random input of ``w``'s shape, after two warm-up calls.\"\"\"
     import time
 
-    dtype = numpy_dtype(w.dtype)
-    x = rng.standard_normal(w.input_shape).astype(dtype)
-    weight = rng.standard_normal(w.params.weight_shape).astype(dtype)
-    bias = rng.standard_normal(w.params.out_channels).astype(dtype) if w.params.bias else None
+    x, weight, bias = random_inputs(w, rng, numpy_dtype)
     module(x, weight, bias)
     module(x, weight, bias)
     times = []
@@ -539,7 +542,7 @@ def check_module(entry, check, manifest, runtime, rng, timed=False):
         line = f"{name}: loaded {entry['library']} ({module.metadata.target_key})"
         if timed:
             w = workload_class.from_dict(entry["workload"])
-            seconds = median_call(w, module, rng, np, numpy_dtype)
+            seconds = median_call(w, module, rng, numpy_dtype)
             line += f", {seconds * 1e3:.3f} ms, {w.flops / seconds / 1e9:.3g} GFLOP/s"
         if not check:
             return line + ": OK", True

@@ -17,6 +17,7 @@ from typing import Any
 import tvm
 from tvm.target import Target
 
+from ._runtime_only import ARCH_ALIASES
 from .params import OP
 
 # Per architecture: the cross linkers to look for, in order, and the Debian/Ubuntu packages that
@@ -27,7 +28,6 @@ CROSS_LINKERS: dict[str, tuple[str, ...]] = {
                 "ld.lld-14"),
 }
 _PACKAGES = {"aarch64": "gcc-aarch64-linux-gnu (or lld)"}
-_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 # Object formats the host's linker cannot put into a Linux shared library.
 _FOREIGN_SYSTEMS = ("windows", "win32", "mingw", "cygwin", "msvc", "coff", "darwin", "macos", "ios",
                     "tvos", "watchos", "xros", "uefi", "macho")
@@ -36,7 +36,7 @@ _FOREIGN_SYSTEMS = ("windows", "win32", "mingw", "cygwin", "msvc", "coff", "darw
 def triple_arch(triple: str) -> str:
     """The architecture of an LLVM triple, by its canonical name (``arm64-...`` is ``aarch64``)."""
     arch = triple.split("-")[0]
-    return _ARCH_ALIASES.get(arch, arch)
+    return ARCH_ALIASES.get(arch, arch)
 
 
 def host_arch() -> str:

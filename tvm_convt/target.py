@@ -22,7 +22,7 @@ from tvm.target import Target
 from ._cores import host_cores  # noqa: F401 - used here and imported from here by the benchmarks
 from ._runtime_only import compiler_available
 from .errors import CompilerUnavailable
-from .linker import CROSS_LINKERS, triple_arch
+from .linker import CROSS_LINKERS, host_arch, target_arch, triple_arch
 from .params import OP
 
 TargetLike = str | dict[str, Any] | Target
@@ -183,9 +183,9 @@ def _check_cpu_features(config: dict[str, Any]) -> None:
     if not isinstance(triple, str):
         return  # Target() refuses it below with TVM's message
     arch = triple_arch(triple)
-    generic = Target({"kind": "llvm", "mcpu": "generic", **({"mtriple": triple} if "mtriple" in config else {})})
     if arch == triple_arch(host):
         isa = {str(k) for k in dict(_host_cpu_features())}
+        generic = Target({"kind": "llvm", "mcpu": "generic", **({"mtriple": triple} if "mtriple" in config else {})})
         baseline = isa & {str(f) for f in tvm.target.codegen.llvm_get_cpu_features(generic)}
     elif arch in CROSS_LINKERS:
         isa, baseline = (set(features) for features in _arch_features(triple))
@@ -399,9 +399,8 @@ def missing_cpu_support(target: Target) -> str | None:
             return missing
     if target.kind.name != "llvm":
         return None
-    host_triple = tvm.target.codegen.llvm_get_system_triple()
-    arch = triple_arch(str(target.attrs.get("mtriple", "")) or host_triple)
-    if arch != triple_arch(host_triple):
+    arch = target_arch(target)
+    if arch != host_arch():
         return f"an {arch} CPU"
     host = {str(k): bool(v) for k, v in dict(_host_cpu_features()).items()}
     wanted = [str(f) for f in tvm.target.codegen.llvm_get_cpu_features(target)]

@@ -365,8 +365,8 @@ def check_batch_size(batch: Any) -> int:
 
 
 def open_stream(params: ConvTranspose1dParams, dtype: str, target: TargetLike,
-                weights: Callable[[CompiledConvTranspose1d], WeightSource], *, batch: int = 1, causal: bool = False, trim_right_ratio: float = 1.0,
-                logs: Any = None) -> ConvTranspose1dStream:
+                weights: Callable[[CompiledConvTranspose1d], WeightSource], *, batch: int = 1,
+                causal: bool = False, trim_right_ratio: float = 1.0, logs: Any = None) -> ConvTranspose1dStream:
     """A stream of the layer ``params``; ``weights(kernel)`` makes its :data:`WeightSource`."""
     batch = check_batch_size(batch)
     if not isinstance(causal, bool):
