@@ -33,7 +33,6 @@ from .linker import linker_for
 from .params import (DATA_ALIGNMENT, OP, PACK_WEIGHT, SymbolicWorkload, Workload, check_dtype_for_target, itemsize,
                      workload_from_dict)
 from .target import TargetLike, resolve_target, target_json, target_key
-
 # 2: the sidecar records the library's size and SHA-256 and a checksum of itself.
 # 3: the same, with ``weight_block``: written only for a module whose main reads a packed weight,
 # so that a version that cannot run one refuses it by its format.
@@ -512,8 +511,9 @@ def _cached(library: Path) -> bool:
 def program_key(mod: tvm.IRModule, tjson: str) -> str:
     """The cache key: the scheduled program, the target and every version that shapes the file."""
     from . import __version__
+    from .lowering import KEY  # what the lowering adds to TVM's: the program's text does not show it
 
-    text = json.dumps([mod.script(), tjson, tvm.__version__, __version__, METADATA_FORMAT])
+    text = json.dumps([mod.script(), tjson, tvm.__version__, __version__, METADATA_FORMAT, KEY])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -635,8 +635,11 @@ def _record_check(workload: Workload, tgt: Target) -> Any:
 
 
 def _compile_into(mod: tvm.IRModule, tgt: Target, metadata: ModuleMetadata, library: Path, check: Any = None) -> None:
+    from .lowering import compile_module, declare_input_alignment  # the compiler's: a bundle's runtime has none
+
+    mod = declare_input_alignment(mod, metadata.input_alignment)
     with _build_lock:  # LLVM code generation is not worth racing threads over
-        executable = tvm.compile(mod, target=tgt)
+        executable = compile_module(mod, tgt)
     if check is not None:
         check(executable)
     write_library(executable, metadata, library, tgt)

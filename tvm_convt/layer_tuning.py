@@ -26,6 +26,7 @@ import tvm_ffi
 from .compute import weight_pack_func
 from .layer_records import LayerRecord
 from .params import OP, PACK_WEIGHT, ConvTranspose1dParams, SymbolicWorkload, Workload
+from .lowering import compile_module
 from .remeasure import DEFAULT_MARGIN
 from .schedule.cpu import base_cpu_arch, schedule_weight_pack, tuned_fields
 from .schedule.cpu_space import TUNABLE, as_json, tuning_space
@@ -103,7 +104,7 @@ class _Candidate:
     def call(self, length: int, inputs: _Inputs) -> Callable[[], None]:
         """The call at ``length`` on ``inputs`` (the weight packed once, before, as the layer runs it)."""
         if self._lib is None:
-            self._lib = tvm.compile(self.program, target=inputs.target)
+            self._lib = compile_module(self.program, inputs.target)
             self._weight = inputs.weight
             if self._block is not None:
                 self._weight = tvm.runtime.empty(inputs.params.packed_weight_shape(self._block), inputs.dtype,

@@ -21,6 +21,7 @@ import numpy as np
 import tvm
 from tvm import s_tir
 
+from .lowering import compile_module
 from .params import PACK_WEIGHT, Workload
 from .records import workload_module
 from .reference import CHECK_TOLERANCE, conv_transpose1d_reference, relative_error
@@ -71,7 +72,7 @@ def _prepacked_default_call(workload: Workload, target, arrays: list[np.ndarray]
     from .schedule import prepacked_schedule
 
     main, pack = prepacked_schedule(workload, target, rule)
-    lib = tvm.compile(tvm.IRModule({"main": main.mod["main"], PACK_WEIGHT: pack.mod["main"]}), target=target)
+    lib = compile_module(tvm.IRModule({"main": main.mod["main"], PACK_WEIGHT: pack.mod["main"]}), target)
     dev = device_of(target)
     x, weight, *bias = [tvm.runtime.tensor(a, dev) for a in arrays]
     block = int(pack.mod["main"].params[1].shape[-1])

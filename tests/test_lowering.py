@@ -1,0 +1,81 @@
+"""The CPU lowering's additions (tvm_convt.lowering): small parallel loops run on the calling thread,
+and a module that shares unaligned inputs declares their alignment."""
+
+import numpy as np
+import pytest
+
+import tvm_convt
+from tvm_convt.build import schedule, schedule_symbolic
+from tvm_convt.lowering import INLINE_BELOW_STORES, declare_input_alignment, lower
+from tvm_convt.params import ConvTranspose1dParams as P
+from tvm_convt.params import SymbolicWorkload, Workload
+from tvm_convt.reference import conv_transpose1d_reference
+from tvm_convt.target import resolve_target
+
+from conftest import assert_close, random_inputs
+
+LLVM = resolve_target("llvm")
+
+
+def _lowered_script(mod) -> str:
+    return lower(mod, LLVM).script()
+
+
+def test_a_small_static_function_launches_no_thread_pool():
+    """16 -> 8 channels, 9 samples: every stage is a few hundred stores, below the bound."""
+    mod, _ = schedule(Workload(P(16, 8, 4, padding=1), 2, 9), LLVM, tuned=False)
+    assert "T.parallel" in mod["main"].script()  # the rule's loops are parallel ...
+    assert "T.parallel" not in _lowered_script(mod)  # ... and none is launched
+
+
+def test_a_large_static_function_keeps_its_parallel_loops():
+    mod, _ = schedule(Workload(P(512, 256, 16, stride=8, padding=4), 1, 86), LLVM, tuned=False)
+    lowered = _lowered_script(mod)
+    assert lowered.count("T.parallel") >= 1
+    assert f">= T.int64({INLINE_BELOW_STORES})" not in lowered  # constant work: decided at compile time
+
+
+def test_symbolic_functions_test_their_work_at_each_call():
+    """A symbolic function's loops have work in the batch and length: each such parallel loop is
+    kept beside a serial copy, behind a test of its store count against the bound."""
+    mod, _, _ = schedule_symbolic(SymbolicWorkload(P(64, 32, 4, stride=2, padding=1)), LLVM, tuned=False)
+    lowered = lower(mod, LLVM)
+    for gv in mod.get_global_vars():
+        if gv.name_hint != "pack_weight":
+            assert f">= T.int64({INLINE_BELOW_STORES})" in lowered[gv.name_hint].script(), gv.name_hint
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 8, 33, 200, 1500])
+def test_symbolic_module_exact_on_both_sides_of_the_bound(length):
+    """The serial and the parallel copy of each loop compute the same result (lengths whose loops fall
+    on either side of the bound, batch 1 and 3)."""
+    p = P(64, 32, 4, stride=2, padding=1)
+    compiled = tvm_convt.compile(p, target="llvm", prepack_weight=True)
+    for batch in (1, 3):
+        x, w, b = random_inputs(p, batch, length, "float32", seed=length)
+        assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, p), "float32")
+
+
+def test_the_input_is_declared_at_the_alignment_the_module_takes():
+    mod, _ = schedule(Workload(P(16, 8, 4, padding=1), 2, 9), LLVM, tuned=False)
+    assert int(mod["main"].params[0].data_alignment) == 64
+    declared = declare_input_alignment(mod, 4)
+    assert int(declared["main"].params[0].data_alignment) == 4
+    assert int(declared["main"].params[-1].data_alignment) == 64  # the output keeps TVM's
+
+
+@pytest.mark.parametrize("offset", [4, 8, 12, 16, 20, 28, 36, 60])
+def test_unaligned_input_to_a_function_without_parallel_loops(offset):
+    """With no parallel loop, LLVM sees the input's pointer and the loads' alignment, and turned the
+    scalar copy of x into aligned vector loads (a crash, 3 runs in 4) until the input's buffer
+    declared the alignment the module takes it at."""
+    p = P(16, 8, 4, padding=1)
+    compiled = tvm_convt.compile(p, batch=2, length=9, target="llvm")
+    assert compiled.metadata.input_alignment == 4
+    x, w, b = random_inputs(p, 2, 9, "float32", seed=offset)
+    raw = np.empty(x.size + 32, np.float32)
+    start = next(i for i in range(16) if (raw[i:].ctypes.data % 64) == offset % 64)
+    unaligned = raw[start:start + x.size].reshape(x.shape)
+    unaligned[...] = x
+    assert np.shares_memory(np.from_dlpack(compiled.to_device(unaligned, "input")), unaligned)
+    assert_close(compiled(unaligned, w, b), conv_transpose1d_reference(x, w, b, p), "float32")

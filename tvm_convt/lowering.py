@@ -1,0 +1,155 @@
+"""What the CPU lowering adds to TVM's: parallel loops too small to pay for the thread pool run on
+the calling thread, and an input declared at the alignment a module takes it at.
+
+TVM 0.27 turns every parallel loop into a call of ``TVMBackendParallelLaunch``, which wakes the
+pool's workers and waits for them at the end: 1.5-3 microseconds on two cores here, whatever the
+loop holds. A static function's one-iteration loops are simplified away before that, but a
+symbolic function's are not (a copy of two samples, a gather of one tile, a partitioned tail
+that runs zero times), and a static function's small stages (an output of 32 channels of six
+samples) launch the pool as well. After TVM's own passes, each outermost parallel loop whose work
+(its store statements, counted through its loops) is below :data:`INLINE_BELOW_STORES` becomes a
+serial loop; where the work depends on the batch or the length, the loop is kept twice, behind a
+test of that count made at each call. ``docs/performance.md`` has the measurements.
+"""
+
+from __future__ import annotations
+
+import tvm
+import tvm_ffi
+from tvm import tirx
+from tvm.ir.expr import Var
+from tvm.sym.analyzer import Analyzer
+from tvm.target import Target
+from tvm.tirx import stmt as S
+from tvm.tirx import compilation_pipeline
+from tvm.tirx.analysis import undefined_vars
+
+# Below this many stores a parallel loop runs serially: a vector FMA into a register tile or a
+# scalar copy is a store here, and 4096 of them take about as long as a launch of the pool on
+# two cores (encodec_up3 at 8-32 samples gained 12-31 %, none of the layers lost at 64-128).
+INLINE_BELOW_STORES = 4096
+
+PIPELINE = "tvm_convt"
+
+# In the modules' cache key (tvm_convt.build.program_key): a program's text does not show this pass.
+KEY = f"{PIPELINE}:inline-below-{INLINE_BELOW_STORES}"
+
+
+def _int64(e: tirx.PrimExpr) -> tirx.PrimExpr:
+    return tirx.Cast("int64", e)
+
+
+def _stores(st: S.Stmt, defined: list[tirx.Var]) -> tirx.PrimExpr | None:
+    """The store statements ``st`` runs, as an int64 expression (None: not countable, a while
+    loop); ``defined`` gathers the variables ``st`` binds, which the count may not use."""
+    if isinstance(st, S.SeqStmt):
+        total = tirx.const(0, "int64")
+        for part in st.seq:
+            count = _stores(part, defined)
+            if count is None:
+                return None
+            total = total + count
+        return total
+    if isinstance(st, S.For):
+        defined.append(st.loop_var)
+        count = _stores(st.body, defined)
+        return None if count is None else _int64(st.extent) * count
+    if isinstance(st, S.AttrStmt):
+        return _stores(st.body, defined)
+    if isinstance(st, S.IfThenElse):
+        # Both branches counted: an upper bound, cheaper than a maximum to test.
+        counts = [_stores(b, defined) for b in (st.then_case, st.else_case) if b is not None]
+        return None if any(c is None for c in counts) else sum(counts[1:], counts[0])
+    if isinstance(st, S.Bind):
+        defined.append(st.var)
+        return tirx.const(0, "int64")
+    if isinstance(st, (S.BufferStore, S.Evaluate)):
+        return tirx.const(1, "int64")
+    if isinstance(st, (S.AllocBuffer, S.DeclBuffer, S.AssertStmt)):
+        return tirx.const(0, "int64")
+    return None  # While, and anything this pass does not know
+
+
+def _serial(loop: S.For) -> S.For:
+    return S.For(loop.loop_var, loop.min, loop.extent, S.ForKind.SERIAL, loop.body)
+
+
+def _parallel_or_serial(loop: S.For) -> S.Stmt:
+    """``loop`` (parallel) as it is, serial, or both behind a test of its work."""
+    defined: list[tirx.Var] = []
+    count = _stores(loop.body, defined)
+    if count is None:
+        return loop
+    work = Analyzer().simplify(_int64(loop.extent) * count)
+    if isinstance(work, tirx.IntImm):
+        return loop if int(work.value) >= INLINE_BELOW_STORES else _serial(loop)
+    if any(v.same_as(d) for v in undefined_vars(work) for d in defined):
+        return loop  # counted from values the loop computes: not testable before it
+    return S.IfThenElse(work >= INLINE_BELOW_STORES, loop, _serial(loop))
+
+
+def _rewrite(st: S.Stmt) -> S.Stmt:
+    """``st`` with each outermost parallel loop through :func:`_parallel_or_serial`."""
+    if isinstance(st, S.SeqStmt):
+        return S.SeqStmt([_rewrite(part) for part in st.seq])
+    if isinstance(st, S.AttrStmt):
+        return S.AttrStmt(st.node, st.attr_key, st.value, _rewrite(st.body))
+    if isinstance(st, S.IfThenElse):
+        return S.IfThenElse(st.condition, _rewrite(st.then_case),
+                            None if st.else_case is None else _rewrite(st.else_case))
+    if isinstance(st, S.For):
+        if st.kind == S.ForKind.PARALLEL:
+            return _parallel_or_serial(st)
+        return S.For(st.loop_var, st.min, st.extent, st.kind, _rewrite(st.body), st.thread_binding,
+                     st.annotations, st.step)
+    return st
+
+
+@tvm.transform.module_pass(opt_level=0, name="TvmConvtInlineSmallParallel")
+def inline_small_parallel(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Every PrimFunc of ``mod`` through :func:`_rewrite`; the loops kept twice then bind their
+    variables twice, which ``ConvertSSA`` renames."""
+    functions = {gv: f.with_body(_rewrite(f.body)) if isinstance(f, tirx.PrimFunc) else f
+                 for gv, f in mod.functions.items()}
+    return tirx.transform.ConvertSSA()(tvm.IRModule(functions, attrs=mod.attrs))
+
+
+def declare_input_alignment(mod: tvm.IRModule, alignment: int) -> tvm.IRModule:
+    """``mod`` with each function's input buffer (its first parameter, but in ``pack_weight``)
+    declared at ``alignment`` bytes: TVM's code generation marks every load with the alignment the
+    buffer declares (64) and the index proves, which LLVM then turns into aligned vector loads
+    (``vmovaps``) even where TVM wrote scalar ones; a module that takes NumPy's 16-byte aligned
+    arrays as they are (``ModuleMetadata.input_alignment``) must not claim more."""
+    from .params import PACK_WEIGHT
+
+    functions = {}
+    for gv, func in mod.functions.items():
+        x = func.params[0]
+        if gv.name_hint != PACK_WEIGHT and int(x.data_alignment) > alignment:
+            declared = tirx.decl_buffer(x.shape, x.dtype, x.name, data_alignment=alignment,
+                                        offset_factor=x.offset_factor, elem_offset=x.elem_offset)
+            func = tvm_ffi.structural_map(func, [(Var, lambda v, x=x, declared=declared:
+                                                  declared if v.same_as(x) else v)])
+        functions[gv] = func
+    return tvm.IRModule(functions, attrs=mod.attrs)
+
+
+def _pipeline():
+    default, finalize_host, finalize_device = compilation_pipeline.get_tir_pipeline("default")
+    return tvm.transform.Sequential([default, inline_small_parallel]), finalize_host, finalize_device
+
+
+compilation_pipeline.register_tir_pipeline(PIPELINE, _pipeline)
+
+
+def lower(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """``mod`` through :data:`PIPELINE` up to code generation (what :func:`compile_module` hands to
+    LLVM): for reading what the pass made of it."""
+    pipeline, _, _ = compilation_pipeline.get_tir_pipeline(PIPELINE)
+    return pipeline(tirx.transform.BindTarget(target.with_host(target))(mod))
+
+
+def compile_module(mod: tvm.IRModule, target: Target):
+    """``tvm.compile`` with :data:`PIPELINE` on CPU targets (TVM's own on others, whose parallel
+    loops are threads of the device)."""
+    return tvm.compile(mod, target=target, tir_pipeline=PIPELINE if target.kind.name == "llvm" else "default")
