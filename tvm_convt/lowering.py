@@ -31,7 +31,8 @@ INLINE_BELOW_STORES = 4096
 
 PIPELINE = "tvm_convt"
 
-# In the modules' cache key (tvm_convt.build.program_key): a program's text does not show this pass.
+# In the modules' cache key (tvm_convt.build.program_key): a program's text shows neither addition, so
+# a change to either changes this.
 KEY = f"{PIPELINE}:inline-below-{INLINE_BELOW_STORES}"
 
 
