@@ -355,3 +355,11 @@ def test_unaligned_inputs_are_shared_and_exact(p, stream):
     assert np.shares_memory(np.from_dlpack(compiled.to_device(unaligned, "input")), unaligned)
     np.testing.assert_array_equal(layer(unaligned), layer(np.ascontiguousarray(x)))
     assert_close(layer(unaligned), conv_transpose1d_reference(x, layer.weight, layer.bias, p), "float32")
+
+
+def test_a_forced_rule_that_does_not_apply_is_a_value_error_at_any_length():
+    """The direct form needs kernel_size >= stride: forcing its rule on a symbolic module says so in a
+    sentence, as for a static one (it was an internal assertion)."""
+    p = P(256, 8, 3, stride=8, padding=1, output_padding=1, groups=8)
+    with pytest.raises(ValueError, match="schedule rule 'cpu-direct' does not apply"):
+        tvm_convt.compile(p, target="llvm", rule="cpu-direct", use_cache=False)

@@ -109,6 +109,9 @@ def symbolic_choice(workload: Workload, target: Target, rule: str | None = None
     layout and plan key (equal choices give the same function)."""
     kind = target.kind.name
     form = schedule_form(workload, target, rule)
+    if rule is not None and not {DIRECT: direct_applies, BLOCKED: blocked_applies}.get(form, lambda _w: True)(workload):
+        raise ValueError(f"{OP}: schedule rule {rule!r} does not apply to this layer, got rule={rule!r} for "
+                         f"{workload.params}")
     candidates = [_named_rule(kind, rule)] if rule is not None else [r for r in RULES[kind] if r.form == form]
     for candidate in candidates:
         layout = getattr(candidate, "symbolic_layout", lambda *_: None)(workload, target)
