@@ -115,32 +115,17 @@ def _register_tiles(sch: s_tir.Schedule, outer: s_tir.schedule.LoopRV) -> None:
         sch.decompose_reduction(block, first)
 
 
-def _output_per_tile(sch: s_tir.Schedule, p: ConvTranspose1dParams) -> bool:
-    """Whether a symbolic function's block writes its output tile by tile, right after each tile
-    (its phases inside it) while the tile is in L1, where it wrote a row of ``full`` of the input's
-    length and copied it out after: that row's symbolic size made each (batch, channel block) call
-    TVM's workspace allocator. TVM 0.27 places the output's read of ``full`` per tile right only when
-    the padding is a multiple of the stride (stride 2, padding 1: wrong results)."""
-    return is_symbolic(sch) and (p.stride == 1 or p.padding % p.stride == 0)
-
-
 def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan,
-                          output_inside: bool, p: ConvTranspose1dParams) -> s_tir.schedule.LoopRV:
+                          output_inside: bool) -> s_tir.schedule.LoopRV:
     """Parallel over (batch, channel block, phase); each walks the positions in tiles, the
     last one (fewer vectors) in a loop of its own. Returns the parallel loop.
 
     With ``output_inside`` the phases go inside the parallel loop too, and each block then
     computes its channels' output: ``full`` becomes the block's own buffer (tens of KiB),
-    read back from cache, where the whole of it went to memory and back; in a symbolic function
-    that allows it (:func:`_output_per_tile`) the phases go inside the tiles and each tile writes
-    its output.
+    read back from cache, where the whole of it went to memory and back.
     """
     n, cob, r, tile, red_outer, red_inner, row, vector, lane = loops
-    per_tile = output_inside and _output_per_tile(sch, p)
-    if per_tile:
-        sch.reorder(n, cob, tile, r, red_outer, red_inner, row, vector, lane)
-    else:
-        sch.reorder(n, cob, r, tile, red_outer, red_inner, row, vector, lane)
+    sch.reorder(n, cob, r, tile, red_outer, red_inner, row, vector, lane)
     outer = sch.fuse(n, cob) if output_inside else sch.fuse(n, cob, r)
     sch.parallel(outer)
     if output_inside:
@@ -148,10 +133,7 @@ def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan,
         # region under the loop would then be all of it.
         # (A stream's partial sums stay after the loop: TVM 0.27 cannot invert their read of full,
         # position l + v // stride, at some strides; full is then kept whole.)
-        sch.reverse_compute_at(sch.get_sblock(C.OUT), tile if per_tile else outer)
-        if per_tile:
-            sch.vectorize(sch.get_loops(sch.get_sblock(C.OUT))[-1])
-            sch.annotate(tile, "pragma_loop_partition_hint", 1)
+        sch.reverse_compute_at(sch.get_sblock(C.OUT), outer)
     # A symbolic function's positions run to whole tiles.
     if not is_symbolic(sch) and plan.positions % plan.width and plan.positions > plan.width:
         sch.loop_partition(tile, [plan.positions // plan.width, None])
@@ -211,7 +193,7 @@ class CpuDirectRule:
         if plan.samples_outer:
             outer = _samples_outer(sch, loops, plan)
         else:
-            outer = _channel_blocks_outer(sch, loops, plan, output_inside, workload.params)
+            outer = _channel_blocks_outer(sch, loops, plan, output_inside)
         _register_tiles(sch, outer)
         # After the tiles' register caches are made, so that those stay compact.
         full_in_output_order(sch, workload)
