@@ -111,8 +111,15 @@ def write_interpreter(folder: Path, root: Path) -> Path:
     path as argv[0], so that the emulated Python reports it as sys.executable."""
     script = folder / f"python{PYTHON}"
     qemu = shutil.which("qemu-aarch64")
-    script.write_text(f'#!/bin/sh\nexec "{qemu}" -L "{root}" -0 "{script}" "{root}/usr/bin/python{PYTHON}" "$@"\n')
-    script.chmod(0o755)
+    text = f'#!/bin/sh\nexec "{qemu}" -L "{root}" -0 "{script}" "{root}/usr/bin/python{PYTHON}" "$@"\n'
+    if script.exists() and script.read_text() == text:
+        return script
+    # Written beside it and renamed over it: another test worker may be executing the script, and an
+    # exec of a file open for writing fails ("Text file busy").
+    partial = folder / f".python{PYTHON}.{os.getpid()}"
+    partial.write_text(text)
+    partial.chmod(0o755)
+    os.replace(partial, script)
     return script
 
 
