@@ -33,6 +33,7 @@ from .linker import linker_for
 from .params import (DATA_ALIGNMENT, OP, PACK_WEIGHT, SymbolicWorkload, Workload, check_dtype_for_target, itemsize,
                      workload_from_dict)
 from .target import TargetLike, resolve_target, target_json, target_key
+
 # 2: the sidecar records the library's size and SHA-256 and a checksum of itself.
 # 3: the same, with ``weight_block``: written only for a module whose main reads a packed weight,
 # so that a version that cannot run one refuses it by its format.

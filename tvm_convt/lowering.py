@@ -24,6 +24,8 @@ from tvm.tirx import stmt as S
 from tvm.tirx import compilation_pipeline
 from tvm.tirx.analysis import undefined_vars
 
+from .params import PACK_WEIGHT
+
 # Below this many stores a parallel loop runs serially: a vector FMA into a register tile or a
 # scalar copy is a store here, and 4096 of them take about as long as a launch of the pool on
 # two cores (encodec_up3 at 8-32 samples gained 12-31 %, none of the layers lost at 64-128).
@@ -121,8 +123,6 @@ def declare_input_alignment(mod: tvm.IRModule, alignment: int) -> tvm.IRModule:
     buffer declares (64) and the index proves, which LLVM then turns into aligned vector loads
     (``vmovaps``) even where TVM wrote scalar ones; a module that takes NumPy's 16-byte aligned
     arrays as they are (``ModuleMetadata.input_alignment``) must not claim more."""
-    from .params import PACK_WEIGHT
-
     functions = {}
     for gv, func in mod.functions.items():
         x = func.params[0]

@@ -71,6 +71,11 @@ def schedule_form(workload: Workload, target: Target, rule: str | None = None) -
     return form
 
 
+def form_applies(workload: Workload, form: str) -> bool:
+    """Whether ``workload`` can be computed in ``form`` (the GEMM form always can)."""
+    return {DIRECT: direct_applies, BLOCKED: blocked_applies}.get(form, lambda _w: True)(workload)
+
+
 def default_schedule(
     workload: Workload, target: Target, *, rule: str | None = None, func: tirx.PrimFunc | None = None
 ) -> tuple[s_tir.Schedule, str]:
@@ -82,7 +87,7 @@ def default_schedule(
     """
     kind = target.kind.name
     form = schedule_form(workload, target, rule)
-    applies = {DIRECT: direct_applies, BLOCKED: blocked_applies}.get(form, lambda _w: True)(workload)
+    applies = form_applies(workload, form)
     if func is None and applies:
         func = prim_func(workload, form)
     if rule is not None:
@@ -109,7 +114,7 @@ def symbolic_choice(workload: Workload, target: Target, rule: str | None = None
     layout and plan key (equal choices give the same function)."""
     kind = target.kind.name
     form = schedule_form(workload, target, rule)
-    if rule is not None and not {DIRECT: direct_applies, BLOCKED: blocked_applies}.get(form, lambda _w: True)(workload):
+    if rule is not None and not form_applies(workload, form):
         raise ValueError(f"{OP}: schedule rule {rule!r} does not apply to this layer, got rule={rule!r} for "
                          f"{workload.params}")
     candidates = [_named_rule(kind, rule)] if rule is not None else [r for r in RULES[kind] if r.form == form]
