@@ -1,12 +1,13 @@
 """The CPU lowering's additions (tvm_convt.lowering): small parallel loops run on the calling thread,
-and a module that shares unaligned inputs declares their alignment."""
+buffers allocated inside loops live on the stack, and a module that shares unaligned inputs declares
+their alignment."""
 
 import numpy as np
 import pytest
 
 import tvm_convt
 from tvm_convt.build import schedule, schedule_symbolic
-from tvm_convt.lowering import INLINE_BELOW_STORES, declare_input_alignment, lower
+from tvm_convt.lowering import INLINE_BELOW_STORES, STACK_BYTES, declare_input_alignment, lower
 from tvm_convt.params import ConvTranspose1dParams as P
 from tvm_convt.params import SymbolicWorkload, Workload
 from tvm_convt.reference import conv_transpose1d_reference
@@ -54,6 +55,37 @@ def test_symbolic_module_exact_on_both_sides_of_the_bound(length):
     for batch in (1, 3):
         x, w, b = random_inputs(p, batch, length, "float32", seed=length)
         assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, p), "float32")
+
+
+# Depthwise, 8 channels: the direct rule keeps each channel's output row in a buffer of its own,
+# allocated in the parallel loop (a constant 1 KiB at 125 samples, at any length a size in it).
+DEPTHWISE = P(8, 8, 4, stride=2, groups=8)
+ON_STACK = '"disable_lower_builtin": T.bool(True)'
+
+
+def test_a_static_loop_buffer_of_a_kilobyte_is_on_the_stack():
+    """TVM keeps only buffers under 1 KiB on the stack; the row of 252 samples (padded to 256) is
+    1 KiB and was a workspace call at each iteration."""
+    mod, rule = schedule(Workload(DEPTHWISE, 1, 125), LLVM, tuned=False)
+    assert rule.endswith("cpu-direct")
+    assert ON_STACK in _lowered_script(mod)
+
+
+def test_a_symbolic_loop_buffer_is_on_the_stack_behind_a_test_of_its_size():
+    mod, _, _ = schedule_symbolic(SymbolicWorkload(DEPTHWISE), LLVM, tuned=False)
+    lowered = _lowered_script(mod)
+    assert ON_STACK in lowered
+    assert f"<= T.int64({STACK_BYTES})" in lowered
+
+
+@pytest.mark.parametrize("length", [1, 125, 1900, 2100, 5000])
+def test_symbolic_module_exact_on_both_sides_of_the_stack_bound(length):
+    """Rows up to 16 KiB (1,900 samples) on the stack, longer ones in TVM's workspace: both exact,
+    at batch 1 and 2."""
+    compiled = tvm_convt.compile(DEPTHWISE, target="llvm", prepack_weight=True)
+    for batch in (1, 2):
+        x, w, b = random_inputs(DEPTHWISE, batch, length, "float32", seed=length)
+        assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, DEPTHWISE), "float32")
 
 
 def test_the_input_is_declared_at_the_alignment_the_module_takes():

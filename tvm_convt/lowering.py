@@ -1,5 +1,6 @@
 """What the CPU lowering adds to TVM's: parallel loops too small to pay for the thread pool run on
-the calling thread, and an input declared at the alignment a module takes it at.
+the calling thread, buffers allocated inside loops kept on the stack, and an input declared at the
+alignment a module takes it at.
 
 TVM 0.27 turns every parallel loop into a call of ``TVMBackendParallelLaunch``, which wakes the
 pool's workers and waits for them at the end: 1.5-3 microseconds on two cores here, whatever the
@@ -9,7 +10,15 @@ that runs zero times), and a static function's small stages (an output of 32 cha
 samples) launch the pool as well. After TVM's own passes, each outermost parallel loop whose work
 (its store statements, counted through its loops) is below :data:`INLINE_BELOW_STORES` becomes a
 serial loop; where the work depends on the batch or the length, the loop is kept twice, behind a
-test of that count made at each call. ``docs/performance.md`` has the measurements.
+test of that count made at each call.
+
+TVM 0.27 also keeps a buffer on the stack only when its size is a constant under 1 KiB; any other
+buffer is a ``TVMBackendAllocWorkspace`` call and its free, and one allocated inside a loop pays
+that at each iteration: a symbolic function's output row of each channel (its length follows the
+input's) cost mimi_depthwise 10 % at 125 samples. A buffer allocated inside a loop with a size
+under :data:`STACK_BYTES` is kept on the stack; one whose size depends on the batch or the length
+is kept twice, on the stack behind a test of its size and as TVM allocates it otherwise.
+``docs/performance.md`` has the measurements.
 """
 
 from __future__ import annotations
@@ -31,11 +40,16 @@ from .params import PACK_WEIGHT
 # two cores (encodec_up3 at 8-32 samples gained 12-31 %, none of the layers lost at 64-128).
 INLINE_BELOW_STORES = 4096
 
+# A buffer allocated inside a loop and smaller than this lives on the stack: a quarter of the
+# 64 KiB that the smallest default thread stacks (musl's 128 KiB) leave comfortable, and the
+# size where a workspace call's 20-40 ns no longer shows beside the loop's work.
+STACK_BYTES = 16384
+
 PIPELINE = "tvm_convt"
 
 # In the modules' cache key (tvm_convt.build.program_key): a program's text shows neither addition, so
 # a change to either changes this.
-KEY = f"{PIPELINE}:inline-below-{INLINE_BELOW_STORES}"
+KEY = f"{PIPELINE}:inline-below-{INLINE_BELOW_STORES}:stack-{STACK_BYTES}"
 
 
 def _int64(e: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -117,6 +131,75 @@ def inline_small_parallel(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) ->
     return tirx.transform.ConvertSSA()(tvm.IRModule(functions, attrs=mod.attrs))
 
 
+def _seq(parts: list[S.Stmt]) -> S.Stmt:
+    return parts[0] if len(parts) == 1 else S.SeqStmt(parts)
+
+
+def _on_stack(alloc: S.AllocBuffer, scope: list[S.Stmt]) -> S.Stmt:
+    """``alloc`` and the statements in its scope with the buffer on the stack (``STACK_BYTES`` of it
+    where its size is not a constant): TVM's code generation makes a buffer it is told not to lower
+    an ``alloca`` at the entry of the function, or of the parallel loop's closure."""
+    buffer = alloc.buffer
+    size = _bytes(buffer)
+    elements = (size.value if isinstance(size, tirx.IntImm) else STACK_BYTES) // _itemsize(buffer)
+    stacked = tirx.decl_buffer((elements,), buffer.dtype, buffer.name, scope=buffer.scope(),
+                               data_alignment=int(buffer.data_alignment))
+    body = tvm_ffi.structural_map(_seq(scope), [(Var, lambda v: stacked if v.same_as(buffer) else v)])
+    return _seq([S.AllocBuffer(stacked, {"disable_lower_builtin": tirx.IntImm("bool", 1)}), _stack(body, True)])
+
+
+def _itemsize(buffer: tirx.Buffer) -> int:
+    return tvm.DataType(buffer.dtype).bits // 8
+
+
+def _bytes(buffer: tirx.Buffer) -> tirx.PrimExpr:
+    size = tirx.const(_itemsize(buffer), "int64")
+    for extent in buffer.shape:
+        size = size * _int64(extent)
+    return Analyzer().simplify(size)
+
+
+def _stack_in_seq(parts: list[S.Stmt], in_loop: bool) -> list[S.Stmt]:
+    """``parts`` (a sequence, where an ``AllocBuffer`` declares its buffer for the statements after
+    it) with each buffer allocated inside a loop on the stack where it fits, behind a test of its
+    size where that is not a constant."""
+    for i, part in enumerate(parts):
+        if in_loop and isinstance(part, S.AllocBuffer) and part.buffer.scope() == "global" and i + 1 < len(parts):
+            size = _bytes(part.buffer)
+            scope = parts[i + 1:]
+            if not isinstance(size, tirx.IntImm):
+                kept = _seq([part, _stack(_seq(scope), in_loop)])
+                return [_stack(p, in_loop) for p in parts[:i]] + [
+                    S.IfThenElse(size <= STACK_BYTES, _on_stack(part, scope), kept)]
+            if 1024 <= size.value <= STACK_BYTES:  # under 1 KiB TVM keeps it on the stack itself
+                return [_stack(p, in_loop) for p in parts[:i]] + [_on_stack(part, scope)]
+    return [_stack(p, in_loop) for p in parts]
+
+
+def _stack(st: S.Stmt, in_loop: bool) -> S.Stmt:
+    """``st`` through :func:`_stack_in_seq`; ``in_loop``: ``st`` runs inside a loop."""
+    if isinstance(st, S.SeqStmt):
+        return _seq(_stack_in_seq(list(st.seq), in_loop))
+    if isinstance(st, S.AttrStmt):
+        return S.AttrStmt(st.node, st.attr_key, st.value, _stack(st.body, in_loop))
+    if isinstance(st, S.IfThenElse):
+        return S.IfThenElse(st.condition, _stack(st.then_case, in_loop),
+                            None if st.else_case is None else _stack(st.else_case, in_loop))
+    if isinstance(st, S.For):
+        return S.For(st.loop_var, st.min, st.extent, st.kind, _stack(st.body, True), st.thread_binding,
+                     st.annotations, st.step)
+    return st
+
+
+@tvm.transform.module_pass(opt_level=0, name="TvmConvtStackLoopBuffers")
+def stack_loop_buffers(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Every PrimFunc of ``mod`` through :func:`_stack`; the scopes kept twice then bind their
+    variables twice, which ``ConvertSSA`` renames."""
+    functions = {gv: f.with_body(_stack(f.body, False)) if isinstance(f, tirx.PrimFunc) else f
+                 for gv, f in mod.functions.items()}
+    return tirx.transform.ConvertSSA()(tvm.IRModule(functions, attrs=mod.attrs))
+
+
 def declare_input_alignment(mod: tvm.IRModule, alignment: int) -> tvm.IRModule:
     """``mod`` with each function's input buffer (its first parameter, but in ``pack_weight``)
     declared at ``alignment`` bytes: TVM's code generation marks every load with the alignment the
@@ -137,7 +220,7 @@ def declare_input_alignment(mod: tvm.IRModule, alignment: int) -> tvm.IRModule:
 
 def _pipeline():
     default, finalize_host, finalize_device = compilation_pipeline.get_tir_pipeline("default")
-    return tvm.transform.Sequential([default, inline_small_parallel]), finalize_host, finalize_device
+    return tvm.transform.Sequential([default, inline_small_parallel, stack_loop_buffers]), finalize_host, finalize_device
 
 
 compilation_pipeline.register_tir_pipeline(PIPELINE, _pipeline)
