@@ -145,7 +145,9 @@ class CpuArch:
     blocks of ``gemm_input_block_bytes`` of input, each meeting the weight once.
     ``direct_blocking`` is the direct rule's accumulator tile, (rows, vectors): rows
     along the output channels (fewer where they do not divide a group's), vectors
-    along the output samples. A group's padded input larger than
+    along the output samples; a tile whose reduction (a group's input channels times the taps a
+    phase meets) has at most ``direct_short_reduction`` steps takes one vector, there being no
+    FMA latency to hide over so few. A group's padded input larger than
     ``direct_resident_input_bytes`` does not stay in L2 while every channel block
     passes over it, so the direct rule then walks the samples in the parallel loop.
     Strided layers that the direct form covers, whose input is that large and that have at
@@ -163,6 +165,7 @@ class CpuArch:
     registers: int
     gemm_blockings: tuple[tuple[int, int], ...]
     direct_blocking: tuple[int, int] = (4, 3)
+    direct_short_reduction: int = 4
     direct_resident_input_bytes: int = 1 << 20
     gemm_min_channels: int = 16
     gemm_channel_block: int | None = None

@@ -54,7 +54,9 @@ def direct_plan(workload: Workload, target: Target) -> DirectPlan:
     """The target's direct blocking, fitted to the layer: rows divide the channels of a
     group, and a short output takes fewer vectors. The positions go outside when a
     group's input is larger than ``CpuArch.direct_resident_input_bytes`` and they make
-    two tiles or more."""
+    two tiles or more. A short reduction (``CpuArch.direct_short_reduction``) takes one vector:
+    a symbolic function's rows then end less than a vector past the output, where three vectors
+    wasted up to two (mimi_depthwise at 125 samples: 144 positions a phase computed for 126)."""
     arch = cpu_arch(target)
     rows, vectors = arch.direct_blocking
     lanes = cpu_vector_lanes(target, workload.dtype)
@@ -62,6 +64,8 @@ def direct_plan(workload: Workload, target: Target) -> DirectPlan:
     rows = max(r for r in range(1, rows + 1) if p.out_per_group % r == 0)
     positions = C.direct_positions(workload)
     vectors = max(1, min(vectors, positions // lanes))
+    if p.in_per_group * C.TapPlan.of(p).taps <= arch.direct_short_reduction:
+        vectors = 1
     input_bytes = p.in_per_group * (positions + C.direct_reach(p)) * itemsize(workload.dtype)
     # With fewer than two tiles of positions, a parallel loop over them would leave cores idle.
     samples_outer = input_bytes > arch.direct_resident_input_bytes and positions >= 2 * vectors * lanes
