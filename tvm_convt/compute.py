@@ -497,8 +497,9 @@ def _blocked_full(w: Workload, x: te.Tensor, weight_at, layout: SymbolicLayout |
     def sample(n, b, ci, jj):
         i = b * positions + q_first - reach + jj
         inside = tirx.all(i >= 0, i < w.length)
-        return tirx.if_then_else(inside, x[n, ci, tirx.max(tirx.min(i, w.length - 1), 0)],
-                                 tirx.const(0, w.dtype))
+        # No clamp, as in _batch_tiles: the load is made only inside the input (if_then_else stays a
+        # branch), and a symbolic length's clamp stayed in the copy where a static one's folds away.
+        return tirx.if_then_else(inside, x[n, ci, i], tirx.const(0, w.dtype))
 
     x_blocks = te.compute((w.batch, blocks, p.in_channels, rows), sample, name=X_BLOCKS)
     c = te.reduce_axis((0, cig), name="c")

@@ -108,13 +108,11 @@ class CpuBlockedRule:
         output_order = workload.params.dilation == 1 and full_in_output_order(sch, workload)
         outer = _block_loop(sch, workload, output_order)
         _block_gemm(sch, workload, plan, outer)
-        if output_order and not is_symbolic(sch):
+        if output_order:
+            # A symbolic function too: its bound makes the phases scalar in the gather, but at the
+            # lengths this form serves a whole full, copied to the output after, cost more.
             _gather_writes_output(sch, outer)
             return sch
-        if output_order:
-            # A symbolic output's bound would make the phases scalar inside the gather (see
-            # cpu._schedule_epilogue_cpu): the gather keeps them in vectors, the output is a copy.
-            sch.vectorize(sch.get_loops(sch.get_sblock(C.FULL))[-1])
         schedule_fold_cpu(sch)
         return sch
 
