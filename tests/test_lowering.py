@@ -7,7 +7,7 @@ import pytest
 
 import tvm_convt
 from tvm_convt.build import schedule, schedule_symbolic
-from tvm_convt.lowering import INLINE_BELOW_STORES, STACK_BYTES, declare_input_alignment, lower
+from tvm_convt.lowering import INLINE_BELOW_STORES, STACK_BYTES, compile_module, declare_input_alignment, lower
 from tvm_convt.params import ConvTranspose1dParams as P
 from tvm_convt.params import SymbolicWorkload, Workload
 from tvm_convt.reference import conv_transpose1d_reference
@@ -69,6 +69,17 @@ def test_a_static_loop_buffer_of_a_kilobyte_is_on_the_stack():
     mod, rule = schedule(Workload(DEPTHWISE, 1, 125), LLVM, tuned=False)
     assert rule.endswith("cpu-direct")
     assert ON_STACK in _lowered_script(mod)
+
+
+def test_an_avx512_register_tile_is_on_the_stack_and_compiles():
+    """Six 64-lane vectors (1,536 B, every lane counted) of a GEMM register tile: TVM made it a
+    workspace call per tile; built, not run (this machine may lack AVX-512)."""
+    avx512 = resolve_target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    mod, rule = schedule(Workload(P(512, 256, 16, stride=8, padding=4), 1, 86), avx512, tuned=False)
+    assert rule.endswith("cpu-gemm")
+    tiles = [line for line in lower(mod, avx512).script().splitlines() if "col_global = T.alloc_buffer" in line]
+    assert tiles and all(ON_STACK in line and "x64" in line for line in tiles), tiles
+    assert compile_module(mod, avx512)["main"] is not None
 
 
 def test_a_symbolic_loop_buffer_is_on_the_stack_behind_a_test_of_its_size():

@@ -149,7 +149,9 @@ def _on_stack(alloc: S.AllocBuffer, scope: list[S.Stmt]) -> S.Stmt:
 
 
 def _itemsize(buffer: tirx.Buffer) -> int:
-    return tvm.DataType(buffer.dtype).bits // 8
+    """Bytes per element, every lane of a vector element (a register tile's ``float32x16``) counted."""
+    dtype = tvm.DataType(buffer.dtype)
+    return dtype.bits * dtype.lanes // 8
 
 
 def _bytes(buffer: tirx.Buffer) -> tirx.PrimExpr:
