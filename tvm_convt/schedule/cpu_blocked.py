@@ -17,7 +17,7 @@ from tvm.target import Target
 
 from .. import compute as C
 from ..params import Workload
-from .common import is_symbolic
+from .common import has_block, is_symbolic
 from .cpu import (GemmPlan, _gather_writes_output, _pack_weight, _read_buffer, _register_tile, col_row_bytes,
                   cpu_arch, full_in_output_order, gemm_plan, schedule_fold_cpu)
 
@@ -108,11 +108,15 @@ class CpuBlockedRule:
         output_order = workload.params.dilation == 1 and full_in_output_order(sch, workload)
         outer = _block_loop(sch, workload, output_order)
         _block_gemm(sch, workload, plan, outer)
-        if output_order:
-            # A symbolic function too: its bound makes the phases scalar in the gather, but at the
-            # lengths this form serves a whole full, copied to the output after, cost more.
+        # A symbolic function too: its bound makes the phases scalar in the gather, but at the lengths
+        # this form serves a whole full, copied to the output after, cost more. Not a stream's kernel,
+        # whose partial sums read full after the output.
+        if output_order and not has_block(sch, C.STATE_OUT):
             _gather_writes_output(sch, outer)
             return sch
+        if output_order:
+            # A stream's: full's phases vectors, the output a stage of its own (its bound is symbolic).
+            sch.vectorize(sch.get_loops(sch.get_sblock(C.FULL))[-1])
         schedule_fold_cpu(sch)
         return sch
 
