@@ -483,7 +483,8 @@ def test_relax_vocoder_example_runs():
     # Idle pools that sleep at once keep PyTorch's turns short (examples/README.md).
     env = {**os.environ, "TVM_THREAD_POOL_SPIN_COUNT": "0", "OMP_WAIT_POLICY": "PASSIVE"}
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "relax_vocoder.py"), "--frames", "1",
-                             "--rounds", "1"], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+                             "--rounds", "1", "--dynamic", "8,13"], capture_output=True, text=True, timeout=600,
+                            cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     diffs = re.findall(r"max relative difference to PyTorch, (.+): (\S+)", result.stdout)
     assert [name for name, _ in diffs] == ["TVM default legalization", "TVM with tvm_convt",
@@ -493,6 +494,11 @@ def test_relax_vocoder_example_runs():
     assert re.search(r"whole generator: TVM default legalization [\d.]+ ms, TVM with tvm_convt [\d.]+ ms, "
                      r"TVM with tvm_convt, conv1d too [\d.]+ ms, conv1d too \+ cpu_pipeline [\d.]+ ms, "
                      r"PyTorch eager [\d.]+ ms", result.stdout), result.stdout
+    # Exported once with a dynamic number of frames: every convolution converted, right at both lengths.
+    assert "42 convolutions computed by tvm_convt, 0 conv1d_transpose and 0 conv1d left to TVM" in result.stdout, \
+        result.stdout
+    dynamic = re.findall(r"(\d+) frames: max relative difference to PyTorch (\S+);", result.stdout)
+    assert [n for n, _ in dynamic] == ["8", "13"] and all(float(d) <= 1e-5 for _, d in dynamic), result.stdout
 
 
 def test_onnx_vocoder_example_converts_every_layer_at_every_length():
