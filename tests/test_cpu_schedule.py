@@ -177,7 +177,8 @@ DIRECT_PLANS = [
     # Rows divide a group's output channels: 6 -> 3, depthwise -> 1.
     (AVX2, P(12, 12, 3, groups=2), 100, (3, 3, 8, False)),
     (INTEL_AVX512, P(8, 8, 7, groups=8, dilation=3), 100, (1, 6, 16, False)),
-    # A reduction of at most 4 steps (a group's input channels times a phase's taps): one vector.
+    # A reduction of at most 4 steps (a group's input channels times a phase's taps): one vector;
+    # of 6 steps, the blocking's 3.
     (AVX2, P(512, 512, 4, stride=2, groups=512), 125, (1, 1, 8, False)),  # mimi_depthwise: 1 x 2
     (INTEL_AVX512, P(16, 16, 4, stride=2, groups=8), 300, (2, 1, 16, False)),  # 2 x 2
     (AVX2, P(16, 16, 5, stride=2, padding=2, groups=8), 300, (2, 3, 8, False)),  # 2 x 3

@@ -218,24 +218,6 @@ def test_functional_at_new_lengths_uses_one_module(monkeypatch):
     assert len(compiled) <= 1 and all(b is None and n is None for _, b, n in compiled)
 
 
-@needs_torch
-def test_new_lengths_tool_counts_one_compile_per_layer(tmp_path):
-    """tools/new_lengths.py (the closing notes' evidence for the converted generator at many lengths),
-    run as a user runs it: two lengths, four modules, the planning of the second length timed."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    tool = Path(__file__).resolve().parent.parent / "tools" / "new_lengths.py"
-    out = tmp_path / "out.json"
-    result = subprocess.run([sys.executable, str(tool), "--lengths", "2", "--steady", "1", "--json", str(out)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(out.read_text())
-    assert report["modules_compiled"] == 4 and [r["compiled_so_far"] for r in report["rows"]] == [4, 4]
-    assert 0 < report["planning_at_a_new_length_ms"]["max"] < report["rows"][1]["steady_ms"]
-
-
 def test_symbolic_module_vectorises_its_tiles():
     """The generated code, not only the result: the register tile of every range's function is
     vector FMAs, with no scalar fallback for the symbolic length."""

@@ -44,12 +44,20 @@ INLINE_BELOW_STORES = 4096
 # 64 KiB that the smallest default thread stacks (musl's 128 KiB) leave comfortable, and the
 # size where a workspace call's 20-40 ns no longer shows beside the loop's work.
 STACK_BYTES = 16384
+# At most this many bytes of such buffers are live on the stack at once along one path (the buffers
+# of a function or closure add up: TVM's allocas carry no lifetimes). A scope kept twice for a size
+# over STACK_BYTES moves no other buffer of symbolic size (the length is then long enough for the
+# workspace calls not to show), so N such buffers in one scope make at most three copies of it.
+STACK_PATH_BYTES = 2 * STACK_BYTES
 
 PIPELINE = "tvm_convt"
 
-# In the modules' cache key (tvm_convt.build.program_key): a program's text shows neither addition, so
-# a change to either changes this.
-KEY = f"{PIPELINE}:inline-below-{INLINE_BELOW_STORES}:stack-{STACK_BYTES}"
+# The passes' own revision, raised with any change of what they make that the constants do not show.
+_REVISION = 2
+
+# In the modules' cache key (tvm_convt.build.program_key): a program's text shows none of the
+# additions, so a change to any changes this.
+KEY = f"{PIPELINE}:{_REVISION}:inline-below-{INLINE_BELOW_STORES}:stack-{STACK_BYTES}-{STACK_PATH_BYTES}"
 
 
 def _int64(e: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -135,17 +143,25 @@ def _seq(parts: list[S.Stmt]) -> S.Stmt:
     return parts[0] if len(parts) == 1 else S.SeqStmt(parts)
 
 
-def _on_stack(alloc: S.AllocBuffer, scope: list[S.Stmt]) -> S.Stmt:
+def _on_stack(alloc: S.AllocBuffer, scope: list[S.Stmt], stacked_bytes: int, symbolic: bool) -> S.Stmt:
     """``alloc`` and the statements in its scope with the buffer on the stack (``STACK_BYTES`` of it
     where its size is not a constant): TVM's code generation makes a buffer it is told not to lower
-    an ``alloca`` at the entry of the function, or of the parallel loop's closure."""
+    an ``alloca`` at the entry of the function, or of the parallel loop's closure. ``stacked_bytes``:
+    the stack this path holds, this buffer included; ``symbolic``: whether buffers of symbolic size may
+    still move."""
     buffer = alloc.buffer
-    size = _bytes(buffer)
-    elements = (size.value if isinstance(size, tirx.IntImm) else STACK_BYTES) // _itemsize(buffer)
+    elements = _stack_bytes(buffer) // _itemsize(buffer)
     stacked = tirx.decl_buffer((elements,), buffer.dtype, buffer.name, scope=buffer.scope(),
                                data_alignment=int(buffer.data_alignment))
     body = tvm_ffi.structural_map(_seq(scope), [(Var, lambda v: stacked if v.same_as(buffer) else v)])
-    return _seq([S.AllocBuffer(stacked, {"disable_lower_builtin": tirx.IntImm("bool", 1)}), _stack(body, True)])
+    return _seq([S.AllocBuffer(stacked, {"disable_lower_builtin": tirx.IntImm("bool", 1)}),
+                 _stack(body, True, stacked_bytes, symbolic)])
+
+
+def _stack_bytes(buffer: tirx.Buffer) -> int:
+    """The stack a buffer takes there: its size, or ``STACK_BYTES`` for a size that is not a constant."""
+    size = _bytes(buffer)
+    return int(size.value) if isinstance(size, tirx.IntImm) else STACK_BYTES
 
 
 def _itemsize(buffer: tirx.Buffer) -> int:
@@ -161,35 +177,50 @@ def _bytes(buffer: tirx.Buffer) -> tirx.PrimExpr:
     return Analyzer().simplify(size)
 
 
-def _stack_in_seq(parts: list[S.Stmt], in_loop: bool) -> list[S.Stmt]:
+def _stackable(part: S.Stmt, in_loop: bool, stacked_bytes: int, symbolic: bool) -> bool:
+    """Whether ``part`` allocates a buffer this pass moves to the stack: inside a loop, global, at
+    least TVM's own 1 KiB bound (under it TVM keeps it on the stack itself), at most ``STACK_BYTES``
+    or (where ``symbolic``) of a size that is not a constant, and within the path's ``STACK_PATH_BYTES``."""
+    if not (in_loop and isinstance(part, S.AllocBuffer) and part.buffer.scope() == "global"):
+        return False
+    size = _bytes(part.buffer)
+    if isinstance(size, tirx.IntImm) and not 1024 <= size.value <= STACK_BYTES:
+        return False
+    if not isinstance(size, tirx.IntImm) and not symbolic:
+        return False
+    return stacked_bytes + _stack_bytes(part.buffer) <= STACK_PATH_BYTES
+
+
+def _stack_in_seq(parts: list[S.Stmt], in_loop: bool, stacked_bytes: int, symbolic: bool) -> list[S.Stmt]:
     """``parts`` (a sequence, where an ``AllocBuffer`` declares its buffer for the statements after
     it) with each buffer allocated inside a loop on the stack where it fits, behind a test of its
     size where that is not a constant."""
     for i, part in enumerate(parts):
-        if in_loop and isinstance(part, S.AllocBuffer) and part.buffer.scope() == "global" and i + 1 < len(parts):
-            size = _bytes(part.buffer)
-            scope = parts[i + 1:]
-            if not isinstance(size, tirx.IntImm):
-                kept = _seq([part, _stack(_seq(scope), in_loop)])
-                return [_stack(p, in_loop) for p in parts[:i]] + [
-                    S.IfThenElse(size <= STACK_BYTES, _on_stack(part, scope), kept)]
-            if 1024 <= size.value <= STACK_BYTES:  # under 1 KiB TVM keeps it on the stack itself
-                return [_stack(p, in_loop) for p in parts[:i]] + [_on_stack(part, scope)]
-    return [_stack(p, in_loop) for p in parts]
+        if i + 1 < len(parts) and _stackable(part, in_loop, stacked_bytes, symbolic):
+            before = [_stack(p, in_loop, stacked_bytes, symbolic) for p in parts[:i]]
+            scope, size = parts[i + 1:], _bytes(part.buffer)
+            stacked = _on_stack(part, scope, stacked_bytes + _stack_bytes(part.buffer), symbolic)
+            if isinstance(size, tirx.IntImm):
+                return before + [stacked]
+            kept = _seq([part, _stack(_seq(scope), in_loop, stacked_bytes, False)])
+            return before + [S.IfThenElse(size <= STACK_BYTES, stacked, kept)]
+    return [_stack(p, in_loop, stacked_bytes, symbolic) for p in parts]
 
 
-def _stack(st: S.Stmt, in_loop: bool) -> S.Stmt:
-    """``st`` through :func:`_stack_in_seq`; ``in_loop``: ``st`` runs inside a loop."""
+def _stack(st: S.Stmt, in_loop: bool, stacked_bytes: int = 0, symbolic: bool = True) -> S.Stmt:
+    """``st`` through :func:`_stack_in_seq`; ``in_loop``: ``st`` runs inside a loop; ``stacked_bytes``:
+    the stack the enclosing scopes' buffers hold; ``symbolic``: whether buffers of symbolic size may move."""
     if isinstance(st, S.SeqStmt):
-        return _seq(_stack_in_seq(list(st.seq), in_loop))
+        return _seq(_stack_in_seq(list(st.seq), in_loop, stacked_bytes, symbolic))
     if isinstance(st, S.AttrStmt):
-        return S.AttrStmt(st.node, st.attr_key, st.value, _stack(st.body, in_loop))
+        return S.AttrStmt(st.node, st.attr_key, st.value, _stack(st.body, in_loop, stacked_bytes, symbolic))
     if isinstance(st, S.IfThenElse):
-        return S.IfThenElse(st.condition, _stack(st.then_case, in_loop),
-                            None if st.else_case is None else _stack(st.else_case, in_loop))
+        then_case = _stack(st.then_case, in_loop, stacked_bytes, symbolic)
+        else_case = None if st.else_case is None else _stack(st.else_case, in_loop, stacked_bytes, symbolic)
+        return S.IfThenElse(st.condition, then_case, else_case)
     if isinstance(st, S.For):
-        return S.For(st.loop_var, st.min, st.extent, st.kind, _stack(st.body, True), st.thread_binding,
-                     st.annotations, st.step)
+        return S.For(st.loop_var, st.min, st.extent, st.kind, _stack(st.body, True, stacked_bytes, symbolic),
+                     st.thread_binding, st.annotations, st.step)
     return st
 
 
