@@ -113,55 +113,53 @@ def _parallel_or_serial(loop: S.For) -> S.Stmt:
     return S.IfThenElse(work >= INLINE_BELOW_STORES, loop, _serial(loop))
 
 
-def _rewrite(st: S.Stmt) -> S.Stmt:
-    """``st`` with each outermost parallel loop through :func:`_parallel_or_serial`."""
+def _with_bodies(st: S.Stmt, visit) -> S.Stmt:
+    """``st`` with ``visit`` applied to the statements it holds (a sequence's parts, an attribute's,
+    a branch's or a loop's body); any other statement as it is."""
     if isinstance(st, S.SeqStmt):
-        return S.SeqStmt([_rewrite(part) for part in st.seq])
+        return S.SeqStmt([visit(part) for part in st.seq])
     if isinstance(st, S.AttrStmt):
-        return S.AttrStmt(st.node, st.attr_key, st.value, _rewrite(st.body))
+        return S.AttrStmt(st.node, st.attr_key, st.value, visit(st.body))
     if isinstance(st, S.IfThenElse):
-        return S.IfThenElse(st.condition, _rewrite(st.then_case),
-                            None if st.else_case is None else _rewrite(st.else_case))
+        return S.IfThenElse(st.condition, visit(st.then_case), None if st.else_case is None else visit(st.else_case))
     if isinstance(st, S.For):
-        if st.kind == S.ForKind.PARALLEL:
-            return _parallel_or_serial(st)
-        return S.For(st.loop_var, st.min, st.extent, st.kind, _rewrite(st.body), st.thread_binding,
-                     st.annotations, st.step)
+        return S.For(st.loop_var, st.min, st.extent, st.kind, visit(st.body), st.thread_binding, st.annotations,
+                     st.step)
     return st
 
 
-@tvm.transform.module_pass(opt_level=0, name="TvmConvtInlineSmallParallel")
-def inline_small_parallel(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    """Every PrimFunc of ``mod`` through :func:`_rewrite`; the loops kept twice then bind their
+def _each_function(mod: tvm.IRModule, rewrite) -> tvm.IRModule:
+    """Every PrimFunc of ``mod`` with its body through ``rewrite``; what a rewrite keeps twice binds its
     variables twice, which ``ConvertSSA`` renames."""
-    functions = {gv: f.with_body(_rewrite(f.body)) if isinstance(f, tirx.PrimFunc) else f
+    functions = {gv: f.with_body(rewrite(f.body)) if isinstance(f, tirx.PrimFunc) else f
                  for gv, f in mod.functions.items()}
     return tirx.transform.ConvertSSA()(tvm.IRModule(functions, attrs=mod.attrs))
 
 
-def _seq(parts: list[S.Stmt]) -> S.Stmt:
-    return parts[0] if len(parts) == 1 else S.SeqStmt(parts)
+def _rewrite(st: S.Stmt) -> S.Stmt:
+    """``st`` with each outermost parallel loop through :func:`_parallel_or_serial`."""
+    if isinstance(st, S.For) and st.kind == S.ForKind.PARALLEL:
+        return _parallel_or_serial(st)
+    return _with_bodies(st, _rewrite)
 
 
-def _on_stack(alloc: S.AllocBuffer, scope: list[S.Stmt], stacked_bytes: int, symbolic: bool) -> S.Stmt:
-    """``alloc`` and the statements in its scope with the buffer on the stack (``STACK_BYTES`` of it
-    where its size is not a constant): TVM's code generation makes a buffer it is told not to lower
-    an ``alloca`` at the entry of the function, or of the parallel loop's closure. ``stacked_bytes``:
-    the stack this path holds, this buffer included; ``symbolic``: whether buffers of symbolic size may
-    still move."""
+@tvm.transform.module_pass(opt_level=0, name="TvmConvtInlineSmallParallel")
+def inline_small_parallel(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Every PrimFunc of ``mod`` through :func:`_rewrite`."""
+    return _each_function(mod, _rewrite)
+
+
+def _on_stack(alloc: S.AllocBuffer, scope: list[S.Stmt], held: int, stacked_bytes: int, symbolic: bool) -> S.Stmt:
+    """``alloc`` and the statements in its scope with the buffer on the stack, ``held`` bytes of it:
+    TVM's code generation makes a buffer it is told not to lower an ``alloca`` at the entry of the
+    function, or of the parallel loop's closure. ``stacked_bytes``: the stack this path holds, this
+    buffer included; ``symbolic``: whether buffers of symbolic size may still move."""
     buffer = alloc.buffer
-    elements = _stack_bytes(buffer) // _itemsize(buffer)
-    stacked = tirx.decl_buffer((elements,), buffer.dtype, buffer.name, scope=buffer.scope(),
+    stacked = tirx.decl_buffer((held // _itemsize(buffer),), buffer.dtype, buffer.name, scope=buffer.scope(),
                                data_alignment=int(buffer.data_alignment))
-    body = tvm_ffi.structural_map(_seq(scope), [(Var, lambda v: stacked if v.same_as(buffer) else v)])
-    return _seq([S.AllocBuffer(stacked, {"disable_lower_builtin": tirx.IntImm("bool", 1)}),
-                 _stack(body, True, stacked_bytes, symbolic)])
-
-
-def _stack_bytes(buffer: tirx.Buffer) -> int:
-    """The stack a buffer takes there: its size, or ``STACK_BYTES`` for a size that is not a constant."""
-    size = _bytes(buffer)
-    return int(size.value) if isinstance(size, tirx.IntImm) else STACK_BYTES
+    body = tvm_ffi.structural_map(tirx.stmt_seq(*scope), [(Var, lambda v: stacked if v.same_as(buffer) else v)])
+    return tirx.stmt_seq(S.AllocBuffer(stacked, {"disable_lower_builtin": tirx.IntImm("bool", 1)}),
+                         _stack(body, True, stacked_bytes, symbolic))
 
 
 def _itemsize(buffer: tirx.Buffer) -> int:
@@ -177,18 +175,23 @@ def _bytes(buffer: tirx.Buffer) -> tirx.PrimExpr:
     return Analyzer().simplify(size)
 
 
-def _stackable(part: S.Stmt, in_loop: bool, stacked_bytes: int, symbolic: bool) -> bool:
-    """Whether ``part`` allocates a buffer this pass moves to the stack: inside a loop, global, at
-    least TVM's own 1 KiB bound (under it TVM keeps it on the stack itself), at most ``STACK_BYTES``
-    or (where ``symbolic``) of a size that is not a constant, and within the path's ``STACK_PATH_BYTES``."""
+def _movable_size(part: S.Stmt, in_loop: bool, stacked_bytes: int, symbolic: bool) -> tirx.PrimExpr | None:
+    """The size in bytes of the buffer ``part`` allocates, where this pass moves it to the stack (else
+    None): inside a loop, global, at least TVM's own 1 KiB bound (under it TVM keeps it on the stack
+    itself), at most ``STACK_BYTES`` or (where ``symbolic``) of a size that is not a constant, and
+    within the path's ``STACK_PATH_BYTES``."""
     if not (in_loop and isinstance(part, S.AllocBuffer) and part.buffer.scope() == "global"):
-        return False
+        return None
     size = _bytes(part.buffer)
-    if isinstance(size, tirx.IntImm) and not 1024 <= size.value <= STACK_BYTES:
-        return False
-    if not isinstance(size, tirx.IntImm) and not symbolic:
-        return False
-    return stacked_bytes + _stack_bytes(part.buffer) <= STACK_PATH_BYTES
+    if isinstance(size, tirx.IntImm):
+        held = int(size.value)
+        if not 1024 <= held <= STACK_BYTES:
+            return None
+    elif symbolic:
+        held = STACK_BYTES
+    else:
+        return None
+    return size if stacked_bytes + held <= STACK_PATH_BYTES else None
 
 
 def _stack_in_seq(parts: list[S.Stmt], in_loop: bool, stacked_bytes: int, symbolic: bool) -> list[S.Stmt]:
@@ -196,14 +199,17 @@ def _stack_in_seq(parts: list[S.Stmt], in_loop: bool, stacked_bytes: int, symbol
     it) with each buffer allocated inside a loop on the stack where it fits, behind a test of its
     size where that is not a constant."""
     for i, part in enumerate(parts):
-        if i + 1 < len(parts) and _stackable(part, in_loop, stacked_bytes, symbolic):
-            before = [_stack(p, in_loop, stacked_bytes, symbolic) for p in parts[:i]]
-            scope, size = parts[i + 1:], _bytes(part.buffer)
-            stacked = _on_stack(part, scope, stacked_bytes + _stack_bytes(part.buffer), symbolic)
-            if isinstance(size, tirx.IntImm):
-                return before + [stacked]
-            kept = _seq([part, _stack(_seq(scope), in_loop, stacked_bytes, False)])
-            return before + [S.IfThenElse(size <= STACK_BYTES, stacked, kept)]
+        size = _movable_size(part, in_loop, stacked_bytes, symbolic) if i + 1 < len(parts) else None
+        if size is None:
+            continue
+        before = [_stack(p, in_loop, stacked_bytes, symbolic) for p in parts[:i]]
+        scope = parts[i + 1:]
+        held = int(size.value) if isinstance(size, tirx.IntImm) else STACK_BYTES
+        stacked = _on_stack(part, scope, held, stacked_bytes + held, symbolic)
+        if isinstance(size, tirx.IntImm):
+            return before + [stacked]
+        kept = tirx.stmt_seq(part, _stack(tirx.stmt_seq(*scope), in_loop, stacked_bytes, False))
+        return before + [S.IfThenElse(size <= STACK_BYTES, stacked, kept)]
     return [_stack(p, in_loop, stacked_bytes, symbolic) for p in parts]
 
 
@@ -211,26 +217,15 @@ def _stack(st: S.Stmt, in_loop: bool, stacked_bytes: int = 0, symbolic: bool = T
     """``st`` through :func:`_stack_in_seq`; ``in_loop``: ``st`` runs inside a loop; ``stacked_bytes``:
     the stack the enclosing scopes' buffers hold; ``symbolic``: whether buffers of symbolic size may move."""
     if isinstance(st, S.SeqStmt):
-        return _seq(_stack_in_seq(list(st.seq), in_loop, stacked_bytes, symbolic))
-    if isinstance(st, S.AttrStmt):
-        return S.AttrStmt(st.node, st.attr_key, st.value, _stack(st.body, in_loop, stacked_bytes, symbolic))
-    if isinstance(st, S.IfThenElse):
-        then_case = _stack(st.then_case, in_loop, stacked_bytes, symbolic)
-        else_case = None if st.else_case is None else _stack(st.else_case, in_loop, stacked_bytes, symbolic)
-        return S.IfThenElse(st.condition, then_case, else_case)
-    if isinstance(st, S.For):
-        return S.For(st.loop_var, st.min, st.extent, st.kind, _stack(st.body, True, stacked_bytes, symbolic),
-                     st.thread_binding, st.annotations, st.step)
-    return st
+        return tirx.stmt_seq(*_stack_in_seq(list(st.seq), in_loop, stacked_bytes, symbolic))
+    inside = in_loop or isinstance(st, S.For)
+    return _with_bodies(st, lambda body: _stack(body, inside, stacked_bytes, symbolic))
 
 
 @tvm.transform.module_pass(opt_level=0, name="TvmConvtStackLoopBuffers")
 def stack_loop_buffers(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-    """Every PrimFunc of ``mod`` through :func:`_stack`; the scopes kept twice then bind their
-    variables twice, which ``ConvertSSA`` renames."""
-    functions = {gv: f.with_body(_stack(f.body, False)) if isinstance(f, tirx.PrimFunc) else f
-                 for gv, f in mod.functions.items()}
-    return tirx.transform.ConvertSSA()(tvm.IRModule(functions, attrs=mod.attrs))
+    """Every PrimFunc of ``mod`` through :func:`_stack`."""
+    return _each_function(mod, lambda body: _stack(body, False))
 
 
 def declare_input_alignment(mod: tvm.IRModule, alignment: int) -> tvm.IRModule:
