@@ -11,7 +11,7 @@ import tvm_convt
 from tvm_convt import compute as C
 from tvm_convt.params import ConvTranspose1dParams, Workload
 from tvm_convt.schedule import cpu, cpu_direct, schedule_form
-from tvm_convt.schedule.common import blocks_writing
+from tvm_convt.schedule.common import blocks_writing, read_index
 from tvm_convt.target import _host_cpu_features, missing_cpu_support, resolve_target
 
 from test_operator import _check
@@ -244,6 +244,35 @@ def test_direct_rule_code_paths(target, p, batch, length):
     if target is AVX2 and not _host_has("avx2"):
         pytest.skip("needs an x86-64 CPU with AVX2 to run AVX2 code")
     _direct_check(p, batch, length, target)
+
+
+STRIDED_DIRECT = [c[0] for c in DIRECT_CASES if c[1].stride > 1 and c[1].padding_mode == "zeros"]
+
+
+def _full_rank(target, p, length) -> int:
+    """The rank of the direct rule's ``full``: 3 in output order (batch, channel, sample), 4 by phase."""
+    w = Workload(p, 1, length)
+    sch = cpu_direct.CpuDirectRule().apply(C.prim_func(w, C.DIRECT), w, resolve_target(target))
+    out = sch.get_sblock(C.OUT)
+    return len(sch.get(out).reads[read_index(sch, out, C.FULL)].source.shape)
+
+
+def test_direct_rule_output_order_per_core():
+    """AVX2 tiles store whole vectors of one phase, the output stage interleaving them; AVX-512 tiles
+    scatter into output order (``CpuArch.direct_output_order``)."""
+    p = P(32, 32, 8, stride=4, padding=2, groups=2)
+    assert _full_rank(AVX2, p, 70) == 4
+    assert _full_rank(INTEL_AVX512, p, 70) == 3
+
+
+@pytest.mark.parametrize("order", [True, False])
+@pytest.mark.parametrize("name", STRIDED_DIRECT)
+def test_direct_rule_both_output_orders_are_exact(name, order):
+    """The direct rule's two stores of ``full`` (``CpuArch.direct_output_order``, a tuned field) on the
+    host, in each of its strided zeros-mode paths."""
+    _, p, batch, length = next(c for c in DIRECT_CASES if c[0] == name)
+    with cpu.tuned_fields({"direct_output_order": order}):
+        _direct_check(p, batch, length, "llvm")
 
 
 @pytest.mark.parametrize("p, batch, length", [

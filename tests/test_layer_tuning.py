@@ -44,6 +44,7 @@ def host():
     ({"gather_tile_bytes": -1}, "positive integer or null"),
     ({"direct_resident_input_bytes": None}, "must be a positive integer, got None"),
     ({"strided_direct_channels": 1.5}, "strided_direct_channels"),
+    ({"direct_output_order": 1}, "direct_output_order must be true or false, got 1"),
 ])
 def test_tuned_fields_are_checked(fields, message):
     with pytest.raises(ValueError, match=message):

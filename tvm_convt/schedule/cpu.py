@@ -50,7 +50,8 @@ def full_in_output_order(sch: s_tir.Schedule, workload: Workload) -> bool:
     also do (for each tap) in ``col``'s row, so the GEMM rule's loop over the phases is a
     vector load and add, where the phase order read ``col`` one scalar per output. The
     output stage then reads along the samples. (The direct rule writes each tile's
-    positions of one phase at once, after its reduction.)
+    positions of one phase at once, after its reduction, in output order where the core's
+    ``CpuArch.direct_output_order`` says so.)
 
     Zeros mode only: with the folds of the other modes, TVM 0.27 rewrites one of their
     clamped margin indices wrongly (reflect, stride 2: ``15 - l`` for ``16 - l``).
@@ -158,7 +159,10 @@ class CpuArch:
     any; past it the blocked form, which keeps ``col`` in cache, can be faster). Layers of the
     GEMM form whose ``col`` would exceed ``blocked_col_bytes`` (None: never) take the blocked form, ``col`` made and gathered a block of samples at a
     time, where it reads the weight at most ``blocked_weight_reads`` times the bytes of ``col``
-    (:func:`tvm_convt.schedule.cpu_blocked.blocked_gemm`).
+    (:func:`tvm_convt.schedule.cpu_blocked.blocked_gemm`). With ``direct_output_order`` the direct
+    rule stores ``full`` in output order (zeros mode, strided: :func:`full_in_output_order`), each tile
+    scattering its phase one float at a time; without it a tile stores whole vectors of its phase and
+    the output stage interleaves the phases.
     """
 
     vector_bits: int
@@ -176,6 +180,7 @@ class CpuArch:
     strided_direct_col_bytes: int | None = None
     blocked_col_bytes: int | None = 8 << 20
     blocked_weight_reads: float = 6.0
+    direct_output_order: bool = True
 
     def __post_init__(self) -> None:
         for vectors, rows in self.gemm_blockings:
@@ -194,8 +199,11 @@ class CpuArch:
 # spilled accumulators on dilated_s1, 4 x 4 does not.
 # Zen 3's strided layers of up to 64 input channels run faster in the direct form while col would fit
 # the blocked form's threshold (hifigan_v1_up3, encodec_up3: 1.15-1.3x; 128 channels: not faster).
+# Its direct tiles store vectors of one phase: a tile's scatter into output order cost more than the
+# output stage's interleave (mimi_depthwise 1.1-1.6x, the strided direct layers 1.05x; AVX-512 code
+# measured the other way, 0.97x on grouped_g8).
 _AVX2 = CpuArch(vector_bits=256, registers=16, gemm_blockings=((2, 6), (1, 12)),
-                strided_direct_channels=64, strided_direct_col_bytes=8 << 20)
+                strided_direct_channels=64, strided_direct_col_bytes=8 << 20, direct_output_order=False)
 CPU_ARCHS: dict[str, CpuArch] = {
     "avx512": CpuArch(vector_bits=512, registers=32, gemm_blockings=((4, 6), (2, 12), (1, 12)),
                       direct_blocking=(4, 6), gather_tile_bytes=32768, blocked_weight_reads=12.0),

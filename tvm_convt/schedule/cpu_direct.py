@@ -200,7 +200,8 @@ class CpuDirectRule:
             outer = _channel_blocks_outer(sch, loops, plan, output_inside)
         _register_tiles(sch, outer)
         # After the tiles' register caches are made, so that those stay compact.
-        full_in_output_order(sch, workload)
+        if cpu_arch(target).direct_output_order:
+            full_in_output_order(sch, workload)
         parallel_outer(sch, sch.get_sblock(C.X_PAD), 2)
         if is_symbolic(sch):
             # Split where the input starts and ends: the copy between is then plain vector moves,

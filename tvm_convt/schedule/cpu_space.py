@@ -49,6 +49,7 @@ def tuning_space(arch: CpuArch) -> dict[str, list[Any]]:
         "direct_blocking": _direct_blockings(arch),
         "gemm_channel_block": list(_CHANNEL_BLOCKS),
         "strided_direct_channels": [0, ANY_CHANNELS],
+        "direct_output_order": [True, False],
         **{name: list(values) for name, values in _BYTES.items()},
     }
     for name, values in space.items():
@@ -59,7 +60,7 @@ def tuning_space(arch: CpuArch) -> dict[str, list[Any]]:
 
 
 TUNABLE = ("gemm_blockings", "direct_blocking", "gemm_channel_block", "strided_direct_channels",
-           *_BYTES)
+           "direct_output_order", *_BYTES)
 
 
 def _as_value(name: str, value: Any) -> Any:
@@ -75,6 +76,10 @@ def _as_value(name: str, value: Any) -> Any:
         return tuple(pair(v) for v in value)
     if name == "direct_blocking":
         return pair(value)
+    if name == "direct_output_order":
+        if type(value) is not bool:
+            raise ValueError(f"{OP}: tuned field direct_output_order must be true or false, got {value!r}")
+        return value
     optional = name in ("gemm_channel_block", "gather_tile_bytes", "blocked_col_bytes")
     if (value is None and optional) or (type(value) is int and value >= (0 if name == "strided_direct_channels" else 1)):
         return value
