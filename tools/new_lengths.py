@@ -7,7 +7,9 @@ single call, which the steady calls' spread around their median shows).
     .venv/bin/python tools/new_lengths.py --lengths 20 --json out.json
 
 Run it with an empty cache (``TVM_CONVT_CACHE=$(mktemp -d)``) to count compiles; the first length
-compiles the four upsampling layers' symbolic modules, every later one should compile nothing.
+compiles the four upsampling layers' symbolic modules, every later one should compile nothing. Beside
+the whole call it times the four tvm_convt layers alone (forward hooks) and the same generator in PyTorch
+eager at the same lengths, whose own first calls at a new shape are the reference for the rest.
 """
 
 from __future__ import annotations
@@ -30,6 +32,65 @@ import tvm_convt.torch as tt  # noqa: E402
 from tvm_convt.torch import op  # noqa: E402
 from tvm_convt import build  # noqa: E402
 from tvm_convt.runtime.module import _MODULES  # noqa: E402
+from tvm_convt.torch.module import ConvTranspose1d as TvmConvTranspose1d  # noqa: E402
+
+
+def _layer_timer(model: torch.nn.Module) -> list[float]:
+    """Seconds each call of ``model``'s tvm_convt layers takes, appended per layer call (forward hooks)."""
+    spent: list[float] = []
+    started: list[float] = []
+    for layer in model.modules():
+        if isinstance(layer, TvmConvTranspose1d):
+            layer.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
+            layer.register_forward_hook(lambda *_: spent.append(time.perf_counter() - started.pop()))
+    return spent
+
+
+def _timed(model: torch.nn.Module, mel: torch.Tensor) -> float:
+    start = time.perf_counter()
+    model(mel)
+    return time.perf_counter() - start
+
+
+def _ratios(values: list[float]) -> dict:
+    return {"median": statistics.median(values) if values else None, "max": max(values) if values else None,
+            "above_1.1": sum(v > 1.1 for v in values), "of": len(values)}
+
+
+def _at_length(model, eager, mel, steady: int, planning: list[float], layers: list[float]) -> dict:
+    """The first call at this length and ``steady`` more, of the converted model (and of its tvm_convt
+    layers alone), then of the eager one: milliseconds."""
+    planning.clear()
+    layers.clear()
+    first = _timed(model, mel)
+    first_layers = sum(layers)
+    calls, layer_calls = [], []
+    for _ in range(steady):
+        layers.clear()
+        calls.append(_timed(model, mel))
+        layer_calls.append(sum(layers))
+    eager_first = _timed(eager, mel)
+    eager_calls = [_timed(eager, mel) for _ in range(steady)]
+    ms = 1e3
+    return {"first_ms": first * ms, "steady_ms": statistics.median(calls) * ms, "steady_calls_ms": [t * ms for t in calls],
+            "planning_ms": sum(planning) * ms, "layers_first_ms": first_layers * ms,
+            "layers_steady_ms": statistics.median(layer_calls) * ms,
+            "eager_first_ms": eager_first * ms, "eager_steady_ms": statistics.median(eager_calls) * ms}
+
+
+def _summary(rows: list[dict], compiled: list[str]) -> dict:
+    later = rows[1:]
+    # The noise a single call carries here: each steady call against its own length's median, the
+    # same statistic as the first call's, for a call that compiles and plans nothing.
+    single = [t / r["steady_ms"] for r in later for t in r["steady_calls_ms"]]
+    return {"modules_compiled": len(compiled), "modules_in_process": len(_MODULES._modules),
+            "first_over_steady_after_the_first_length": _ratios([r["first_ms"] / r["steady_ms"] for r in later]),
+            "tvm_convt_layers_first_over_steady": _ratios([r["layers_first_ms"] / r["layers_steady_ms"] for r in later]),
+            "eager_first_over_steady": _ratios([r["eager_first_ms"] / r["eager_steady_ms"] for r in later]),
+            "planning_at_a_new_length_ms": {"max": max(r["planning_ms"] for r in later) if later else None,
+                                             "share_of_the_call_max": max(r["planning_ms"] / r["steady_ms"]
+                                                                          for r in later) if later else None},
+            "a_steady_call_over_its_median": _ratios(single)}
 
 
 def main() -> int:
@@ -39,7 +100,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = tt.convert(copy.deepcopy(Generator(**V1).eval()))
+    eager = Generator(**V1).eval()
+    model = tt.convert(copy.deepcopy(eager))
+    layers = _layer_timer(model)
     compiled: list[str] = []
     original = build._compile_into
 
@@ -64,37 +127,15 @@ def main() -> int:
     with torch.no_grad():
         for i in range(args.lengths):
             frames = 40 + i * step
-            mel = torch.randn(1, 80, frames)
-            planning.clear()
-            start = time.perf_counter()
-            model(mel)
-            first = time.perf_counter() - start
-            steady = []
-            for _ in range(args.steady):
-                start = time.perf_counter()
-                model(mel)
-                steady.append(time.perf_counter() - start)
-            rows.append({"frames": frames, "first_ms": first * 1e3, "steady_ms": statistics.median(steady) * 1e3,
-                         "steady_calls_ms": [t * 1e3 for t in steady], "planning_ms": sum(planning) * 1e3,
-                         "compiled_so_far": len(compiled)})
-            print(f"{frames:4d} frames: first {first * 1e3:8.1f} ms, steady {rows[-1]['steady_ms']:8.1f} ms, "
-                  f"ratio {first / statistics.median(steady):5.2f}, tvm_convt planning {sum(planning) * 1e3:7.2f} ms, "
-                  f"modules compiled so far {len(compiled)}",
-                  flush=True)
-    later = [r["first_ms"] / r["steady_ms"] for r in rows[1:]]
-    # The noise a single call carries here: each steady call against its own length's median, the
-    # same statistic as the first call's, for a call that compiles and plans nothing.
-    single = [t / r["steady_ms"] for r in rows[1:] for t in r["steady_calls_ms"]]
-    summary = {"modules_compiled": len(compiled), "modules_in_process": len(_MODULES._modules),
-               "first_over_steady_after_the_first_length": {
-                   "median": statistics.median(later) if later else None, "max": max(later) if later else None,
-                   "above_1.1": sum(r > 1.1 for r in later), "of": len(later)},
-               "planning_at_a_new_length_ms": {"max": max(r["planning_ms"] for r in rows[1:]) if later else None,
-                                                "share_of_the_call_max": max(r["planning_ms"] / r["steady_ms"]
-                                                                             for r in rows[1:]) if later else None},
-               "a_steady_call_over_its_median": {
-                   "median": statistics.median(single) if single else None, "max": max(single) if single else None,
-                   "above_1.1": sum(r > 1.1 for r in single), "of": len(single)}}
+            row = {"frames": frames, **_at_length(model, eager, torch.randn(1, 80, frames), args.steady, planning, layers),
+                   "compiled_so_far": len(compiled)}
+            rows.append(row)
+            print(f"{frames:4d} frames: first {row['first_ms']:8.1f} ms, steady {row['steady_ms']:8.1f} ms, "
+                  f"ratio {row['first_ms'] / row['steady_ms']:5.2f} (tvm_convt's layers "
+                  f"{row['layers_first_ms'] / row['layers_steady_ms']:5.2f}, PyTorch eager "
+                  f"{row['eager_first_ms'] / row['eager_steady_ms']:5.2f}), tvm_convt planning "
+                  f"{row['planning_ms']:7.2f} ms, modules compiled so far {len(compiled)}", flush=True)
+    summary = _summary(rows, compiled)
     print(json.dumps(summary, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps({"rows": rows, **summary}, indent=2) + "\n")
