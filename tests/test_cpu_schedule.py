@@ -12,8 +12,10 @@ from tvm_convt import compute as C
 from tvm_convt.params import ConvTranspose1dParams, Workload
 from tvm_convt.schedule import cpu, cpu_direct, schedule_form
 from tvm_convt.schedule.common import blocks_writing, read_index
+from tvm_convt.reference import conv_transpose1d_reference
 from tvm_convt.target import _host_cpu_features, missing_cpu_support, resolve_target
 
+from conftest import assert_close, random_inputs
 from test_operator import _check
 
 P = ConvTranspose1dParams
@@ -272,7 +274,52 @@ def test_direct_rule_both_output_orders_are_exact(name, order):
     host, in each of its strided zeros-mode paths."""
     _, p, batch, length = next(c for c in DIRECT_CASES if c[0] == name)
     with cpu.tuned_fields({"direct_output_order": order}):
+        assert _full_rank("llvm", p, length) == (3 if order else 4)
         _direct_check(p, batch, length, "llvm")
+
+
+# Strided layers of the direct form whose output stage interleaves phases stored apart: each block's
+# output (depthwise, stride 3, output_padding; grouped, stride 2), and a stage of its own (the output
+# length no multiple of the stride: a ragged last phase).
+INTERLEAVED = [
+    ("depthwise-stride3", P(32, 32, 6, stride=3, padding=1, output_padding=2, groups=32)),
+    ("grouped-stride2", P(32, 32, 4, stride=2, padding=1, groups=2)),
+    ("grouped-stride4-ragged", P(32, 32, 8, stride=4, padding=1, groups=2)),
+]
+
+
+@pytest.mark.parametrize("samples_outer", [False, True], ids=["blocks-outer", "samples-outer"])
+@pytest.mark.parametrize("p", [c[1] for c in INTERLEAVED], ids=[c[0] for c in INTERLEAVED])
+def test_direct_rule_interleaved_output_is_exact_at_ragged_lengths(monkeypatch, p, samples_outer):
+    """The output stage reads a vector of each phase and stores them interleaved; its loop splits
+    where a ragged end needs a predicate. Static modules at lengths around whole vectors, and one
+    symbolic module at all of them."""
+    target = resolve_target("llvm")
+    if samples_outer:
+        small = dataclasses.replace(cpu.cpu_arch(target), direct_resident_input_bytes=0)
+        monkeypatch.setattr(cpu_direct, "cpu_arch", lambda _target: small)
+    assert _full_rank(AVX2, p, 70) == 4
+    assert cpu_direct.direct_plan(Workload(p, 1, 63), target).samples_outer == samples_outer
+    lengths = (1, 7, 8, 9, 17, 40, 63)
+    for length in (8, 9, 63):
+        _direct_check(p, 2, length, "llvm")
+    compiled = tvm_convt.compile(p, target="llvm", use_cache=False)
+    for i, length in enumerate(lengths):
+        x, w, b = random_inputs(p, 1 + i % 2, length, "float32", seed=i)
+        assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, p), "float32")
+
+
+def test_direct_rule_interleaves_with_shuffles():
+    """The generated code: the output stage of a stride-2 layer interleaves whole vectors of the two
+    phases (unpack shuffles) and stores vectors, where a vector along the output loaded each lane."""
+    import tvm
+
+    p = P(64, 64, 4, stride=2, padding=1, groups=64)
+    w = Workload(p, 1, 128)
+    target = resolve_target(AVX2)
+    sch = cpu_direct.CpuDirectRule().apply(C.prim_func(w, C.DIRECT), w, target)
+    asm = tvm.compile(sch.mod, target=target).mod.inspect_source("asm")
+    assert "vunpcklps" in asm and "vunpckhps" in asm
 
 
 @pytest.mark.parametrize("p, batch, length", [

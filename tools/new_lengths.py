@@ -8,8 +8,9 @@ single call, which the steady calls' spread around their median shows).
 
 Run it with an empty cache (``TVM_CONVT_CACHE=$(mktemp -d)``) to count compiles; the first length
 compiles the four upsampling layers' symbolic modules, every later one should compile nothing. Beside
-the whole call it times the four tvm_convt layers alone (forward hooks) and the same generator in PyTorch
-eager at the same lengths, whose own first calls at a new shape are the reference for the rest.
+the whole call it times the four tvm_convt layers alone (forward hooks), and the same generator in PyTorch
+eager at lengths one frame longer (new to the process too), whose own first calls at a new shape are the
+reference for the rest of the converted model's.
 """
 
 from __future__ import annotations
@@ -35,15 +36,21 @@ from tvm_convt.runtime.module import _MODULES  # noqa: E402
 from tvm_convt.torch.module import ConvTranspose1d as TvmConvTranspose1d  # noqa: E402
 
 
-def _layer_timer(model: torch.nn.Module) -> list[float]:
-    """Seconds each call of ``model``'s tvm_convt layers takes, appended per layer call (forward hooks)."""
-    spent: list[float] = []
-    started: list[float] = []
-    for layer in model.modules():
-        if isinstance(layer, TvmConvTranspose1d):
-            layer.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
-            layer.register_forward_hook(lambda *_: spent.append(time.perf_counter() - started.pop()))
-    return spent
+class _LayerTimer:
+    """Forward hooks on ``model``'s layers of type ``kind``: the seconds of each call (``spent``) and
+    how many calls there were (``calls``) since :meth:`clear`."""
+
+    def __init__(self, model: torch.nn.Module, kind: type) -> None:
+        self.spent: list[float] = []
+        self._started: list[float] = []
+        for layer in model.modules():
+            if type(layer) is kind:
+                layer.register_forward_pre_hook(lambda *_: self._started.append(time.perf_counter()))
+                layer.register_forward_hook(lambda *_: self.spent.append(time.perf_counter() - self._started.pop()))
+
+    def clear(self) -> None:
+        self.spent.clear()
+        self._started.clear()
 
 
 def _timed(model: torch.nn.Module, mel: torch.Tensor) -> float:
@@ -57,25 +64,36 @@ def _ratios(values: list[float]) -> dict:
             "above_1.1": sum(v > 1.1 for v in values), "of": len(values)}
 
 
-def _at_length(model, eager, mel, steady: int, planning: list[float], layers: list[float]) -> dict:
-    """The first call at this length and ``steady`` more, of the converted model (and of its tvm_convt
-    layers alone), then of the eager one: milliseconds."""
+MS = 1e3  # seconds to milliseconds
+
+
+def _converted_at(model, mel, steady: int, planning: list[float], layers: _LayerTimer) -> dict:
+    """The converted model's first call at this length and ``steady`` more, whole and in its tvm_convt
+    layers alone: milliseconds."""
     planning.clear()
     layers.clear()
     first = _timed(model, mel)
-    first_layers = sum(layers)
+    first_layers = sum(layers.spent)
     calls, layer_calls = [], []
     for _ in range(steady):
         layers.clear()
         calls.append(_timed(model, mel))
-        layer_calls.append(sum(layers))
-    eager_first = _timed(eager, mel)
-    eager_calls = [_timed(eager, mel) for _ in range(steady)]
-    ms = 1e3
-    return {"first_ms": first * ms, "steady_ms": statistics.median(calls) * ms, "steady_calls_ms": [t * ms for t in calls],
-            "planning_ms": sum(planning) * ms, "layers_first_ms": first_layers * ms,
-            "layers_steady_ms": statistics.median(layer_calls) * ms,
-            "eager_first_ms": eager_first * ms, "eager_steady_ms": statistics.median(eager_calls) * ms}
+        layer_calls.append(sum(layers.spent))
+    return {"first_ms": first * MS, "steady_ms": statistics.median(calls) * MS,
+            "steady_calls_ms": [t * MS for t in calls], "planning_ms": sum(planning) * MS,
+            "layers_first_ms": first_layers * MS, "layers_steady_ms": statistics.median(layer_calls) * MS}
+
+
+def _eager_at(eager, frames: int, steady: int, transposed: _LayerTimer) -> dict:
+    """PyTorch eager's first call and ``steady`` more at ``frames``, a length the converted model never
+    runs (PyTorch's shape caches are the process's: at the converted model's own length, its Conv1d
+    layers would have met the shape already): milliseconds, and its ConvTranspose1d calls."""
+    mel = torch.randn(1, 80, frames)
+    transposed.clear()
+    first = _timed(eager, mel)
+    calls = [_timed(eager, mel) for _ in range(steady)]
+    return {"eager_frames": frames, "eager_first_ms": first * MS, "eager_steady_ms": statistics.median(calls) * MS,
+            "eager_transposed_calls": len(transposed.spent)}
 
 
 def _summary(rows: list[dict], compiled: list[str]) -> dict:
@@ -85,7 +103,8 @@ def _summary(rows: list[dict], compiled: list[str]) -> dict:
     single = [t / r["steady_ms"] for r in later for t in r["steady_calls_ms"]]
     return {"modules_compiled": len(compiled), "modules_in_process": len(_MODULES._modules),
             "first_over_steady_after_the_first_length": _ratios([r["first_ms"] / r["steady_ms"] for r in later]),
-            "tvm_convt_layers_first_over_steady": _ratios([r["layers_first_ms"] / r["layers_steady_ms"] for r in later]),
+            "tvm_convt_layers_first_over_steady": _ratios([r["layers_first_ms"] / r["layers_steady_ms"]
+                                                           for r in later]),
             "eager_first_over_steady": _ratios([r["eager_first_ms"] / r["eager_steady_ms"] for r in later]),
             "planning_at_a_new_length_ms": {"max": max(r["planning_ms"] for r in later) if later else None,
                                              "share_of_the_call_max": max(r["planning_ms"] / r["steady_ms"]
@@ -102,7 +121,8 @@ def main() -> int:
     torch.manual_seed(0)
     eager = Generator(**V1).eval()
     model = tt.convert(copy.deepcopy(eager))
-    layers = _layer_timer(model)
+    layers = _LayerTimer(model, TvmConvTranspose1d)
+    eager_transposed = _LayerTimer(eager, torch.nn.ConvTranspose1d)
     compiled: list[str] = []
     original = build._compile_into
 
@@ -122,13 +142,14 @@ def main() -> int:
             planning.append(time.perf_counter() - start)
 
     op._make_plan = timed_plan
-    step = max(1, 210 // args.lengths)
+    # Even steps: the eager generator's lengths (one frame longer) are never the converted model's.
+    step = max(2, 210 // args.lengths)
     rows = []
     with torch.no_grad():
         for i in range(args.lengths):
             frames = 40 + i * step
-            row = {"frames": frames, **_at_length(model, eager, torch.randn(1, 80, frames), args.steady, planning, layers),
-                   "compiled_so_far": len(compiled)}
+            row = {"frames": frames, **_converted_at(model, torch.randn(1, 80, frames), args.steady, planning, layers),
+                   **_eager_at(eager, frames + 1, args.steady, eager_transposed), "compiled_so_far": len(compiled)}
             rows.append(row)
             print(f"{frames:4d} frames: first {row['first_ms']:8.1f} ms, steady {row['steady_ms']:8.1f} ms, "
                   f"ratio {row['first_ms'] / row['steady_ms']:5.2f} (tvm_convt's layers "

@@ -199,9 +199,8 @@ class CpuArch:
 # spilled accumulators on dilated_s1, 4 x 4 does not.
 # Zen 3's strided layers of up to 64 input channels run faster in the direct form while col would fit
 # the blocked form's threshold (hifigan_v1_up3, encodec_up3: 1.15-1.3x; 128 channels: not faster).
-# Its direct tiles store vectors of one phase: a tile's scatter into output order cost more than the
-# output stage's interleave (mimi_depthwise 1.1-1.6x, the strided direct layers 1.05x; AVX-512 code
-# measured the other way, 0.97x on grouped_g8).
+# Its direct tiles store whole vectors of one phase, which the output stage interleaves: faster than
+# scattering each tile into output order (docs/performance.md); AVX-512, not measured so, keeps that.
 _AVX2 = CpuArch(vector_bits=256, registers=16, gemm_blockings=((2, 6), (1, 12)),
                 strided_direct_channels=64, strided_direct_col_bytes=8 << 20, direct_output_order=False)
 CPU_ARCHS: dict[str, CpuArch] = {

@@ -19,7 +19,7 @@ from tvm.target import Target
 
 from .. import compute as C
 from ..params import ConvTranspose1dParams, Workload, itemsize
-from .common import CPU_ACCUMULATOR_SCOPE, blocks_writing, is_symbolic, read_index
+from .common import CPU_ACCUMULATOR_SCOPE, blocks_writing, has_block, is_symbolic, read_index
 from .cpu import col_row_bytes, cpu_arch, cpu_vector_lanes, full_in_output_order, parallel_outer, schedule_fold_cpu
 
 
@@ -145,12 +145,13 @@ def _channel_blocks_outer(sch: s_tir.Schedule, loops, plan: DirectPlan,
 
 
 def _samples_outer(sch: s_tir.Schedule, loops, plan: DirectPlan) -> s_tir.schedule.LoopRV:
-    """Parallel over the tiles of positions of each (batch, phase); every channel block
-    passes over a tile while its window of the input is in cache. The last tile is a
-    loop of its own, parallel over its channel blocks. Returns the (batch, phase) loop."""
+    """Parallel over the tiles of positions of each batch; every phase and channel block
+    passes over a tile while its window of the input is in cache (the phases read the same
+    window: with the phases outside, the input streamed from memory once per phase). The last
+    tile is a loop of its own, parallel over its channel blocks. Returns the batch loop."""
     n, cob, r, tile, red_outer, red_inner, row, vector, lane = loops
-    sch.reorder(n, r, tile, cob, red_outer, red_inner, row, vector, lane)
-    outer = sch.fuse(n, r)
+    sch.reorder(n, tile, r, cob, red_outer, red_inner, row, vector, lane)
+    outer = n
     whole = plan.positions // plan.width
     # A symbolic function's positions run to whole tiles.
     if not is_symbolic(sch) and plan.positions % plan.width and whole:
@@ -200,18 +201,20 @@ class CpuDirectRule:
             outer = _channel_blocks_outer(sch, loops, plan, output_inside)
         _register_tiles(sch, outer)
         # After the tiles' register caches are made, so that those stay compact.
-        if cpu_arch(target).direct_output_order:
-            full_in_output_order(sch, workload)
+        output_order = cpu_arch(target).direct_output_order and full_in_output_order(sch, workload)
         parallel_outer(sch, sch.get_sblock(C.X_PAD), 2)
         if is_symbolic(sch):
             # Split where the input starts and ends: the copy between is then plain vector moves,
             # where a bounds check on every sample made LLVM mask each load.
             sch.annotate(sch.get_loops(sch.get_sblock(C.X_PAD))[-1], "pragma_loop_partition_hint", 1)
-        if output_inside:
-            if not is_symbolic(sch):  # a symbolic output's length is no known multiple of the lanes
-                _vectorize_output(sch, workload, plan.lanes)
-        else:
+        if not output_inside:
             schedule_fold_cpu(sch)
+        p = workload.params
+        # (Not a stream's kernel, whose output stage also reads the partial sums carried over.)
+        if p.stride > 1 and p.padding_mode == "zeros" and not output_order and not has_block(sch, C.STATE_OUT):
+            _interleave_output(sch, workload, plan.lanes)
+        elif output_inside and not is_symbolic(sch):  # a symbolic output's length is no known multiple of the lanes
+            _vectorize_output(sch, workload, plan.lanes)
         return sch
 
 
@@ -229,6 +232,20 @@ def _output_follows_blocks(workload: Workload) -> bool:
     p = workload.params
     whole = p.stride == 1 or p.padding % p.stride == 0 or p.output_length_of(1) % p.stride == 0
     return p.padding_mode == "zeros" and whole
+
+
+def _interleave_output(sch: s_tir.Schedule, workload: Workload, lanes: int) -> None:
+    """The output stage of a ``full`` stored by phase: output position ``stride * a + b`` reads
+    phase position ``a`` (shifted by the padding), so with ``b`` outside a vector of ``a`` each phase
+    is a vector load, and LLVM interleaves the phases' vectors with shuffles into whole vector
+    stores, where a vector along the output gathered each lane with a load of its own. The loop of
+    ``a`` splits where a ragged end needs a predicate (``pragma_loop_partition_hint``)."""
+    l = sch.get_loops(sch.get_sblock(C.OUT))[-1]
+    a, b = sch.split(l, [None, workload.params.stride])
+    tile, lane = sch.split(a, [None, lanes])
+    sch.reorder(tile, b, lane)
+    sch.vectorize(lane)
+    sch.annotate(tile, "pragma_loop_partition_hint", 1)
 
 
 def _vectorize_output(sch: s_tir.Schedule, workload: Workload, lanes: int) -> None:
