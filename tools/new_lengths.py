@@ -37,8 +37,8 @@ from tvm_convt.torch.module import ConvTranspose1d as TvmConvTranspose1d  # noqa
 
 
 class _LayerTimer:
-    """Forward hooks on ``model``'s layers of type ``kind``: the seconds of each call (``spent``) and
-    how many calls there were (``calls``) since :meth:`clear`."""
+    """Forward hooks on ``model``'s layers of type ``kind``: the seconds of each call since :meth:`clear`
+    (``spent``, one entry a call)."""
 
     def __init__(self, model: torch.nn.Module, kind: type) -> None:
         self.spent: list[float] = []

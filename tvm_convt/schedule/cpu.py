@@ -42,6 +42,12 @@ def _gather_tiles(sch: s_tir.Schedule, rows: int, by_phase: bool) -> s_tir.sched
     return sch.fuse(n, qo)
 
 
+def output_order_applies(workload: Workload) -> bool:
+    """Whether ``full`` may be read in output order: a strided layer in zeros mode (see
+    :func:`full_in_output_order`)."""
+    return workload.params.stride > 1 and workload.params.padding_mode == "zeros"
+
+
 def full_in_output_order(sch: s_tir.Schedule, workload: Workload) -> bool:
     """Store ``full`` in output order, (batch, channel, position * stride + phase), when the
     layer is strided and in zeros mode; return whether it was.
@@ -56,12 +62,12 @@ def full_in_output_order(sch: s_tir.Schedule, workload: Workload) -> bool:
     Zeros mode only: with the folds of the other modes, TVM 0.27 rewrites one of their
     clamped margin indices wrongly (reflect, stride 2: ``15 - l`` for ``16 - l``).
     """
-    p = workload.params
-    if p.stride == 1 or p.padding_mode != "zeros":
+    if not output_order_applies(workload):
         return False
+    stride = workload.params.stride
     out = sch.get_sblock(C.OUT)
     sch.transform_layout(out, ("read", read_index(sch, out, C.FULL)),
-                         lambda n, co, r, q: (n, co, q * p.stride + r))
+                         lambda n, co, r, q: (n, co, q * stride + r))
     return True
 
 

@@ -20,7 +20,8 @@ from tvm.target import Target
 from .. import compute as C
 from ..params import ConvTranspose1dParams, Workload, itemsize
 from .common import CPU_ACCUMULATOR_SCOPE, blocks_writing, has_block, is_symbolic, read_index
-from .cpu import col_row_bytes, cpu_arch, cpu_vector_lanes, full_in_output_order, parallel_outer, schedule_fold_cpu
+from .cpu import (col_row_bytes, cpu_arch, cpu_vector_lanes, full_in_output_order, output_order_applies, parallel_outer,
+                  schedule_fold_cpu)
 
 
 @dataclass(frozen=True)
@@ -209,9 +210,8 @@ class CpuDirectRule:
             sch.annotate(sch.get_loops(sch.get_sblock(C.X_PAD))[-1], "pragma_loop_partition_hint", 1)
         if not output_inside:
             schedule_fold_cpu(sch)
-        p = workload.params
-        # (Not a stream's kernel, whose output stage also reads the partial sums carried over.)
-        if p.stride > 1 and p.padding_mode == "zeros" and not output_order and not has_block(sch, C.STATE_OUT):
+        # Phases stored apart (not a stream's kernel, whose output stage also reads the partial sums carried over).
+        if output_order_applies(workload) and not output_order and not has_block(sch, C.STATE_OUT):
             _interleave_output(sch, workload, plan.lanes)
         elif output_inside and not is_symbolic(sch):  # a symbolic output's length is no known multiple of the lanes
             _vectorize_output(sch, workload, plan.lanes)
