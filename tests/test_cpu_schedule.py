@@ -260,10 +260,11 @@ def _full_rank(target, p, length) -> int:
 
 
 def test_direct_rule_output_order_per_core():
-    """AVX2 tiles store whole vectors of one phase, the output stage interleaving them; AVX-512 tiles
-    scatter into output order (``CpuArch.direct_output_order``)."""
+    """AVX2 and Zen 4 tiles store whole vectors of one phase, the output stage interleaving them;
+    Intel's AVX-512 tiles scatter into output order (``CpuArch.direct_output_order``)."""
     p = P(32, 32, 8, stride=4, padding=2, groups=2)
     assert _full_rank(AVX2, p, 70) == 4
+    assert _full_rank(ZEN4, p, 70) == 4
     assert _full_rank(INTEL_AVX512, p, 70) == 3
 
 
@@ -297,8 +298,8 @@ def test_direct_rule_interleaved_output_is_exact_at_ragged_lengths(monkeypatch, 
     target = resolve_target("llvm")
     # Phases stored apart on any host (AVX-512 keeps output order by default).
     arch = dataclasses.replace(cpu.cpu_arch(target), direct_output_order=False)
-    if samples_outer:
-        arch = dataclasses.replace(arch, direct_resident_input_bytes=0)
+    if samples_outer:  # one vector a tile, so that 63 samples make two tiles at 16 lanes too
+        arch = dataclasses.replace(arch, direct_resident_input_bytes=0, direct_blocking=(arch.direct_blocking[0], 1))
     monkeypatch.setattr(cpu_direct, "cpu_arch", lambda _target: arch)
     assert _full_rank("llvm", p, 70) == 4
     assert cpu_direct.direct_plan(Workload(p, 1, 63), target).samples_outer == samples_outer
@@ -357,7 +358,8 @@ def test_direct_rule_by_name_on_strided_layers(p, batch, length):
     (ZEN5, 688, "gemm"),  # 176 KB stays in cache while every channel block passes
     ((ZEN5, 256), 11008, "gemm"),  # 256 input channels: the GEMM form's reduction is long enough
     (INTEL_AVX512, 11008, "gemm"),
-    (ZEN4, 11008, "gemm"),
+    (ZEN4, 688, "gemm"),
+    (ZEN4, 11008, "blocked"),  # its col (5.6 MB) past Zen 4's 1 MiB
     (AVX2, 11008, "direct"),  # Zen 3 too, while the GEMM form's col (5.6 MB) stays under 8 MiB
     (AVX2, 22016, "blocked"),  # past it (11 MB), the blocked form
     ((AVX2, 128), 11008, "gemm"),  # 128 input channels: the GEMM form
@@ -367,7 +369,8 @@ def test_long_strided_layers_take_the_form_of_their_core(target, length, form):
     target = resolve_target(target)
     assert schedule_form(Workload(P(channels, 32, 4, stride=2, padding=1), 1, length), target) == form
     # Phases that meet different taps (6 is no multiple of 4): never direct; the GEMM form, blocked
-    # at 11008 samples (its col, 8.4 MB, would pass CpuArch.blocked_col_bytes).
+    # at 11008 samples (its col, 8.4 MB, would pass CpuArch.blocked_col_bytes; at 688, 0.5 MB, not
+    # even Zen 4's 1 MiB).
     long_gemm = "blocked" if length >= 11008 else "gemm"
     assert schedule_form(Workload(P(64, 32, 6, stride=4), 1, length), target) == long_gemm
     cuda = resolve_target({"kind": "cuda", "arch": "sm_90"})

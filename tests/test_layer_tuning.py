@@ -27,7 +27,8 @@ P = ConvTranspose1dParams
 AVX2 = CPU_ARCHS["avx2"]
 # A layer of the GEMM form whose register tile every CPU class here can change.
 GEMM_LAYER = P(32, 16, 16, stride=8, padding=4)
-ONE_ROW_TILES = {"gemm_blockings": [[1, 12], [2, 6]]}
+# A register tile no class takes first (Zen 4 takes (1, 12), AVX2 (2, 6), Intel AVX-512 (4, 6)).
+OTHER_TILES = {"gemm_blockings": [[1, 8], [1, 12]]}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_tuned_fields_apply_inside_the_block_only(host):
 
 
 def test_layer_records_round_trip_and_replace(tmp_path, host):
-    first = LayerRecord(GEMM_LAYER, "float32", ONE_ROW_TILES, (10, 40), (1.0, 2.0), (0.9, 1.5))
+    first = LayerRecord(GEMM_LAYER, "float32", OTHER_TILES, (10, 40), (1.0, 2.0), (0.9, 1.5))
     path = write_layer_record(tmp_path, host, first)
     assert path == tmp_path / target_key(host) / LAYER_RECORDS
     second = LayerRecord(GEMM_LAYER, "float32", {"gather_tile_bytes": 8192})
@@ -96,7 +97,7 @@ def test_damaged_layer_records_are_reported_and_skipped(tmp_path, host, text):
 def test_a_record_tunes_the_symbolic_module_and_keeps_it_exact(tmp_path, host):
     workload = SymbolicWorkload(GEMM_LAYER)
     default, default_source, _ = schedule_symbolic(workload, host, logs=tmp_path)
-    write_layer_record(tmp_path, host, LayerRecord(GEMM_LAYER, "float32", ONE_ROW_TILES))
+    write_layer_record(tmp_path, host, LayerRecord(GEMM_LAYER, "float32", OTHER_TILES))
     tuned, source, ranges = schedule_symbolic(workload, host, logs=tmp_path)
     assert default_source.startswith("default:") and source == f"tuned:{tmp_path / target_key(host)}"
     assert tuned.script() != default.script()
@@ -107,6 +108,34 @@ def test_a_record_tunes_the_symbolic_module_and_keeps_it_exact(tmp_path, host):
     for batch, length in ((1, 1), (2, 13), (1, 150), (3, 401)):
         x, w, b = random_inputs(GEMM_LAYER, batch, length, "float32", seed=length)
         assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, GEMM_LAYER), "float32")
+
+
+def test_a_record_tunes_the_static_module_too(tmp_path, host):
+    from tvm_convt.build import schedule
+    from tvm_convt.params import Workload
+
+    workload = Workload(GEMM_LAYER, 2, 37)
+    default, default_source = schedule(workload, host, logs=tmp_path)
+    write_layer_record(tmp_path, host, LayerRecord(GEMM_LAYER, "float32", OTHER_TILES))
+    tuned, source = schedule(workload, host, logs=tmp_path)
+    assert default_source.startswith("default:") and source == f"tuned:{tmp_path / target_key(host)}"
+    assert tuned.script() != default.script()
+    assert schedule(workload, host, logs=tmp_path, tuned=False)[0].script() == default.script()
+    compiled = tvm_convt.compile(GEMM_LAYER, batch=2, length=37, logs=tmp_path, use_cache=False)
+    assert compiled.metadata.schedule == source
+    x, w, b = random_inputs(GEMM_LAYER, 2, 37, "float32", seed=3)
+    assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, GEMM_LAYER), "float32")
+
+
+@pytest.mark.parametrize("core,applies", [(None, True), ("host", True), ("other", False)])
+def test_a_record_applies_on_the_core_it_was_tuned_on(tmp_path, host, core, applies):
+    mcpu = {"host": str(host.attrs["mcpu"]), "other": "a-core-nobody-has"}.get(core)
+    notes = {} if mcpu is None else {"target": json.dumps({"kind": "llvm", "mcpu": mcpu})}
+    record = LayerRecord(GEMM_LAYER, "float32", OTHER_TILES, notes=notes)
+    assert record.core == mcpu
+    write_layer_record(tmp_path, host, record)
+    found = find_layer_record(GEMM_LAYER, "float32", host, logs=tmp_path)
+    assert (found is not None) == applies
 
 
 def test_a_record_this_version_cannot_use_is_skipped(tmp_path, host):

@@ -231,9 +231,11 @@ def schedule(
 
     A tuned record for the target's hardware class comes first (the user's
     tuning logs, ``logs`` or ``$TVM_CONVT_TUNING_LOGS``, then the shipped
-    ``schedules/``), then the default rules. ``rule`` forces one default rule by
-    name and ``tuned=False`` skips the records (for tests and benchmarks).
-    The source reads ``tuned:<directory>`` or ``default:<rule>``.
+    ``schedules/``): MetaSchedule's record of this exact shape, else the layer's record for
+    every length, whose fields steer the default rules as in :func:`schedule_symbolic`; then
+    the default rules. ``rule`` forces one default rule by name and ``tuned=False`` skips the
+    records (for tests and benchmarks). The source reads ``tuned:<directory>`` or
+    ``default:<rule>``.
 
     With ``prepack_weight``, a default schedule that packs the weight inside each call
     (``cpu-gemm``, ``cpu-gemm-blocked``) reads it packed instead, and the module gains the function
@@ -243,21 +245,26 @@ def schedule(
     # Imported here: loading and running a module (a runtime-only install) needs neither.
     from .records import find_tuned_schedule
     from .schedule import PREPACKABLE, default_schedule, prepacked_schedule, schedule_form
+    from .schedule.cpu import tuned_fields
 
     check_dtype_for_target(workload.dtype, target.kind.name)
-    found = None
+    found = fields = origin = None
     if tuned and rule is None:
         found = find_tuned_schedule(workload, target, logs=logs, form=schedule_form(workload, target))
-    sch, name = default_schedule(workload, target, rule=rule)
-    prepacked = prepacked_schedule(workload, target, name) if prepack_weight and name in PREPACKABLE else None
+        if found is None:  # a record of the layer for every length serves this length too
+            fields, origin = _layer_fields(workload, target, logs)
+    with tuned_fields(fields):
+        sch, name = default_schedule(workload, target, rule=rule)
+        prepacked = prepacked_schedule(workload, target, name) if prepack_weight and name in PREPACKABLE else None
     if found is not None and (prepacked is None or not tvm_ffi.structural_equal(found.mod, sch.mod)):
         return found.mod, found.source
+    source = f"tuned:{origin}" if origin else f"default:{name}"
     # No record, or the best record is the default schedule itself (tuning records it first,
     # and keeps it when nothing measured faster): the prepacked form of that schedule.
     if prepacked is None:
-        return sch.mod, f"default:{name}"
+        return sch.mod, source
     main, pack = prepacked
-    return tvm.IRModule({"main": main.mod["main"], PACK_WEIGHT: pack.mod["main"]}), f"default:{name}"
+    return tvm.IRModule({"main": main.mod["main"], PACK_WEIGHT: pack.mod["main"]}), source
 
 
 def schedule_symbolic(
@@ -293,7 +300,7 @@ def schedule_symbolic(
     return tvm.IRModule(functions), source, plan.ranges
 
 
-def _layer_fields(workload: SymbolicWorkload, target: Target,
+def _layer_fields(workload: Workload | SymbolicWorkload, target: Target,
                   logs: str | Path | None) -> tuple[dict[str, Any] | None, Path | None]:
     """The checked fields of the layer's tuned record on a CPU target and its folder; (None, None)
     without one. A record whose fields this version cannot use is warned about and skipped."""

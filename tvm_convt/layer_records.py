@@ -45,6 +45,15 @@ class LayerRecord:
     def key(self) -> str:
         return layer_key(self.params, self.dtype)
 
+    @property
+    def core(self) -> str | None:
+        """The LLVM ``mcpu`` the record was tuned on (its notes' target); None where they do not say."""
+        try:
+            mcpu = json.loads(self.notes.get("target", "")).get("mcpu")
+        except (TypeError, ValueError, AttributeError):
+            return None
+        return mcpu if isinstance(mcpu, str) else None
+
     def to_dict(self) -> dict[str, Any]:
         return {"params": self.params.to_dict(), "dtype": self.dtype, "fields": self.fields,
                 "tuned_at": list(self.tuned_at), "default_ms": list(self.default_ms),
@@ -103,12 +112,15 @@ def write_layer_record(root: Path, target: Target, record: LayerRecord) -> Path:
 def find_layer_record(params: ConvTranspose1dParams, dtype: str, target: Target, *,
                       logs: str | Path | None = None) -> tuple[LayerRecord, Path] | None:
     """The layer's record for ``target``'s hardware class and the folder it came from: the user's
-    tuning logs first, then the shipped ``schedules/``; None without one."""
+    tuning logs first, then the shipped ``schedules/``; None without one. A record tuned on another
+    core than ``target``'s (its ``mcpu``) is passed over: a class holds cores whose best plans differ
+    (Zen 4 and Intel's AVX-512 cores), and a record is measured on one."""
     key = layer_key(params, dtype)
+    core = target.attrs.get("mcpu")
     for root in (Path(logs) if logs is not None else default_logs_dir(), shipped_schedules_dir()):
         directory = root / target_key(target)
         record = read_layer_records(directory).get(key)
-        if record is not None:
+        if record is not None and record.core in (None, core):
             return record, directory
     return None
 

@@ -206,7 +206,8 @@ class CpuArch:
 # Zen 3's strided layers of up to 64 input channels run faster in the direct form while col would fit
 # the blocked form's threshold (hifigan_v1_up3, encodec_up3: 1.15-1.3x; 128 channels: not faster).
 # Its direct tiles store whole vectors of one phase, which the output stage interleaves: faster than
-# scattering each tile into output order (docs/performance.md); AVX-512, not measured so, keeps that.
+# scattering each tile into output order (docs/performance.md); so on Zen 4, while Intel's AVX-512
+# cores, not measured so, keep output order.
 _AVX2 = CpuArch(vector_bits=256, registers=16, gemm_blockings=((2, 6), (1, 12)),
                 strided_direct_channels=64, strided_direct_col_bytes=8 << 20, direct_output_order=False)
 CPU_ARCHS: dict[str, CpuArch] = {
@@ -222,7 +223,8 @@ CPU_ARCHS: dict[str, CpuArch] = {
 # splits a 512-bit FMA in two halves; Zen 5 issues two whole ones a cycle, like Intel's cores,
 # and takes their blocking, but its long strided layers of up to 128 input channels run faster
 # in the direct form (with 256 or 512 the GEMM form stays ahead).
-_ZEN4 = CpuArch(vector_bits=512, registers=32, gemm_blockings=((1, 12),), direct_blocking=(4, 6))
+_ZEN4 = CpuArch(vector_bits=512, registers=32, gemm_blockings=((1, 12),), direct_blocking=(4, 6),
+                direct_output_order=False, blocked_col_bytes=1 << 20)
 CPU_ARCHS_BY_MCPU: dict[tuple[str, str], CpuArch] = {
     ("avx512", "znver4"): _ZEN4,
     ("avx512", "znver5"): dataclasses.replace(CPU_ARCHS["avx512"], strided_direct_channels=128),
