@@ -90,10 +90,11 @@ def linker_for(target: Target) -> Linker:
     cross linker for another one listed in :data:`CROSS_LINKERS`. A ValueError names what to
     install when none is found, or why no library can be made here (a non-ELF system)."""
     if target.host is not None and target.host.kind.name == "llvm" and not target.host.same_as(target):
-        host_part = linker_for(target.host)
-        if target.kind.name == "llvm" and target_arch(target) != host_part.arch:
+        # Before the host's linker is looked for: no linker makes such a pair linkable.
+        if target.kind.name == "llvm" and target_arch(target) != target_arch(target.host):
             raise ValueError(f"{OP}: a target and its host must be for one architecture, got "
-                             f"{target_arch(target)} and {host_part.arch}")
+                             f"{target_arch(target)} and {target_arch(target.host)}")
+        host_part = linker_for(target.host)
         if target.kind.name != "llvm":
             return host_part
     if target.kind.name != "llvm":

@@ -29,7 +29,7 @@ from typing import Any
 import tvm
 
 from . import _tvmscript_patch
-from .linker import Linker, host_arch, linker_for
+from .linker import Linker, host_arch, linker_for, target_arch
 from .params import OP, Workload, check_dtype_for_target, numpy_dtype
 from .records import (INDEX_FILE, RECORD_FILE, WORKLOAD_FILE, default_logs_dir, directory_kind, open_database,
                       read_index, workload_modules, write_index)
@@ -323,10 +323,11 @@ def tune(
     if tgt.kind.name == "cuda" and not build_only and rpc_tracker is None and not tvm.cuda(0).exist:
         raise ValueError(f"{OP}: tuning target {key} needs a GPU to measure on: run on a GPU machine, "
                          "measure over RPC (rpc_tracker, rpc_key), or pass build_only=True")
-    linker = linker_for(tgt)
-    if linker.arch != host_arch() and not build_only and rpc_tracker is None:
-        raise ValueError(f"{OP}: tuning target {key} needs an {linker.arch} CPU to measure on: measure on one "
+    arch = target_arch(tgt) if tgt.kind.name == "llvm" else host_arch()
+    if arch != host_arch() and not build_only and rpc_tracker is None:
+        raise ValueError(f"{OP}: tuning target {key} needs an {arch} CPU to measure on: measure on one "
                          "over RPC (rpc_tracker, rpc_key; a bundle for it runs the server), or pass build_only=True")
+    linker = linker_for(tgt)
     logs_root = Path(logs) if logs is not None else default_logs_dir()
     db_dir = logs_root / key
     work = Path(work_dir) if work_dir is not None else db_dir / "work"
