@@ -359,7 +359,8 @@ def test_direct_rule_by_name_on_strided_layers(p, batch, length):
     ((ZEN5, 256), 11008, "gemm"),  # 256 input channels: the GEMM form's reduction is long enough
     (INTEL_AVX512, 11008, "gemm"),
     (ZEN4, 688, "gemm"),
-    (ZEN4, 11008, "blocked"),  # its col (5.6 MB) past Zen 4's 1 MiB
+    (ZEN4, 11008, "direct"),
+    ((ZEN4, 256), 11008, "blocked"),  # its col (5.6 MB) past Zen 4's 1 MiB
     (AVX2, 11008, "direct"),  # Zen 3 too, while the GEMM form's col (5.6 MB) stays under 8 MiB
     (AVX2, 22016, "blocked"),  # past it (11 MB), the blocked form
     ((AVX2, 128), 11008, "gemm"),  # 128 input channels: the GEMM form

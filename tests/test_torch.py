@@ -250,8 +250,9 @@ def test_in_place_updates_and_load_state_dict_take_effect():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_prepack_weight_packs_once_per_change_and_sees_updates(dtype):
     torch.manual_seed(0)
-    layer = tt.ConvTranspose1d(32, 64, 8, stride=4, padding=2, prepack_weight=True, dtype=dtype)
-    x = torch.randn(2, 32, 24, dtype=dtype)
+    # Over 128 input channels: every length range of every CPU class here is of the GEMM form, packed alike.
+    layer = tt.ConvTranspose1d(256, 64, 8, stride=4, padding=2, prepack_weight=True, dtype=dtype)
+    x = torch.randn(2, 256, 24, dtype=dtype)
     tol = FORWARD_TOL[dtype]
     packed = tt.op._PACKED
     with torch.no_grad():
@@ -263,10 +264,10 @@ def test_prepack_weight_packs_once_per_change_and_sees_updates(dtype):
         layer.weight.mul_(-0.5)  # an in-place op moves the version counter
         assert packed.get(layer.weight, plan.compiled) is not first
         assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 4, 2)) <= tol
-        state = {"weight": torch.randn(32, 64, 8, dtype=dtype), "bias": torch.randn(64, dtype=dtype)}
+        state = {"weight": torch.randn(256, 64, 8, dtype=dtype), "bias": torch.randn(64, dtype=dtype)}
         layer.load_state_dict(state)
         assert rel_err(layer(x), F.conv_transpose1d(x, state["weight"], state["bias"], 4, 2)) <= tol
-        layer.weight = torch.nn.Parameter(torch.randn(32, 64, 8, dtype=dtype))  # a new tensor
+        layer.weight = torch.nn.Parameter(torch.randn(256, 64, 8, dtype=dtype))  # a new tensor
         assert rel_err(layer(x), F.conv_transpose1d(x, layer.weight, layer.bias, 4, 2)) <= tol
     # Gradients flow as without packing.
     xg = x.clone().requires_grad_()

@@ -222,9 +222,10 @@ CPU_ARCHS: dict[str, CpuArch] = {
 # Cores whose best blocking differs from their instruction set's, by LLVM's mcpu name. Zen 4
 # splits a 512-bit FMA in two halves; Zen 5 issues two whole ones a cycle, like Intel's cores,
 # and takes their blocking, but its long strided layers of up to 128 input channels run faster
-# in the direct form (with 256 or 512 the GEMM form stays ahead).
+# in the direct form (with 256 or 512 the GEMM form stays ahead). So do Zen 4's, with the phases
+# stored apart, and its GEMM form's col is blocked from 1 MiB, its L2 (docs/performance.md).
 _ZEN4 = CpuArch(vector_bits=512, registers=32, gemm_blockings=((1, 12),), direct_blocking=(4, 6),
-                direct_output_order=False, blocked_col_bytes=1 << 20)
+                direct_output_order=False, strided_direct_channels=128, blocked_col_bytes=1 << 20)
 CPU_ARCHS_BY_MCPU: dict[tuple[str, str], CpuArch] = {
     ("avx512", "znver4"): _ZEN4,
     ("avx512", "znver5"): dataclasses.replace(CPU_ARCHS["avx512"], strided_direct_channels=128),
