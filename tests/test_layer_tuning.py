@@ -121,10 +121,13 @@ def test_a_record_tunes_the_static_module_too(tmp_path, host):
     assert default_source.startswith("default:") and source == f"tuned:{tmp_path / target_key(host)}"
     assert tuned.script() != default.script()
     assert schedule(workload, host, logs=tmp_path, tuned=False)[0].script() == default.script()
-    compiled = tvm_convt.compile(GEMM_LAYER, batch=2, length=37, logs=tmp_path, use_cache=False)
-    assert compiled.metadata.schedule == source
     x, w, b = random_inputs(GEMM_LAYER, 2, 37, "float32", seed=3)
-    assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, GEMM_LAYER), "float32")
+    # Checked against the reference before it is kept, as a tuned record is, the packed weight too.
+    for prepack in (False, True):
+        compiled = tvm_convt.compile(GEMM_LAYER, batch=2, length=37, logs=tmp_path, use_cache=False,
+                                     prepack_weight=prepack)
+        assert compiled.metadata.schedule == source and compiled.weight_packed == prepack
+        assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, GEMM_LAYER), "float32")
 
 
 @pytest.mark.parametrize("core,applies", [(None, True), ("host", True), ("other", False)])

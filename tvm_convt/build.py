@@ -578,7 +578,8 @@ def build_library(
     # A tuned record is checked against the reference before its library is kept (MetaSchedule
     # measures speed only, and one record in a test run computed a wrong last sample).
     # (A symbolic module's record holds the default rules' own fields, not a MetaSchedule trace.)
-    check = _record_check(workload, tgt) if source.startswith("tuned:") and not workload.symbolic else None
+    check = (_record_check(workload, tgt, metadata.weight_block) if source.startswith("tuned:") and not workload.symbolic
+             else None)
     try:
         return _cached_library(mod, tgt, metadata, use_cache, check)
     except _WrongRecord as wrong:
@@ -620,9 +621,10 @@ class _WrongRecord(Exception):
         self.error = error
 
 
-def _record_check(workload: Workload, tgt: Target) -> Any:
+def _record_check(workload: Workload, tgt: Target, weight_block: int | None) -> Any:
     """A check of a compiled static module against the float64 reference on random inputs, raising
-    :class:`_WrongRecord`; None where the module cannot run here (another CPU, a GPU target)."""
+    :class:`_WrongRecord`; None where the module cannot run here (another CPU, a GPU target). With
+    ``weight_block``, ``main`` reads the weight packed by the module's ``pack_weight``."""
     from .reference import CHECK_TOLERANCE, conv_transpose1d_reference, relative_error
     from .target import missing_cpu_support
     from .timing import layer_inputs
@@ -632,9 +634,15 @@ def _record_check(workload: Workload, tgt: Target) -> Any:
 
     def check(executable: Any) -> None:
         x, weight, bias = layer_inputs(workload)
-        arrays = [x, weight] + ([bias] if bias is not None else [])
-        out = tvm.runtime.empty(workload.output_shape, workload.dtype, tvm.cpu(0))
-        executable["main"](*[tvm.runtime.tensor(a, tvm.cpu(0)) for a in arrays], out)
+        dev = tvm.cpu(0)
+        w = tvm.runtime.tensor(weight, dev)
+        if weight_block is not None:
+            packed = tvm.runtime.empty(workload.params.packed_weight_shape(weight_block), workload.dtype, dev)
+            executable[PACK_WEIGHT](w, packed)
+            w = packed
+        arrays = [tvm.runtime.tensor(x, dev), w] + ([tvm.runtime.tensor(bias, dev)] if bias is not None else [])
+        out = tvm.runtime.empty(workload.output_shape, workload.dtype, dev)
+        executable["main"](*arrays, out)
         error = relative_error(out.numpy(), conv_transpose1d_reference(x, weight, bias, workload.params))
         if not error <= CHECK_TOLERANCE[workload.dtype]:
             raise _WrongRecord(error)
