@@ -273,9 +273,15 @@ def test_direct_rule_output_order_per_core():
 def test_direct_rule_both_output_orders_are_exact(name, order):
     """The direct rule's two stores of ``full`` (``CpuArch.direct_output_order``, a tuned field) on the
     host, in each of its strided zeros-mode paths."""
+    from tvm_convt.build import schedule
+
     _, p, batch, length = next(c for c in DIRECT_CASES if c[0] == name)
     with cpu.tuned_fields({"direct_output_order": order}):
         assert _full_rank("llvm", p, length) == (3 if order else 4)
+        # What compile schedules (build.schedule) keeps the field too, so both orders are computed below.
+        mod, _ = schedule(Workload(p, batch, length), resolve_target("llvm"), tuned=False)
+        full = next(b for b in mod["main"].body.block.alloc_buffers if b.name == C.FULL)
+        assert len(full.shape) == (3 if order else 4)
         _direct_check(p, batch, length, "llvm")
 
 

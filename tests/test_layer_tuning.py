@@ -130,6 +130,33 @@ def test_a_record_tunes_the_static_module_too(tmp_path, host):
         assert_close(compiled(x, w, b), conv_transpose1d_reference(x, w, b, GEMM_LAYER), "float32")
 
 
+def test_a_metaschedule_record_of_the_plain_default_gives_way_to_the_layer_record(tmp_path, host):
+    """Tuning seeds MetaSchedule's database with the default schedule: where nothing beat it, that record
+    must not hide the layer's record for every length."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.database import TuningRecord
+
+    from tvm_convt.build import schedule
+    from tvm_convt.params import Workload
+    from tvm_convt.records import open_database
+    from tvm_convt.remeasure import tuned_module
+    from tvm_convt.schedule import default_schedule
+
+    workload = Workload(GEMM_LAYER, 2, 37)
+    mod = tuned_module(workload, host)
+    plain, _ = default_schedule(workload, host, func=mod["main"])
+    database = open_database(tmp_path / target_key(host), create=True)
+    database.commit_tuning_record(TuningRecord(plain.trace, database.commit_workload(mod), [1e-3], host,
+                                               ArgInfo.from_prim_func(mod["main"])))
+    seeded, seeded_source = schedule(workload, host, logs=tmp_path)
+    assert seeded_source.startswith("tuned:")  # MetaSchedule's record, the default schedule itself
+    write_layer_record(tmp_path, host, LayerRecord(GEMM_LAYER, "float32", OTHER_TILES))
+    steered, source = schedule(workload, host, logs=tmp_path)
+    assert source == f"tuned:{tmp_path / target_key(host)}" and steered.script() != seeded.script()
+    with tuned_fields(checked_fields(base_cpu_arch(host), OTHER_TILES)):
+        assert steered.script() == schedule(workload, host, tuned=False)[0].script()
+
+
 @pytest.mark.parametrize("core,applies", [(None, True), ("host", True), ("other", False)])
 def test_a_record_applies_on_the_core_it_was_tuned_on(tmp_path, host, core, applies):
     mcpu = {"host": str(host.attrs["mcpu"]), "other": "a-core-nobody-has"}.get(core)
@@ -199,5 +226,6 @@ def test_shipped_layer_records_are_valid_for_their_class():
             records = read_layer_records(path.parent)
         assert records, path
         for record in records.values():
+            assert record.core is not None, record.key  # else it would apply on every core of the class
             checked_fields(CPU_ARCHS[isa], record.fields)
             assert len(record.tuned_at) == len(record.default_ms) == len(record.tuned_ms) == 3

@@ -11,6 +11,7 @@ module.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import json
 import os
@@ -239,22 +240,27 @@ def schedule(
 
     With ``prepack_weight``, a default schedule that packs the weight inside each call
     (``cpu-gemm``, ``cpu-gemm-blocked``) reads it packed instead, and the module gains the function
-    ``pack_weight`` that packs it (:func:`weight_block_of` tells the block). A tuned record
-    other than that default schedule, or any other rule, leaves the module as it is.
+    ``pack_weight`` that packs it (:func:`weight_block_of` tells the block); so does one steered by a
+    layer's record. A MetaSchedule record other than that default schedule, or any other rule, leaves
+    the module as it is.
     """
     # Imported here: loading and running a module (a runtime-only install) needs neither.
     from .records import find_tuned_schedule
     from .schedule import PREPACKABLE, default_schedule, prepacked_schedule, schedule_form
-    from .schedule.cpu import tuned_fields
 
     check_dtype_for_target(workload.dtype, target.kind.name)
     found = fields = origin = None
     if tuned and rule is None:
         found = find_tuned_schedule(workload, target, logs=logs, form=schedule_form(workload, target))
-        if found is None:  # a record of the layer for every length serves this length too
-            fields, origin = _layer_fields(workload, target, logs)
-    with tuned_fields(fields):
-        sch, name = default_schedule(workload, target, rule=rule)
+        fields, origin = _layer_fields(workload, target, logs)  # the layer's, for every length
+    sch, name = default_schedule(workload, target, rule=rule)
+    if found is not None and fields and tvm_ffi.structural_equal(found.mod, sch.mod):
+        found = None  # MetaSchedule's record of the plain default (tuning seeds one) gives way to the layer's
+    if found is not None or not fields:
+        fields = origin = None
+    with _steered(fields):
+        if fields:
+            sch, name = default_schedule(workload, target, rule=rule)
         prepacked = prepacked_schedule(workload, target, name) if prepack_weight and name in PREPACKABLE else None
     if found is not None and (prepacked is None or not tvm_ffi.structural_equal(found.mod, sch.mod)):
         return found.mod, found.source
@@ -282,14 +288,14 @@ def schedule_symbolic(
     per static shape and are not used here.
     """
     from .compute import weight_pack_func
-    from .schedule.cpu import schedule_weight_pack, tuned_fields
+    from .schedule.cpu import schedule_weight_pack
     from .schedule.lengths import plan_lengths
 
     check_dtype_for_target(workload.dtype, target.kind.name)
     origin = None
     if fields is None and tuned and rule is None:
         fields, origin = _layer_fields(workload, target, logs)
-    with tuned_fields(fields):
+    with _steered(fields):
         plan = plan_lengths(workload.params, workload.dtype, target, rule=rule, prepack_weight=prepack_weight,
                             stream=workload.stream)
     functions = dict(plan.functions)
@@ -298,6 +304,14 @@ def schedule_symbolic(
         functions[PACK_WEIGHT] = schedule_weight_pack(pack).mod["main"]
     source = f"tuned:{origin}" if origin else "default:" + ",".join(dict.fromkeys(plan.rules))
     return tvm.IRModule(functions), source, plan.ranges
+
+
+def _steered(fields: dict[str, Any] | None) -> Any:
+    """The rules steered by a layer's ``fields`` within the block; without any, a caller's own
+    :func:`~tvm_convt.schedule.cpu.tuned_fields` stay in force (a test's forced field)."""
+    from .schedule.cpu import tuned_fields
+
+    return tuned_fields(fields) if fields else contextlib.nullcontext()
 
 
 def _layer_fields(workload: Workload | SymbolicWorkload, target: Target,

@@ -197,8 +197,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     def records(root: Path) -> str:
         found = root / host_key / WORKLOAD_FILE
         count = sum(1 for line in found.read_text().splitlines() if line.strip()) if found.exists() else 0
-        layers = len(read_layer_records(root / host_key))
-        return f"{root} ({count} tuned workload(s), {layers} layer(s) tuned for every length, for {host_key})"
+        mcpu = host.attrs.get("mcpu")
+        layers = sum(r.core in (None, mcpu) for r in read_layer_records(root / host_key).values())
+        return (f"{root} ({count} tuned workload(s), {layers} layer(s) tuned for every length on this core, "
+                f"for {host_key})")
 
     info: dict[str, Any] = {
         "tvm_convt": __version__,
@@ -613,8 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--any-length", action="store_true",
                       help="tune the module that serves every batch and length (what the layer uses): the "
                            "schedule rules' tile and cache sizes, timed here at a quarter, one and four times "
-                           "--length, kept when 5%% faster than the default (default: MetaSchedule, for the "
-                           "static module of --batch and --length)")
+                           "--length, kept when 5%% faster than the default; the record also steers the "
+                           "layer's static modules that MetaSchedule has no record of, on this core "
+                           "(default: MetaSchedule, for the static module of --batch and --length)")
     tune.add_argument("--rounds", type=positive_int, default=9,
                       help="with --any-length: interleaved rounds per measurement, medians (default: %(default)s)")
     tune.add_argument("--schedules", type=Path, default=None,

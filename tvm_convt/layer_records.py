@@ -1,9 +1,12 @@
-"""Tuned records of layers for modules that serve every length: what the rules plan differently.
+"""Tuned records of layers for every length: what the rules plan differently for a layer's module that
+serves every length, and for its static modules that MetaSchedule has no record of.
 
 A record is keyed by the layer without its length or batch (parameters and dtype) and holds the
 :class:`~tvm_convt.schedule.cpu.CpuArch` fields its tuning changed
 (:mod:`tvm_convt.schedule.cpu_space`), so it applies at every batch and length; the tuning's
-lengths and times travel with it for people. Records live beside MetaSchedule's, per hardware
+lengths and times travel with it for people. A record applies on the core it was tuned on (its
+``mcpu``, :attr:`LayerRecord.core`), and a class's file holds one record a layer: tuning the layer on
+another core of the class into the same folder replaces it. Records live beside MetaSchedule's, per hardware
 class: ``<root>/<target key>/layer_records.json``, looked up in the user's tuning logs
 (``logs`` or ``$TVM_CONVT_TUNING_LOGS``) and then the shipped ``schedules/``. A record that
 cannot be read is reported (:class:`~tvm_convt.records.TuningLogWarning`) and skipped.

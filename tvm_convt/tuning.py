@@ -323,7 +323,9 @@ def tune(
     if tgt.kind.name == "cuda" and not build_only and rpc_tracker is None and not tvm.cuda(0).exist:
         raise ValueError(f"{OP}: tuning target {key} needs a GPU to measure on: run on a GPU machine, "
                          "measure over RPC (rpc_tracker, rpc_key), or pass build_only=True")
-    arch = target_arch(tgt) if tgt.kind.name == "llvm" else host_arch()
+    # The CPU that runs the candidates: the target's, or a GPU target's host's.
+    cpu = tgt if tgt.kind.name == "llvm" else tgt.host
+    arch = target_arch(cpu) if cpu is not None and cpu.kind.name == "llvm" else host_arch()
     if arch != host_arch() and not build_only and rpc_tracker is None:
         raise ValueError(f"{OP}: tuning target {key} needs an {arch} CPU to measure on: measure on one "
                          "over RPC (rpc_tracker, rpc_key; a bundle for it runs the server), or pass build_only=True")

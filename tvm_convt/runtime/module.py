@@ -441,8 +441,9 @@ def compile(  # noqa: A001 - mirrors tvm.compile
     ``tvm-convt tune --any-length`` where there is one (:mod:`tvm_convt.layer_records`; CPU targets).
     For one shape, the schedule
     is the best tuned record for the target's hardware class in ``logs`` (default
-    ``$TVM_CONVT_TUNING_LOGS``) or the shipped ``schedules/``, else the default
-    schedule; ``metadata.schedule`` says which. ``rule`` forces a named default
+    ``$TVM_CONVT_TUNING_LOGS``) or the shipped ``schedules/``: MetaSchedule's of that shape, else the
+    default schedule steered by the layer's record for every length, else the default schedule;
+    ``metadata.schedule`` says which. ``rule`` forces a named default
     rule and ``tuned=False`` ignores tuning records. With ``prepack_weight``, a default
     schedule that would pack the weight inside every call (``cpu-gemm``, ``cpu-gemm-blocked``) takes it packed
     instead, from :meth:`CompiledConvTranspose1d.prepare_weights`, which is then worth
