@@ -250,14 +250,14 @@ def schedule(
 
     check_dtype_for_target(workload.dtype, target.kind.name)
     found = fields = origin = None
+    sch, name = default_schedule(workload, target, rule=rule)
     if tuned and rule is None:
         found = find_tuned_schedule(workload, target, logs=logs, form=schedule_form(workload, target))
-        fields, origin = _layer_fields(workload, target, logs)  # the layer's, for every length
-    sch, name = default_schedule(workload, target, rule=rule)
-    if found is not None and fields and tvm_ffi.structural_equal(found.mod, sch.mod):
-        found = None  # MetaSchedule's record of the plain default (tuning seeds one) gives way to the layer's
-    if found is not None or not fields:
-        fields = origin = None
+        # No record of this shape, or MetaSchedule's of the plain default (tuning seeds one): the
+        # layer's record for every length, where there is one, steers the default rules instead.
+        if found is None or tvm_ffi.structural_equal(found.mod, sch.mod):
+            fields, origin = _layer_fields(workload, target, logs)
+            found = None if fields else found
     with _steered(fields):
         if fields:
             sch, name = default_schedule(workload, target, rule=rule)

@@ -197,8 +197,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     def records(root: Path) -> str:
         found = root / host_key / WORKLOAD_FILE
         count = sum(1 for line in found.read_text().splitlines() if line.strip()) if found.exists() else 0
-        mcpu = host.attrs.get("mcpu")
-        layers = sum(r.core in (None, mcpu) for r in read_layer_records(root / host_key).values())
+        layers = sum(r.applies_on(host) for r in read_layer_records(root / host_key).values())
         return (f"{root} ({count} tuned workload(s), {layers} layer(s) tuned for every length on this core, "
                 f"for {host_key})")
 

@@ -57,6 +57,10 @@ class LayerRecord:
             return None
         return mcpu if isinstance(mcpu, str) else None
 
+    def applies_on(self, target: Target) -> bool:
+        """Whether the record serves ``target``: tuned on its core, or on a core it does not name."""
+        return self.core in (None, target.attrs.get("mcpu"))
+
     def to_dict(self) -> dict[str, Any]:
         return {"params": self.params.to_dict(), "dtype": self.dtype, "fields": self.fields,
                 "tuned_at": list(self.tuned_at), "default_ms": list(self.default_ms),
@@ -119,11 +123,10 @@ def find_layer_record(params: ConvTranspose1dParams, dtype: str, target: Target,
     core than ``target``'s (its ``mcpu``) is passed over: a class holds cores whose best plans differ
     (Zen 4 and Intel's AVX-512 cores), and a record is measured on one."""
     key = layer_key(params, dtype)
-    core = target.attrs.get("mcpu")
     for root in (Path(logs) if logs is not None else default_logs_dir(), shipped_schedules_dir()):
         directory = root / target_key(target)
         record = read_layer_records(directory).get(key)
-        if record is not None and record.core in (None, core):
+        if record is not None and record.applies_on(target):
             return record, directory
     return None
 
